@@ -1,0 +1,320 @@
+"""The resolved configuration of one training job, and the strict loading of experiment files.
+
+An experiment file (``experiments/*.yaml``) holds a ``base`` run config, a ``grid`` (a product over dotted keys,
+or a list of such products), and ``seeds``. ``ablation.grid`` expands it into arms (table rows) and cells (arm x
+seed). Everything here is strict: an unknown key, a wrong type or a value outside what is allowed is a
+``ConfigError`` with one line naming the key, the bad value and what is allowed, raised before any job starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from ablation.attention.options import ATTENTION_OPTIONS, AttentionOptions, NoAttention, StrictModel
+from ablation.errors import ConfigError
+
+
+class ModelConfig(StrictModel):
+    """Which network: backbone, its width, stem and bottleneck layout, and the attention inside it."""
+
+    arch: str = "resnet50"
+    # Stage-width multiplier: the paper's WideResNet18 is resnet18 with width 1.5 or 2.0 (stem stays 64);
+    # for mobilenet_v1 it is the width multiplier alpha (0.7 and 1.0 in the paper's Table 5).
+    width: float = 1.0
+    # "imagenet": 7x7/2 conv + max-pool (224 px inputs); "cifar": 3x3/1 conv, no max-pool (32 px inputs).
+    stem: Literal["imagenet", "cifar"] = "imagenet"
+    # Bottleneck stride: "v1.5" on the 3x3 conv (torchvision, the official CBAM code that trained the paper's
+    # nets); "v1" on the first 1x1 conv (original ResNet; the layout of the paper's printed GFLOPs).
+    layout: Literal["v1", "v1.5"] = "v1.5"
+    attention: AttentionOptions = Field(default_factory=NoAttention)
+    # None: the dataset's number of classes.
+    num_classes: int | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, value: str) -> str:
+        from ablation.models import ARCHS
+
+        if value not in ARCHS:
+            raise ValueError(f"allowed: {', '.join(ARCHS)}")
+        return value
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be a number > 0")
+        return value
+
+
+DATASETS = ("cifar10-micro", "npz", "cifar10", "cifar100", "imagenet")
+
+
+class DataConfig(StrictModel):
+    """Which images. ``cifar10-micro`` ships with the package, so demos and tests need no download."""
+
+    dataset: Literal["cifar10-micro", "npz", "cifar10", "cifar100", "imagenet"] = "cifar10-micro"
+    # A folder for cifar10 / cifar100 (torchvision's layout) and imagenet (train/ and val/ ImageFolders);
+    # the .npz file for npz. Not part of the config hash: moving the data does not change the experiment.
+    root: str | None = None
+    # Training / evaluation resolution; None: 224 for imagenet, the stored size for the others.
+    image_size: int | None = None
+    # Random crop (with 4-pixel zero padding for 32 px data, RandomResizedCrop for imagenet) and flip.
+    augment: bool = True
+
+
+class TrainConfig(StrictModel):
+    """The optimisation recipe. Defaults are the paper's ImageNet recipe (official train_imagenet.py)."""
+
+    epochs: int = 90
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4  # on all parameters, as the official script
+    # "step": lr x gamma every step_size epochs (paper: x0.1 every 30); "cosine": to 0 over the epochs.
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    step_size: int = 30
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up, counted in epochs, applied per step
+    label_smoothing: float = 0.0
+    # Mixed precision and memory format: "auto" turns them on where they pay (CUDA) and off on the CPU.
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("epochs", "batch_size", "step_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be an integer >= 1")
+        return value
+
+    @field_validator("lr", "momentum", "weight_decay", "gamma", "label_smoothing")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be a number >= 0")
+        return value
+
+
+class RunConfig(StrictModel):
+    """Everything that determines one training job's result."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+# Keys that locate or schedule a job without changing what it computes; left out of the config hash.
+HASH_EXCLUDED = ("data.root",)
+
+
+def config_hash(config: RunConfig) -> str:
+    """A short stable digest of everything that determines a job's result (seed included)."""
+    flat = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in HASH_EXCLUDED}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def get_dotted(tree: Mapping[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, replacing the node there (a mapping value replaces a whole section)."""
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), child, f"is a value, so '{key}' cannot be set under it")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def parse_run_config(tree: Mapping[str, Any], where: str = "") -> RunConfig:
+    """Validate a nested dict into a RunConfig; any problem is a one-line ConfigError."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise _as_config_error(exc, where) from None
+
+
+def _as_config_error(exc: ValidationError, where: str) -> ConfigError:
+    """The first pydantic error as one line: dotted key, bad value, what is allowed."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    # Discriminated unions put the tag in the location (model.attention.cbam.kernel_size): drop it, keep it.
+    tag = None
+    if len(loc) >= 3 and loc[:2] == ["model", "attention"] and loc[2] in ATTENTION_OPTIONS:
+        tag = loc.pop(2)
+    section: Any = RunConfig  # the model that holds the offending key, for "allowed keys" messages
+    for part in loc[:-1]:
+        field = section.model_fields.get(part) if section is not None else None
+        annotation = field.annotation if field else None
+        if part == "attention" and section is ModelConfig:
+            section = ATTENTION_OPTIONS.get(tag)
+        else:
+            section = annotation if isinstance(annotation, type) and issubclass(annotation, StrictModel) else None
+    key = where + ".".join(loc) if loc else where.rstrip(".") or "config"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = ", ".join(f for f in section.model_fields if f != "type") if section else "none"
+        return ConfigError(key, err["input"], f"unknown key; allowed here: {allowed}")
+    if kind == "union_tag_invalid":
+        return ConfigError(key + ".type", err["ctx"]["tag"], f"allowed: {', '.join(ATTENTION_OPTIONS)}")
+    if kind == "union_tag_not_found":
+        return ConfigError(key + ".type", None, f"required; allowed: {', '.join(ATTENTION_OPTIONS)}")
+    message = err["msg"].removeprefix("Value error, ")
+    if kind == "literal_error":
+        message = "allowed: " + err["ctx"]["expected"].replace("'", "")
+    elif kind.endswith("_type"):
+        message = f"wrong type ({type(err['input']).__name__}): {message[0].lower()}{message[1:]}"
+    return ConfigError(key, err["input"], message)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe YAML loader, plus floats without a dot (``1e-4``), which YAML 1.1 would read as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source + at, "YAML", f"is not valid YAML: {problem}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is read as YAML (``3``, ``true``, ``[avg, max]``, ``{type: se}``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", text, "expected key=value, e.g. --set train.epochs=2")
+    return key.strip(), load_yaml(raw, f"--set {key.strip()}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiment files
+
+GridBlock = dict[str, Any]
+
+
+class Experiment(StrictModel):
+    """An experiment file: a base config varied by a grid, times seeds."""
+
+    name: str
+    title: str = ""
+    # Which of the paper's tables this experiment reproduces ("table1".."table5"); its printed numbers are
+    # then shown beside ours. Several may be named for a grid that covers rows of several tables.
+    paper: list[str] = Field(default_factory=list)
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: list[GridBlock] = Field(default_factory=lambda: [{}])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    source: str = ""
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must be a non-empty list of distinct integers")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (it names a folder and an MLflow experiment)")
+        return value
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """Read an experiment file and apply ``--set key=value`` overrides to its base (``seeds=...`` too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("experiment", str(path), "no such file; pass a path to an experiments/*.yaml file")
+    raw = load_yaml(path.read_text(), str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), type(raw).__name__, "an experiment file must be a mapping with a 'base' key")
+    raw.setdefault("name", path.stem)
+    if isinstance(raw.get("grid"), dict):
+        raw["grid"] = [raw["grid"]]
+    if isinstance(raw.get("paper"), str):
+        raw["paper"] = [raw["paper"]]
+    raw["source"] = str(path)
+    try:
+        experiment = Experiment.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"]) or "experiment"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(f for f in Experiment.model_fields if f != "source")
+            raise ConfigError(key, err["input"], f"unknown top-level key; allowed: {allowed}") from None
+        raise ConfigError(key, err["input"], err["msg"].removeprefix("Value error, ")) from None
+    return apply_overrides(experiment, [parse_override(o) for o in overrides])
+
+
+def apply_overrides(experiment: Experiment, overrides: list[tuple[str, Any]]) -> Experiment:
+    base = copy.deepcopy(experiment.base)
+    seeds = experiment.seeds
+    grid_keys = {k for block in experiment.grid for k in block if k != "description"}
+    for key, value in overrides:
+        if key == "seeds":
+            value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+            seeds = Experiment._seeds(value) if isinstance(value, list) else None
+            if seeds is None:
+                raise ConfigError("seeds", value, "must be a list of distinct integers, e.g. seeds=[0,1,2]")
+            continue
+        clash = next((g for g in grid_keys if _overlaps(g, key)), None)
+        if clash:
+            raise ConfigError(
+                f"--set {key}", value, f"'{clash}' is varied by the grid; edit the experiment's grid instead"
+            )
+        if key.split(".")[0] not in RunConfig.model_fields:
+            allowed = "allowed keys start with model., data., train., or are seed / seeds"
+            raise ConfigError(f"--set {key}", value, allowed)
+        set_dotted(base, key, value)
+    return experiment.model_copy(update={"base": base, "seeds": seeds})
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """True when one dotted key is the other or lies under it (model.attention vs model.attention.order)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")

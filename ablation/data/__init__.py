@@ -1,0 +1,1 @@
+"""Datasets: what an experiment's ``data`` section names, and how to read it."""

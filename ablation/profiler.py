@@ -1,0 +1,77 @@
+"""``runner.py profile``: params and GMACs of every arm, beside the paper's printed numbers, without training."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ablation.grid import Arm, build_network
+from ablation.measure import measure
+
+PARAMS_TOLERANCE_M = 0.01  # the paper prints params to 0.01M
+GMACS_TOLERANCE = 0.005  # relative; the paper prints 3-4 significant digits
+BOTTLENECK_ARCHS = ("resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x4d")
+
+
+def profile_arms(arms: list[Arm]) -> pd.DataFrame:
+    """One row per arm: description, arch, attention, layout, params, gmacs, and the paper's numbers."""
+    rows = []
+    for arm in arms:
+        model = arm.config.model
+        params, macs = measure(lambda arm=arm: build_network(arm), arm.data.image_size, arm.data.in_channels)
+        gmacs = macs / 1e9
+        row = arm.paper_row
+        rows.append(
+            {
+                "description": arm.description,
+                "arch": model.arch,
+                "width": model.width,
+                "attention": model.attention.type,
+                "layout": model.layout if model.arch in BOTTLENECK_ARCHS else "n/a",
+                "image_size": arm.data.image_size,
+                "params": params,
+                "gmacs": round(gmacs, 4),
+                "paper_params_m": row.params_m if row else None,
+                "paper_gflops": row.gflops if row else None,
+                "note": _mismatch_note(arm, params, gmacs),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _mismatch_note(arm: Arm, params: int, gmacs: float) -> str:
+    """Why a measured number differs from the paper's printed one ('' when both agree or there is no row)."""
+    row = arm.paper_row
+    if row is None:
+        return ""
+    reasons = []
+    if row.params_m is not None and abs(params / 1e6 - row.params_m) > PARAMS_TOLERANCE_M:
+        reasons.append(f"params differ: {row.note or 'unexplained'}")
+    if row.gflops is not None and abs(gmacs - row.gflops) > GMACS_TOLERANCE * row.gflops:
+        model = arm.config.model
+        if arm.data.image_size != 224:
+            why = f"measured at {arm.data.image_size} px, the paper at 224"
+        elif model.layout == "v1.5" and model.arch in BOTTLENECK_ARCHS:
+            why = "the paper counts the v1 layout (stride on the first 1x1); compare with --set model.layout=v1"
+        else:
+            why = row.note or "unexplained"
+        reasons.append(f"GMACs differ: {why}")
+    elif row.note and not reasons:
+        reasons.append(row.note)
+    return "; ".join(dict.fromkeys(reasons))
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    """The profile as an aligned text table, CSV or Markdown."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    shown = frame.copy()
+    shown["params"] = shown["params"].map(lambda p: f"{p / 1e6:.2f}M ({p:,})")
+    shown["paper_params_m"] = shown["paper_params_m"].map(lambda p: "" if pd.isna(p) else f"{p:.2f}M")
+    shown["paper_gflops"] = shown["paper_gflops"].map(lambda g: "" if pd.isna(g) else f"{g:.3f}")
+    shown["gmacs"] = shown["gmacs"].map(lambda g: f"{g:.3f}")
+    if fmt == "md":
+        header = "| " + " | ".join(shown.columns) + " |"
+        rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+        lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+        return "\n".join([header, rule, *lines]) + "\n"
+    return shown.to_string(index=False) + "\n"
