@@ -17,7 +17,7 @@ def profile_arms(arms: list[Arm]) -> pd.DataFrame:
     rows = []
     for arm in arms:
         model = arm.config.model
-        params, macs = measure(lambda arm=arm: build_network(arm), arm.data.image_size, arm.data.in_channels)
+        params, macs = measure(lambda arm=arm: build_network(arm), arm.data.image_size)
         gmacs = macs / 1e9
         row = arm.paper_row
         rows.append(

@@ -18,3 +18,41 @@ def write_experiment(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory) -> Path:
+    """100 train / 40 test real CIFAR-10 images (10 / 4 per class) from the bundled set, as an .npz."""
+    import numpy as np
+
+    from ablation.data.catalog import BUNDLED
+
+    with np.load(BUNDLED["cifar10-micro"]) as f:
+        arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
+    pick_train = np.concatenate([np.flatnonzero(arrays["y_train"] == c)[:10] for c in range(10)])
+    pick_test = np.concatenate([np.flatnonzero(arrays["y_test"] == c)[:4] for c in range(10)])
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(
+        path,
+        x_train=arrays["x_train"][pick_train],
+        y_train=arrays["y_train"][pick_train],
+        x_test=arrays["x_test"][pick_test],
+        y_test=arrays["y_test"][pick_test],
+        classes=arrays["classes"],
+    )
+    return path
+
+
+def tiny_experiment(root: Path, grid: str, seeds: str = "[0, 1]", epochs: int = 2, extra_train: str = "") -> str:
+    """An experiment on the tiny set with an eighth-width ResNet-18: seconds per cell on a CPU."""
+    return f"""
+name: tiny
+title: Tiny sweep
+base:
+  model: {{arch: resnet18, width: 0.125, stem: cifar, attention: {{type: cbam, reduction: 4}}}}
+  data: {{dataset: npz, root: {root}}}
+  train: {{epochs: {epochs}, batch_size: 25, lr: 0.05, schedule: cosine{extra_train}}}
+grid:
+{grid}
+seeds: {seeds}
+"""

@@ -77,6 +77,8 @@ def display_name(arch: str, width: float = 1.0) -> str:
     if arch == "mobilenet_v1":
         return f"MobileNet (alpha={factor})"
     name, detail = _PAPER_NAMES[arch]
-    if width != 1:
+    if width > 1:
         name, detail = f"Wide{name}", ", ".join(part for part in (detail, f"widen={factor}") if part)
+    elif width < 1:  # a slimmed network is not a "wide" one
+        detail = ", ".join(part for part in (detail, f"width={factor}") if part)
     return f"{name} ({detail})" if detail else name

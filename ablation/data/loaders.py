@@ -1,0 +1,137 @@
+"""The train and validation loaders of a job, whatever the dataset.
+
+Both kinds yield (float32 normalised NCHW on the device, int64 labels on the device), have ``set_epoch`` (the
+order of an epoch depends only on the seed and the epoch, so a resumed job sees the same batches) and
+``num_samples``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ablation.config import DataConfig
+from ablation.data.catalog import DatasetInfo
+from ablation.data.memory import InMemoryLoader
+from ablation.data.sources import IMAGENET_STATS, load_arrays, normalization
+
+
+class FolderLoader:
+    """ImageNet from train/ and val/ ImageFolders with the paper's preprocessing.
+
+    Train: RandomResizedCrop(224) + horizontal flip; evaluation: resize 256, center crop 224 (official
+    train_imagenet.py). DataLoader workers decode JPEGs in parallel, pinned memory makes the host-to-GPU copy
+    asynchronous, persistent workers survive between epochs. The sampler is a DistributedSampler, so the same
+    code shards the data across DistributedDataParallel ranks.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        train: bool,
+        batch_size: int,
+        image_size: int,
+        seed: int,
+        device: torch.device,
+        workers: int,
+        channels_last: bool = False,
+        augment: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        from torch.utils.data import DataLoader, DistributedSampler
+        from torchvision import datasets, transforms
+
+        normalize = transforms.Normalize(*IMAGENET_STATS)
+        if train and augment:
+            transform = transforms.Compose(
+                [
+                    transforms.RandomResizedCrop(image_size),
+                    transforms.RandomHorizontalFlip(),
+                    transforms.ToTensor(),
+                    normalize,
+                ]
+            )
+        else:
+            resize = round(image_size * 256 / 224)
+            transform = transforms.Compose(
+                [transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize]
+            )
+        self.dataset = datasets.ImageFolder(str(root / ("train" if train else "val")), transform=transform)
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
+        )
+        self.device, self.channels_last = device, channels_last
+        generator = torch.Generator().manual_seed(seed)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+            drop_last=train,
+            generator=generator,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.loader) * self.loader.batch_size if self.loader.drop_last else len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, labels in self.loader:
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=memory_format)
+            yield images, labels.to(self.device, non_blocking=True)
+
+
+def make_loaders(
+    data: DataConfig,
+    info: DatasetInfo,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    channels_last: bool = False,
+    workers: int = 4,
+    eval_batch_size: int | None = None,
+) -> tuple[InMemoryLoader | FolderLoader, InMemoryLoader | FolderLoader]:
+    """(train, validation) loaders for a job."""
+    eval_batch_size = eval_batch_size or max(batch_size, 256)
+    if data.dataset == "imagenet":
+        common = dict(image_size=info.image_size, seed=seed, device=device, workers=workers)
+        train = FolderLoader(
+            info.path, train=True, batch_size=batch_size, channels_last=channels_last, augment=data.augment, **common
+        )
+        val = FolderLoader(info.path, train=False, batch_size=eval_batch_size, channels_last=channels_last, **common)
+        return train, val
+    arrays = load_arrays(data)
+    mean, std = normalization(data, arrays)
+    common = dict(mean=mean, std=std, seed=seed, image_size=info.image_size, device=device)
+    train = InMemoryLoader(
+        torch.from_numpy(arrays.x_train),
+        torch.from_numpy(arrays.y_train),
+        batch_size=batch_size,
+        train=True,
+        augment=data.augment,
+        channels_last=channels_last,
+        **common,
+    )
+    val = InMemoryLoader(
+        torch.from_numpy(arrays.x_test),
+        torch.from_numpy(arrays.y_test),
+        batch_size=eval_batch_size,
+        train=False,
+        channels_last=channels_last,
+        **common,
+    )
+    return train, val

@@ -1,0 +1,124 @@
+"""Reading the datasets an experiment names: arrays for the small ones, ImageFolders for ImageNet.
+
+Small datasets (the bundled set, any .npz in its format, CIFAR-10/100 through torchvision) become uint8 arrays
+that ``InMemoryLoader`` keeps on the training device. ImageNet streams from disk through DataLoader workers with
+the paper's preprocessing. ``check_data`` runs before any job: a path that is missing or a dataset that cannot
+be fetched is a one-line ConfigError then, not a crash inside a sweep.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ablation.config import DataConfig
+from ablation.data.catalog import BUNDLED, DatasetInfo, dataset_info, npz_path
+from ablation.errors import ConfigError
+
+# Per-channel mean / std used to normalise inputs. The small sets compute theirs from their own train split.
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """A small dataset as uint8 arrays (N x H x W x C) and int64 labels."""
+
+    name: str
+    source: str  # the file or folder it was read from, for the MLflow dataset input
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[str, ...]
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """Content hash of the arrays: two runs on the same digest saw the same images."""
+        h = hashlib.sha256()
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(np.ascontiguousarray(array).data)
+        return h.hexdigest()[:16]
+
+
+def _cifar(data: DataConfig, download: bool) -> tuple:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if data.dataset == "cifar10" else datasets.CIFAR100
+    root = Path(data.root).expanduser()
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except Exception as exc:  # torchvision raises URLError, RuntimeError, OSError...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            "data.root", data.root, f"{data.dataset} is not there and could not be downloaded ({reason})"
+        ) from None
+    return train, test
+
+
+@functools.lru_cache(maxsize=4)
+def _load_arrays_cached(data: DataConfig) -> ArrayDataset:
+    if data.dataset in ("cifar10", "cifar100"):
+        train, test = _cifar(data, download=True)
+        return ArrayDataset(
+            data.dataset,
+            str(Path(data.root).expanduser().resolve()),
+            np.asarray(train.data, dtype=np.uint8),
+            np.asarray(train.targets, dtype=np.int64),
+            np.asarray(test.data, dtype=np.uint8),
+            np.asarray(test.targets, dtype=np.int64),
+            tuple(train.classes),
+        )
+    path = npz_path(data)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
+            raise ConfigError("data.root", str(path), f"x_{split} must be uint8 N x H x W x C with N labels")
+    return ArrayDataset(
+        data.dataset,
+        str(path.resolve()),
+        arrays["x_train"],
+        arrays["y_train"].astype(np.int64),
+        arrays["x_test"],
+        arrays["y_test"].astype(np.int64),
+        tuple(str(c) for c in arrays["classes"]),
+    )
+
+
+def load_arrays(data: DataConfig) -> ArrayDataset:
+    """The arrays of a small dataset; cached per process, so the cells of a sweep read the file once."""
+    if data.dataset not in ("npz", "cifar10", "cifar100", *BUNDLED):
+        raise ValueError(f"{data.dataset} is not an in-memory dataset")
+    # The cache key ignores what does not change the arrays (augmentation, resolution).
+    return _load_arrays_cached(data.model_copy(update={"augment": True, "image_size": None}))
+
+
+def normalization(data: DataConfig, arrays: ArrayDataset | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if data.dataset == "imagenet":
+        return IMAGENET_STATS
+    if data.dataset in CIFAR_STATS:
+        return CIFAR_STATS[data.dataset]
+    from ablation.data.memory import channel_stats
+
+    mean, std = channel_stats(arrays.x_train)
+    if len(mean) == 1:  # grayscale is repeated to 3 channels by the loader
+        mean, std = tuple(mean) * 3, tuple(std) * 3
+    return tuple(mean), tuple(std)
+
+
+def check_data(data: DataConfig) -> DatasetInfo:
+    """Everything about the data that can fail, checked before any job starts (downloads CIFAR if needed)."""
+    info = dataset_info(data, check_paths=True)
+    if data.dataset in ("cifar10", "cifar100"):
+        load_arrays(data)
+    return info

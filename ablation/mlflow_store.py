@@ -1,0 +1,170 @@
+"""Where sweeps live in MLflow: one experiment per experiment file, a parent run per sweep, a child per cell.
+
+Layout (what the dashboard and ``runner.py table`` read):
+- MLflow experiment = the experiment file's ``name``; tags ``ablation.title``, ``ablation.source``.
+- parent run (``ablation.role=sweep``), named after the experiment, keyed by the set of its cells.
+- child run per cell (``ablation.role=cell``, ``mlflow.parentRunId``), named after its table row and seed;
+  params: the flattened resolved config; tags: the grid axes (``axis.<key>``), ``ablation.seed``,
+  ``ablation.config_hash``, ``ablation.arm``, ``ablation.description``; per-epoch metrics from the trainer; final
+  metrics ``final/*``; artifacts: the resolved config, the environment, the learning curve, the checkpoint on
+  request; the dataset as the run's input.
+A cell is identified by its config hash, so a rerun finds it whatever parent it ran under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
+
+from ablation.config import Experiment, flatten
+from ablation.grid import Cell
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ROLE, HASH, FAILURE = "ablation.role", "ablation.config_hash", "ablation.failure"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def resolve_tracking_uri(cli_value: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's own local SQLite store ``mlflow.db``."""
+    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class MlflowTracker:
+    """The trainer's Tracker for one MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+class SweepStore:
+    """The MLflow side of one experiment's sweeps."""
+
+    def __init__(self, tracking_uri: str, experiment: Experiment) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.experiment = experiment
+        found = self.client.get_experiment_by_name(experiment.name)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(
+                experiment.name,
+                tags={"ablation.title": experiment.title or experiment.name, "ablation.source": experiment.source},
+            )
+        else:
+            self.experiment_id = found.experiment_id
+
+    # ---- reading
+
+    def runs(self, role: str) -> list[Run]:
+        """Every run of this experiment with ``ablation.role = role`` (paginated)."""
+        out, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{ROLE}` = '{role}'", max_results=1000, page_token=token
+            )
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def cell_runs(self) -> dict[str, Run]:
+        """config hash -> the run that represents that cell: a finished one if any, else the newest."""
+        best: dict[str, Run] = {}
+        for run in self.runs("cell"):
+            key = run.data.tags.get(HASH)
+            current = best.get(key)
+            if current is None or _rank(run) > _rank(current):
+                best[key] = run
+        return best
+
+    # ---- writing
+
+    def parent_run(self, cells: list[Cell]) -> str:
+        """The sweep's parent run: the same one again when the same set of cells is swept again."""
+        key = hashlib.sha256(",".join(sorted(c.hash for c in cells)).encode()).hexdigest()[:12]
+        for run in self.runs("sweep"):
+            if run.data.tags.get("ablation.sweep_key") == key:
+                if run.info.status != "RUNNING":
+                    self.client.update_run(run.info.run_id, status="RUNNING")
+                return run.info.run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.experiment.name,
+            tags={
+                ROLE: "sweep",
+                "ablation.sweep_key": key,
+                "ablation.cells": str(len(cells)),
+                "ablation.source": self.experiment.source,
+                "mlflow.note.content": self.experiment.title,
+            },
+        )
+        return run.info.run_id
+
+    def start_cell(self, cell: Cell, parent_id: str, dataset: dict[str, str]) -> str:
+        """Create the child run of ``cell`` with its params, tags and dataset input."""
+        axes = {f"axis.{k}": _text(v) for k, v in flatten(cell.arm.axes).items()}
+        tags = {
+            ROLE: "cell",
+            HASH: cell.hash,
+            "mlflow.parentRunId": parent_id,
+            "ablation.experiment": self.experiment.name,
+            "ablation.arm": str(cell.arm.index),
+            "ablation.description": cell.arm.description,
+            "ablation.seed": str(cell.seed),
+            "ablation.attention": cell.config.model.attention.type,
+            **axes,
+        }
+        run = self.client.create_run(self.experiment_id, run_name=cell.name, tags=tags)
+        run_id = run.info.run_id
+        params = [
+            Param(k, _text(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(cell.config.model_dump(mode="json")).items()
+        ]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=params[i : i + 100])
+        self._log_dataset(run_id, dataset)
+        return run_id
+
+    def _log_dataset(self, run_id: str, dataset: dict[str, str]) -> None:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(dataset["source"])
+            entity = MetaDataset(source=source, name=dataset["name"], digest=dataset["digest"])._to_mlflow_entity()
+        context = InputTag(key="mlflow.data.context", value="train+validation")
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, FAILURE, "")
+
+    def finish(self, run_id: str, status: str, failure: str = "") -> None:
+        if failure:
+            self.client.set_tag(run_id, FAILURE, failure[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+    def log_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in tags.items()])
+
+
+def _rank(run: Run) -> tuple[int, int]:
+    return (run.info.status == RunStatus.to_string(RunStatus.FINISHED), run.info.start_time or 0)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)

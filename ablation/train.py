@@ -1,0 +1,281 @@
+"""Training one job (an arm with one seed) on one device: the unit a sweep hands to any worker.
+
+``train_job`` builds the network and data from a ``RunConfig``, trains with the configured recipe, evaluates
+top-1 / top-5 error after every epoch, checkpoints after every epoch and resumes exactly from the last
+checkpoint: a job interrupted after epoch k and started again ends with the same metrics as one that ran
+straight through (same seed, same device). Metrics leave only through a ``Tracker``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ablation.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from ablation.config import RunConfig, TrainConfig, config_hash
+from ablation.data.catalog import DatasetInfo
+from ablation.data.loaders import make_loaders
+from ablation.metrics import topk_correct
+from ablation.tracker import Tracker
+
+EPOCH_METRICS = (
+    "train/loss",
+    "train/top1_err",
+    "val/loss",
+    "val/top1_err",
+    "val/top5_err",
+    "lr",
+    "throughput/img_per_s",
+    "time/epoch_s",
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the job has failed and says when."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    completed: bool  # False when stopped early on request (stop_after_epochs)
+    train_time_s: float  # pure training + evaluation time over all epochs, resumed ones included
+    resumed_from_epoch: int = 0
+    final: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from ablation.errors import ConfigError
+
+        raise ConfigError("--device", spec, "CUDA is not available here; allowed: auto, cpu")
+    return device
+
+
+def amp_dtype(train: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: "auto" is bf16 on GPUs that support it, fp16 on older GPUs, off on the CPU."""
+    if train.amp == "off" or (train.amp == "auto" and device.type != "cuda"):
+        return None
+    if train.amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if train.amp == "bf16" else torch.float16
+
+
+def use_channels_last(train: TrainConfig, device: torch.device) -> bool:
+    """NHWC pays on GPUs with tensor cores (cuDNN's fast convolutions are NHWC); on the CPU it does not."""
+    return train.channels_last == "on" or (train.channels_last == "auto" and device.type == "cuda")
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+        # Same seed, same GPU -> same numbers: no autotuned (nondeterministic) kernels.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on every parameter, BN and biases included, as the official train_imagenet.py.
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=train.lr,
+        momentum=train.momentum,
+        nesterov=train.nesterov,
+        weight_decay=train.weight_decay,
+    )
+
+
+def lr_factor(train: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at optimizer step ``step`` (0-based), applied per step."""
+    epoch = step / steps_per_epoch  # fractional epoch
+    warmup = train.warmup_epochs
+    if warmup and epoch < warmup:
+        return (step + 1) / (warmup * steps_per_epoch)
+    if train.schedule == "step":
+        return train.gamma ** int(epoch // train.step_size)
+    if train.schedule == "cosine":
+        progress = (epoch - warmup) / max(train.epochs - warmup, 1e-9)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+def _evaluate(model: nn.Module, loader, criterion, autocast) -> dict[str, float]:
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
+    correct = torch.zeros(2, dtype=torch.float64, device=loss_sum.device)
+    seen = 0
+    with torch.no_grad():
+        for images, labels in loader:
+            with autocast():
+                logits = model(images)
+            loss_sum += criterion(logits.float(), labels).double() * len(labels)
+            correct += topk_correct(logits.float(), labels, (1, 5)).double()
+            seen += len(labels)
+    errors = (100.0 * (1.0 - correct / seen)).tolist()
+    return {"val/loss": loss_sum.item() / seen, "val/top1_err": errors[0], "val/top5_err": errors[1]}
+
+
+def final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """Last and best top-1 / top-5 error. Tables use the last epoch: the best epoch is picked on the
+    validation set itself and so is optimistically biased."""
+    last = history[-1]
+    return {
+        "final/top1_err_last": last["val/top1_err"],
+        "final/top5_err_last": last["val/top5_err"],
+        "final/top1_err_best": min(h["val/top1_err"] for h in history),
+        "final/top5_err_best": min(h["val/top5_err"] for h in history),
+        "final/val_loss_last": last["val/loss"],
+        "final/epochs": float(last["epoch"]),
+    }
+
+
+def train_job(
+    config: RunConfig,
+    *,
+    model: nn.Module,
+    info: DatasetInfo,
+    device: torch.device,
+    checkpoint_path: Path,
+    tracker: Tracker,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+    workers: int = 4,
+    description: str = "",
+) -> TrainResult:
+    """Train ``model`` (freshly built under ``seed_everything(config.seed)``) as ``config`` says.
+
+    Resumes from ``checkpoint_path`` if it holds a checkpoint of this config. ``stop_after_epochs`` ends the
+    call once that many epochs are done in total (an interruption, for tests and for time-sliced workers).
+    """
+    train_cfg = config.train
+    channels_last = use_channels_last(train_cfg, device)
+    dtype = amp_dtype(train_cfg, device)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    train_loader, val_loader = make_loaders(
+        config.data,
+        info,
+        batch_size=train_cfg.batch_size,
+        seed=config.seed,
+        device=device,
+        channels_last=channels_last,
+        workers=workers,
+    )
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        from ablation.errors import ConfigError
+
+        raise ConfigError("train.batch_size", train_cfg.batch_size, f"exceeds the {info.name} training set")
+    optimizer = build_optimizer(model, train_cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(train_cfg, step, steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    criterion = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
+
+    def autocast():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    history: list[dict[str, float]] = []
+    start_epoch, train_time = 0, 0.0
+    state = load_checkpoint(checkpoint_path, map_location=device)
+    if state is not None:
+        if state["config_hash"] != config_hash(config):
+            raise RuntimeError(f"{checkpoint_path} belongs to config {state['config_hash']}, not this job")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        history, start_epoch, train_time = list(state["history"]), state["epoch"], state["train_time_s"]
+    resumed_from = start_epoch
+
+    for epoch in range(start_epoch, train_cfg.epochs):
+        if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            return TrainResult(history, False, train_time, resumed_from)
+        _sync(device)
+        began = time.perf_counter()
+        model.train()
+        train_loader.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)
+        seen = 0
+        bar = tqdm(
+            train_loader,
+            total=steps_per_epoch,
+            desc=f"{_shorten(description, 60)} epoch {epoch + 1}/{train_cfg.epochs}".strip(),
+            leave=False,
+            disable=not progress,
+            unit="batch",
+            dynamic_ncols=True,
+        )
+        for images, labels in bar:
+            with autocast():
+                logits = model(images)
+                loss = criterion(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.detach().double() * len(labels)
+            correct += topk_correct(logits.detach().float(), labels, (1,))[0].double()
+            seen += len(labels)
+        bar.close()
+        _sync(device)
+        train_seconds = time.perf_counter() - began
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(f"training loss is {train_loss} in epoch {epoch + 1} (lr {lr:g})")
+        metrics = {
+            "epoch": float(epoch + 1),
+            "train/loss": train_loss,
+            "train/top1_err": 100.0 * (1.0 - correct.item() / seen),
+            **_evaluate(model, val_loader, criterion, autocast),
+            "lr": lr,
+            "throughput/img_per_s": seen / train_seconds,
+        }
+        _sync(device)
+        metrics["time/epoch_s"] = time.perf_counter() - began
+        train_time += metrics["time/epoch_s"]
+        history.append(metrics)
+        tracker.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=epoch + 1)
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "config_hash": config_hash(config),
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "history": history,
+                "train_time_s": train_time,
+            },
+        )
+    final = final_metrics(history)
+    tracker.log_metrics(final)
+    return TrainResult(history, True, train_time, resumed_from, final)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,169 @@
+"""End to end: sweeps on real images into a real MLflow store, the table read back, reruns and resumes."""
+
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from ablation.config import load_experiment
+from ablation.report import collect_runs, summarize
+from ablation.sweep import SweepOptions, prepare_sweep, run_sweep
+from tests.conftest import ROOT, tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
+
+
+def sweep(path, tmp_path, **options):
+    prepared = prepare_sweep(load_experiment(path))
+    opts = SweepOptions(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        checkpoint_dir=tmp_path / "checkpoints",
+        progress=False,
+        **options,
+    )
+    return prepared, run_sweep(prepared, opts), opts.tracking_uri
+
+
+def cell_runs(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    return client, client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'")
+
+
+def test_sweep_tracks_every_cell_and_the_table_equals_the_runs(tmp_path, tiny_npz, write_experiment):
+    path = write_experiment(tiny_experiment(tiny_npz, GRID))
+    prepared, report, uri = sweep(path, tmp_path)
+    assert (report.finished, report.already_done, report.failed) == (4, 0, {})
+
+    client, runs = cell_runs(uri)
+    assert len(runs) == 4  # 2 arms x 2 seeds
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert parents == {report.parent_run_id}
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name.endswith(f"| seed {run.data.tags['ablation.seed']}")
+        for key in (
+            "train/loss",
+            "train/top1_err",
+            "val/loss",
+            "val/top1_err",
+            "val/top5_err",
+            "lr",
+            "throughput/img_per_s",
+            "time/epoch_s",
+        ):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], key
+        assert run.data.params["train.epochs"] == "2"
+        assert run.data.params["model.attention.type"] in ("none", "cbam")
+        assert len(run.data.tags["ablation.config_hash"]) == 12
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "environment.json", "learning_curve.png"} <= artifacts
+        assert run.inputs.dataset_inputs[0].dataset.name == "npz"
+        last = client.get_metric_history(run.info.run_id, "val/top1_err")[-1].value
+        assert run.data.metrics["final/top1_err_last"] == last
+        assert 0 < run.data.metrics["final/params"] < 1e6
+
+    summary = summarize(prepared, collect_runs(prepared, uri))
+    assert summary["n"].tolist() == [2, 2]
+    for arm in prepared.arms:
+        values = [r.data.metrics["final/top1_err_last"] for r in runs if r.data.tags["ablation.arm"] == str(arm.index)]
+        row = summary.iloc[arm.index]
+        assert row["top1_err_mean"] == pytest.approx(sum(values) / 2)
+        assert row["top1_err_std"] == pytest.approx(pd.Series(values).std(ddof=1))
+
+    # Running it again creates no run and trains nothing.
+    _, again, _ = sweep(path, tmp_path)
+    assert (again.finished, again.already_done) == (0, 4)
+    assert len(cell_runs(uri)[1]) == 4
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_npz, write_experiment):
+    path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", "[0]", epochs=3))
+    _, straight, straight_uri = sweep(path, tmp_path / "straight")
+    assert straight.finished == 1
+
+    _, first, uri = sweep(path, tmp_path / "resumed", stop_after_epochs=1)
+    assert (first.finished, first.interrupted) == (0, 1)
+    client, (interrupted,) = cell_runs(uri)
+    assert interrupted.info.status == "KILLED"
+    _, second, _ = sweep(path, tmp_path / "resumed")
+    assert second.finished == 1
+    client, (resumed,) = cell_runs(uri)
+    assert resumed.info.run_id == interrupted.info.run_id  # the same MLflow run carried on
+    assert resumed.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "val/top1_err")] == [1, 2, 3]
+
+    _, (reference,) = cell_runs(straight_uri)
+    for key in ("final/top1_err_last", "final/top5_err_last", "final/val_loss_last"):
+        assert resumed.data.metrics[key] == reference.data.metrics[key], key
+    assert client.get_metric_history(resumed.info.run_id, "train/loss")[-1].value == (
+        MlflowClient(straight_uri).get_metric_history(reference.info.run_id, "train/loss")[-1].value
+    )
+
+
+def test_a_diverging_cell_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, tiny_npz, write_experiment):
+    grid = "  - train.lr: [1.0e+30, 0.05]\n"
+    path = write_experiment(tiny_experiment(tiny_npz, grid, "[0]", epochs=1))
+    _, report, uri = sweep(path, tmp_path)
+    assert report.finished == 1 and len(report.failed) == 1
+    (reason,) = report.failed.values()
+    assert "NonFiniteLossError" in reason
+    _client, runs = cell_runs(uri)
+    failed = next(r for r in runs if r.info.status == "FAILED")
+    assert (
+        "loss is nan" in failed.data.tags["ablation.failure"] or "loss is inf" in failed.data.tags["ablation.failure"]
+    )
+    # A rerun leaves the failed cell alone unless asked.
+    _, again, _ = sweep(path, tmp_path)
+    assert (again.finished, again.skipped_failed, again.already_done) == (0, 1, 1)
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "runner.py"), *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_bad_data_or_file_fails_before_any_run(tmp_path, tiny_npz, write_experiment):
+    good = tiny_experiment(tiny_npz, GRID)
+    cases = {
+        "missing-data": good.replace(str(tiny_npz), str(tmp_path / "nowhere.npz")),
+        "malformed": good + "grid: [\n",
+        "bad-value": good.replace("lr: 0.05", "lr: fast"),
+    }
+    for name, text in cases.items():
+        path = write_experiment(text, name)
+        result = run_cli("sweep", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+        assert result.returncode == 2, (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
+        assert result.stderr.startswith("error: ")
+        assert not (tmp_path / "mlflow.db").exists(), name  # no store, so certainly no run
+    result = run_cli("sweep", str(write_experiment(cases["missing-data"], "x")), cwd=tmp_path)
+    assert "data.root" in result.stderr and "nowhere.npz" in result.stderr
+
+
+def test_cli_sweep_then_table_formats(tmp_path, tiny_npz, write_experiment):
+    path = write_experiment(tiny_experiment(tiny_npz, GRID, "[0]", epochs=1))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli("sweep", str(path), "--tracking-uri", uri, "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2/2 cells done" in result.stderr
+    result = run_cli("table", str(path), "--tracking-uri", uri, "--format", "csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    from io import StringIO
+
+    table = pd.read_csv(StringIO(result.stdout))
+    assert {"description", "n", "top1_err_mean", "top1_err_std", "top5_err_mean", "top5_err_std"} <= set(table)
+    assert table["n"].tolist() == [1, 1]
+    assert table["top1_err_std"].isna().all()  # one seed: no spread, not a made-up one
+    for name in ("table.md", "table.tex", "table.csv", "top1_err.png", "top1_err.pdf"):
+        assert (tmp_path / "results" / "tiny" / name).stat().st_size > 0
+    latex = (tmp_path / "results" / "tiny" / "table.tex").read_text()
+    assert r"\toprule" in latex and r"\bottomrule" in latex
+    assert not math.isnan(table["top1_err_mean"][0])
