@@ -8,11 +8,13 @@ checkpoint in the same MLflow run, and leaves failed ones alone unless asked to 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from ablation.config import Experiment
 from ablation.data.sources import check_data, load_arrays
-from ablation.grid import Arm, Cell, build_network, check_buildable, expand_arms, expand_cells
+from ablation.grid import Arm, Cell, build_network, expand_arms, expand_cells
 from ablation.measure import measure
 from ablation.mlflow_store import MlflowTracker, SweepStore
 from ablation.train import resolve_device, seed_everything, train_job
@@ -57,15 +59,20 @@ class PreparedSweep:
     experiment: Experiment
     arms: list[Arm]
     cells: list[Cell]
+    costs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arm index -> (params, MACs)
 
 
 def prepare_sweep(experiment: Experiment) -> PreparedSweep:
-    """Validate everything before any job: configs, networks (built on the meta device), data."""
+    """Validate everything before any job: configs, networks, data.
+
+    Each network is built on the meta device (no memory, no arithmetic), which both proves it builds (e.g. no
+    reduction leaves a block without hidden channels) and counts its params and MACs for the table.
+    """
     arms = expand_arms(experiment, check_paths=True)
-    check_buildable(arms)
+    costs = {arm.index: measure(lambda arm=arm: build_network(arm), arm.data.image_size) for arm in arms}
     for data in {arm.config.data for arm in arms}:
         check_data(data)
-    return PreparedSweep(experiment, arms, expand_cells(experiment, arms))
+    return PreparedSweep(experiment, arms, expand_cells(experiment, arms), costs)
 
 
 def _say(message: str) -> None:
@@ -101,28 +108,37 @@ def run_sweep(prepared: PreparedSweep, options: SweepOptions) -> SweepReport:
         f"{report.already_done} already done, {report.skipped_failed} failed before (--retry-failed reruns them), "
         f"{len(todo)} to run; tracking {options.tracking_uri}, parent run {parent_id}"
     )
-    costs: dict[int, tuple[int, int]] = {}
+    costs = prepared.costs
     run_times: list[float] = []
-    for position, (cell, run_id) in enumerate(todo, start=1):
-        cell_began = time.perf_counter()
-        if cell.arm.index not in costs:
-            costs[cell.arm.index] = measure(lambda cell=cell: build_network(cell.arm), cell.arm.data.image_size)
-        outcome, train_s = run_cell(cell, store, parent_id, run_id, options, costs[cell.arm.index])
-        report.train_s += train_s
-        if outcome == "finished":
-            report.finished += 1
-        elif outcome == "interrupted":
-            report.interrupted += 1
-        else:
-            report.failed[cell.name] = outcome
-        run_times.append(time.perf_counter() - cell_began)
-        elapsed = time.perf_counter() - began
-        eta = sum(run_times) / len(run_times) * (len(todo) - position)
-        done = report.already_done + report.finished
-        _say(
-            f"[sweep] {done}/{len(cells)} cells done, {len(report.failed)} failed | elapsed {_duration(elapsed)}"
-            f" | ETA {_duration(eta)} | last: {cell.name} -> {outcome.splitlines()[0][:80]}"
-        )
+    finalizing: dict[str, Future] = {}
+    # Logging a finished cell's artifacts and closing its run happen on a background thread, while the next
+    # cell trains: tracking I/O stays off the training path. A cell whose finalisation fails stays RUNNING in
+    # MLflow, and the next sweep resumes it from its last (complete) checkpoint and finalises it again.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
+        for position, (cell, run_id) in enumerate(todo, start=1):
+            cell_began = time.perf_counter()
+            outcome, train_s = run_cell(cell, store, parent_id, run_id, options, costs[cell.arm.index], finalizer)
+            report.train_s += train_s
+            if isinstance(outcome, Future):
+                finalizing[cell.name] = outcome
+                outcome = "finished"
+                report.finished += 1
+            elif outcome == "interrupted":
+                report.interrupted += 1
+            else:
+                report.failed[cell.name] = outcome
+            run_times.append(time.perf_counter() - cell_began)
+            elapsed = time.perf_counter() - began
+            eta = sum(run_times) / len(run_times) * (len(todo) - position)
+            done = report.already_done + report.finished
+            _say(
+                f"[sweep] {done}/{len(cells)} cells done, {len(report.failed)} failed | elapsed {_duration(elapsed)}"
+                f" | ETA {_duration(eta)} | last: {cell.name} -> {outcome.splitlines()[0][:80]}"
+            )
+    for name, future in finalizing.items():
+        if future.exception() is not None:
+            report.finished -= 1
+            report.failed[name] = f"logging its results failed ({future.exception()}); a rerun finishes it"
     complete = report.already_done + report.finished == len(cells)
     store.finish(parent_id, "FINISHED" if complete else "FAILED" if report.failed else "KILLED")
     report.wall_s = time.perf_counter() - began
@@ -136,10 +152,13 @@ def run_cell(
     run_id: str | None,
     options: SweepOptions,
     cost: tuple[int, int],
-) -> tuple[str, float]:
+    finalizer: ThreadPoolExecutor | None = None,
+) -> tuple[str | Future, float]:
     """Train one cell into its MLflow run (new, or the interrupted one resumed).
 
-    Returns ("finished" | "interrupted" | the failure reason, pure training seconds).
+    Returns (outcome, pure training seconds); the outcome is "interrupted", a failure reason, or, for a trained
+    cell, the Future of its finalisation (final metrics, artifacts, run closed) on ``finalizer`` (inline when
+    None, then "finished").
     """
     arm = cell.arm
     if run_id is None:
@@ -181,18 +200,32 @@ def run_cell(
         store.finish(run_id, "KILLED", f"stopped after epoch {len(result.history)}; a rerun resumes it")
         return "interrupted", result.train_time_s
     params, macs = cost
-    tracker.log_metrics({"final/params": params, "final/gmacs": macs / 1e9, "final/train_time_s": result.train_time_s})
+    final = {"final/params": params, "final/gmacs": macs / 1e9, "final/train_time_s": result.train_time_s}
     kept = checkpoint if options.log_checkpoints else None
-    _log_artifacts(cell, store.experiment.name, tracker, result.history, device, kept)
-    store.finish(run_id, "FINISHED")
-    return "finished", result.train_time_s
+
+    def finalize() -> None:
+        tracker.log_metrics(final)
+        _log_artifacts(cell, store.experiment.name, tracker, result.history, str(device), kept)
+        store.finish(run_id, "FINISHED")
+
+    if finalizer is None:
+        finalize()
+        return "finished", result.train_time_s
+    return finalizer.submit(finalize), result.train_time_s
+
+
+@functools.lru_cache(maxsize=8)
+def _environment_json(device: str) -> str:
+    """The environment does not change during a sweep: read it (git, package versions) once per device."""
+    from ablation.environment import environment
+
+    return json.dumps(environment(device), indent=2, default=str)
 
 
 def _log_artifacts(
-    cell: Cell, experiment: str, tracker: MlflowTracker, history: list[dict], device, checkpoint: Path | None
+    cell: Cell, experiment: str, tracker: MlflowTracker, history: list[dict], device: str, checkpoint: Path | None
 ) -> None:
     """The resolved config, the environment and the learning curve (and the checkpoint when asked)."""
-    from ablation.environment import environment
     from ablation.plots import learning_curve
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +239,7 @@ def _log_artifacts(
             "config": cell.config.model_dump(mode="json"),
         }
         (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        (folder / "environment.json").write_text(json.dumps(environment(str(device)), indent=2, default=str))
+        (folder / "environment.json").write_text(_environment_json(device))
         learning_curve(history, folder / "learning_curve.png", title=cell.name)
         for name in ("config.yaml", "environment.json", "learning_curve.png"):
             tracker.log_artifact(folder / name)
