@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Command line of the CBAM ablation harness: argument parsing and dispatch only; the work is in ``ablation``.
 
+python runner.py sweep experiments/demo.yaml      # train every cell, tracked in MLflow (mlflow.db)
+python runner.py table experiments/demo.yaml      # the paper-style table, from MLflow
 python runner.py profile experiments/table4_backbones.yaml --format md
 """
 
@@ -8,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ablation.errors import ConfigError
+
+# ---- shared arguments
 
 
 def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +29,76 @@ def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tracking_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)",
+    )
+
+
+def _add_storage_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="the sweep's state: an Optuna RDB URL (default: sqlite:///sweeps.db in this folder; several machines: "
+        "postgresql+psycopg2://user@host/db)",
+    )
+
+
+def _add_worker_args(parser: argparse.ArgumentParser) -> None:
+    _add_tracking_arg(parser)
+    _add_storage_arg(parser)
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1")
+    parser.add_argument("--checkpoint-dir", default="checkpoints", help="epoch checkpoints (shared by all machines)")
+    parser.add_argument("--log-checkpoints", action="store_true", help="log each cell's final checkpoint to MLflow")
+    parser.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per cell, DistributedDataParallel (1)")
+    parser.add_argument("--loader-workers", type=int, default=4, help="DataLoader workers for ImageNet (default 4)")
+    parser.add_argument("--heartbeat-interval", type=int, default=15, help="seconds between heartbeats (15)")
+    parser.add_argument(
+        "--grace-period", type=int, default=60, help="seconds without heartbeat before a cell is taken up again (60)"
+    )
+
+
+def _experiment_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The experiment file and its --set overrides, as worker processes must receive them."""
+    return (str(Path(args.experiment).resolve()), *(x for o in args.overrides for x in ("--set", o)))
+
+
+def _prepare(args: argparse.Namespace):
+    from ablation.config import load_experiment
+    from ablation.sweep import prepare_sweep
+
+    return prepare_sweep(load_experiment(args.experiment, args.overrides), _experiment_args(args))
+
+
+def _worker_options(args: argparse.Namespace, progress: bool, name: str = "worker"):
+    from ablation.cell import CellOptions
+    from ablation.mlflow_store import resolve_tracking_uri
+    from ablation.queue import DEFAULT_STORAGE
+    from ablation.worker import WorkerOptions
+
+    return WorkerOptions(
+        tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        storage_url=args.storage or DEFAULT_STORAGE,
+        cell=CellOptions(
+            device=args.device,
+            checkpoint_dir=Path(args.checkpoint_dir),
+            log_checkpoints=args.log_checkpoints,
+            progress=progress,
+            workers=args.loader_workers,
+        ),
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        gpus_per_job=args.gpus_per_job,
+        name=name,
+        epoch_lines=not progress,
+    )
+
+
+# ---- commands
+
+
 def cmd_profile(args: argparse.Namespace) -> None:
     from ablation.config import load_experiment
     from ablation.grid import expand_arms
@@ -34,49 +109,135 @@ def cmd_profile(args: argparse.Namespace) -> None:
     sys.stdout.write(render(profile_arms(arms), args.format))
 
 
-def _add_tracking_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)",
-    )
-
-
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    import torch
 
-    from ablation.config import load_experiment
-    from ablation.mlflow_store import resolve_tracking_uri
-    from ablation.sweep import SweepOptions, prepare_sweep, run_sweep
+    from ablation.slots import parse_workers, plan_slots
+    from ablation.sweep import run_sweep
 
-    prepared = prepare_sweep(load_experiment(args.experiment, args.overrides))
-    options = SweepOptions(
-        tracking_uri=resolve_tracking_uri(args.tracking_uri),
-        device=args.device,
-        checkpoint_dir=Path(args.checkpoint_dir),
-        log_checkpoints=args.log_checkpoints,
-        retry_failed=args.retry_failed,
-        progress=not args.no_progress,
-        workers=args.loader_workers,
-    )
-    report = run_sweep(prepared, options)
+    workers = parse_workers(args.workers)
+    num_gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
+    slots = plan_slots(workers, num_gpus, jobs_per_gpu=args.jobs_per_gpu, gpus_per_job=args.gpus_per_job)
+    prepared = _prepare(args)
+    in_process = len(slots) == 1 and args.gpus_per_job == 1
+    options = _worker_options(args, progress=in_process and not args.no_progress)
+    if in_process and slots[0].gpus == ():
+        import os
+
+        torch.set_num_threads(slots[0].threads if "OMP_NUM_THREADS" not in os.environ else torch.get_num_threads())
+    report = run_sweep(prepared, options, slots, retry_failed=args.retry_failed)
     print(
-        f"sweep {prepared.experiment.name}: {report.finished} cells trained, {report.already_done} already done, "
-        f"{len(report.failed)} failed, {report.skipped_failed} failed earlier and skipped; "
-        f"wall {report.wall_s:.1f}s, training {report.train_s:.1f}s"
+        f"sweep {prepared.experiment.name}: {report.done}/{report.total} cells done, {len(report.failed)} failed, "
+        f"{report.pending} pending; wall {report.wall_s:.1f}s"
     )
     for name, reason in report.failed.items():
-        print(f"  failed: {name}: {reason}")
-    if report.finished or report.already_done:
+        print(f"  failed: {name}: {reason.splitlines()[0] if reason else ''}")
+    if report.done:
         args.format, args.out = "md", None
         cmd_table(args, prepared)
     if report.failed:
         raise SystemExit(1)
 
 
-def cmd_table(args: argparse.Namespace, prepared=None) -> None:
-    from pathlib import Path
+def cmd_worker(args: argparse.Namespace) -> None:
+    import os
 
+    from ablation.worker import run_worker
+
+    prepared = _prepare(args)
+    name = args.name or f"worker-{os.getpid()}"
+    report = run_worker(prepared, _worker_options(args, progress=False, name=name))
+    print(
+        f"[{name}] finished {report.finished} cells, {len(report.failed)} failed, {report.already_done} already done",
+        flush=True,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from ablation.config import load_experiment
+    from ablation.grid import expand_arms, expand_cells
+    from ablation.queue import DEFAULT_STORAGE
+    from ablation.status import render_status, sweep_status
+    from ablation.sweep import PreparedSweep
+
+    experiment = load_experiment(args.experiment, args.overrides)
+    arms = expand_arms(experiment, check_paths=False)
+    prepared = PreparedSweep(experiment, arms, expand_cells(experiment, arms))
+    frame = sweep_status(prepared, args.storage or DEFAULT_STORAGE)
+    if frame is None:
+        print(f"{experiment.name}: not started in {args.storage or DEFAULT_STORAGE} ({len(prepared.cells)} cells)")
+        return
+    sys.stdout.write(render_status(frame))
+
+
+def cmd_slurm(args: argparse.Namespace) -> None:
+    from ablation.config import load_experiment
+    from ablation.grid import expand_arms, expand_cells
+    from ablation.slurm import slurm_script
+
+    experiment = load_experiment(args.experiment, args.overrides)
+    cells = expand_cells(experiment, expand_arms(experiment, check_paths=False))
+    if not args.storage or args.storage.startswith("sqlite"):
+        raise ConfigError("--storage", args.storage, "a Slurm array needs a database every node reaches (postgresql)")
+    script = slurm_script(
+        experiment=experiment.name,
+        command_args=list(_experiment_args(args)),
+        cells=len(cells),
+        storage=args.storage,
+        tracking_uri=args.tracking_uri or "http://MLFLOW-SERVER:5000",
+        checkpoint_dir=args.checkpoint_dir,
+        tasks=args.tasks or len(cells),
+        gpus_per_task=args.gpus_per_job,
+        cpus_per_task=args.cpus_per_task,
+        time_limit=args.time,
+        partition=args.partition,
+    )
+    out = Path(args.out or f"slurm-{experiment.name}.sh")
+    out.write_text(script)
+    out.chmod(0o755)
+    print(f"wrote {out}: sbatch {out}   ({len(cells)} cells, array of {args.tasks or len(cells)} workers)")
+
+
+def cmd_run_cell(args: argparse.Namespace) -> None:
+    """One cell inside a torchrun launch (every rank runs this; rank 0 tracks)."""
+    from ablation.cell import CellOptions, run_cell
+    from ablation.distributed import init_from_env
+    from ablation.grid import build_network
+    from ablation.mlflow_store import SweepStore, resolve_tracking_uri
+    from ablation.tracker import MemoryTracker
+    from ablation.train import resolve_device, seed_everything, train_job
+
+    prepared = _prepare(args)
+    cell = next((c for c in prepared.cells if c.hash == args.cell), None)
+    if cell is None:
+        raise ConfigError("--cell", args.cell, "is not a cell of this experiment")
+    base = resolve_device(args.device)
+    ctx = init_from_env(base.type)
+    device = f"cuda:{ctx.local_rank}" if base.type == "cuda" else "cpu"
+    cost = prepared.costs[cell.arm.index]
+    options = CellOptions(device=device, checkpoint_dir=Path(args.checkpoint_dir), progress=False)
+    if ctx.is_main:
+        store = SweepStore(resolve_tracking_uri(args.tracking_uri), prepared.experiment)
+        outcome = run_cell(cell, store, args.parent_run, args.run_id, options, cost, dist=ctx)
+        if outcome.status != "finished":
+            raise SystemExit(f"cell {outcome.status}: {outcome.reason}")
+    else:
+        seed_everything(cell.seed, resolve_device(device))
+        from ablation.cell import checkpoint_path
+
+        train_job(
+            cell.config,
+            model=build_network(cell.arm),
+            info=cell.arm.data,
+            device=resolve_device(device),
+            checkpoint_path=checkpoint_path(options, prepared.experiment.name, cell),
+            tracker=MemoryTracker(),
+            progress=False,
+            dist=ctx,
+        )
+
+
+def cmd_table(args: argparse.Namespace, prepared=None) -> None:
     from ablation.config import load_experiment
     from ablation.grid import expand_arms, expand_cells
     from ablation.mlflow_store import resolve_tracking_uri
@@ -93,6 +254,9 @@ def cmd_table(args: argparse.Namespace, prepared=None) -> None:
     render = {"md": lambda: render_markdown(summary, prepared), "latex": lambda: render_latex(summary, prepared)}
     sys.stdout.write(render.get(args.format, lambda: render_csv(summary))())
     print(f"written: {', '.join(str(p) for p in written)}", file=sys.stderr)
+
+
+# ---- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,21 +276,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser(
         "sweep",
-        help="train every cell (arm x seed) of an experiment, tracked in MLflow; reruns resume",
-        description="Train every cell of the grid on one device, one MLflow child run per cell under a parent "
-        "run per sweep. Everything is validated before the first run starts. Running it again starts nothing for "
-        "finished cells (same config hash), resumes interrupted ones from their last epoch checkpoint, and skips "
-        "failed ones unless --retry-failed. Prints the table at the end.",
+        help="train every cell (arm x seed) of an experiment on the local devices, tracked in MLflow",
+        description="Validate the experiment, then train every cell: one worker per device slot pulls cells from "
+        "the sweep's state (an Optuna storage), one MLflow child run per cell under a parent run per sweep. A "
+        "rerun starts nothing for finished cells, resumes interrupted ones from their last epoch checkpoint, and "
+        "skips failed ones unless --retry-failed. Prints the table at the end.",
     )
     _add_experiment_args(sweep)
-    _add_tracking_arg(sweep)
-    sweep.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1")
-    sweep.add_argument("--checkpoint-dir", default="checkpoints", help="epoch checkpoints (default: checkpoints/)")
-    sweep.add_argument("--log-checkpoints", action="store_true", help="log each cell's final checkpoint to MLflow")
+    _add_worker_args(sweep)
+    sweep.add_argument(
+        "--workers", default="1", help="auto (one per GPU slot) or N (default 1; without GPUs, N CPU workers)"
+    )
+    sweep.add_argument("--jobs-per-gpu", type=int, default=1, help="cells packed on one GPU (default 1)")
     sweep.add_argument("--retry-failed", action="store_true", help="run cells that failed before again")
-    sweep.add_argument("--loader-workers", type=int, default=4, help="DataLoader workers for ImageNet (default 4)")
     sweep.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     sweep.set_defaults(func=cmd_sweep)
+
+    worker = commands.add_parser(
+        "worker",
+        help="join a sweep from any machine: pull cells from --storage until none is left",
+        description="Run cells of the sweep until every cell is done or failed. Start one per GPU on as many "
+        "machines as you like, all with the same --storage (PostgreSQL) and --tracking-uri.",
+    )
+    _add_experiment_args(worker)
+    _add_worker_args(worker)
+    worker.add_argument("--name", default=None, help="a name for this worker's log lines")
+    worker.set_defaults(func=cmd_worker)
+
+    status = commands.add_parser("status", help="cells pending / running / done / failed, with their MLflow run ids")
+    _add_experiment_args(status)
+    _add_storage_arg(status)
+    status.set_defaults(func=cmd_status)
+
+    slurm = commands.add_parser(
+        "slurm",
+        help="write a Slurm job-array script whose tasks are sweep workers",
+        description="Write (not submit) an sbatch script: an array of worker tasks sharing --storage and "
+        "--tracking-uri. Submit it with sbatch.",
+    )
+    _add_experiment_args(slurm)
+    _add_tracking_arg(slurm)
+    _add_storage_arg(slurm)
+    slurm.add_argument("--tasks", type=int, default=None, help="array size (default: one per cell)")
+    slurm.add_argument("--gpus-per-job", type=int, default=1)
+    slurm.add_argument("--cpus-per-task", type=int, default=8)
+    slurm.add_argument("--time", default="24:00:00", help="time limit per task")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--checkpoint-dir", default="checkpoints", help="a folder every node sees")
+    slurm.add_argument("--out", default=None, help="script path (default: slurm-<experiment>.sh)")
+    slurm.set_defaults(func=cmd_slurm)
+
+    run_cell = commands.add_parser(
+        "run-cell", help="(internal) one cell inside a torchrun launch; workers start it for --gpus-per-job > 1"
+    )
+    _add_experiment_args(run_cell)
+    _add_tracking_arg(run_cell)
+    run_cell.add_argument("--cell", required=True, help="the cell's config hash")
+    run_cell.add_argument("--parent-run", required=True)
+    run_cell.add_argument("--run-id", default=None)
+    run_cell.add_argument("--checkpoint-dir", default="checkpoints")
+    run_cell.add_argument("--device", default="auto")
+    run_cell.set_defaults(func=cmd_run_cell)
 
     table = commands.add_parser(
         "table",

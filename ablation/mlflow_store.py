@@ -81,6 +81,13 @@ class SweepStore:
             if not token:
                 return out
 
+    def find_cell(self, config_hash: str) -> Run | None:
+        """The run of one cell: a finished one if any, else the newest attempt, else None."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'cell' and tags.`{HASH}` = '{config_hash}'"
+        )
+        return max(runs, key=_rank, default=None)
+
     def cell_runs(self) -> dict[str, Run]:
         """config hash -> the run that represents that cell: a finished one if any, else the newest."""
         best: dict[str, Run] = {}

@@ -1,57 +1,31 @@
-"""``runner.py sweep``: run every cell of an experiment on one device, tracked in MLflow, resumable.
+"""``runner.py sweep``: validate an experiment, then run its cells on every local device slot.
 
-Everything that can be wrong with the input is checked before the first MLflow run is created: the config of
-every arm, that every network builds, that the data is there. Then each cell is a self-contained job
-(``run_cell``): a rerun skips finished cells (same config hash), resumes interrupted ones from their last epoch
-checkpoint in the same MLflow run, and leaves failed ones alone unless asked to retry them.
+Everything that can be wrong with the input is checked before the sweep's state or any MLflow run is created:
+the config of every arm, that every network builds (on the meta device, which also counts its params and MACs),
+that the data is there. The sweep's state lives in an Optuna storage (``ablation.queue``): one worker runs
+in this process, or one worker process per slot (``ablation.slots``) pulls cells from it, and workers on other
+machines can join with ``runner.py worker``. A rerun starts nothing for finished cells, resumes interrupted ones
+and leaves failed ones alone unless asked to retry them.
 """
 
 from __future__ import annotations
 
-import functools
-import json
+import os
+import subprocess
 import sys
-import tempfile
 import time
-import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from optuna.trial import TrialState
 from tqdm import tqdm
 
 from ablation.config import Experiment
-from ablation.data.sources import check_data, load_arrays
+from ablation.data.sources import check_data
 from ablation.grid import Arm, Cell, build_network, expand_arms, expand_cells
 from ablation.measure import measure
-from ablation.mlflow_store import MlflowTracker, SweepStore
-from ablation.train import resolve_device, seed_everything, train_job
 
-
-@dataclass
-class SweepOptions:
-    tracking_uri: str
-    device: str = "auto"
-    checkpoint_dir: Path = Path("checkpoints")
-    log_checkpoints: bool = False  # also log each cell's final checkpoint as an MLflow artifact
-    retry_failed: bool = False
-    progress: bool = True
-    workers: int = 4  # DataLoader workers (ImageNet only; small datasets live on the device)
-    stop_after_epochs: int | None = None  # end each cell after this many epochs (an interruption, for tests)
-
-
-@dataclass
-class SweepReport:
-    total: int
-    already_done: int = 0
-    finished: int = 0
-    interrupted: int = 0
-    failed: dict[str, str] = field(default_factory=dict)  # cell name -> reason
-    skipped_failed: int = 0
-    wall_s: float = 0.0
-    train_s: float = 0.0  # pure training time of the cells run by this call (what the harness wraps)
-    parent_run_id: str = ""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -60,188 +34,155 @@ class PreparedSweep:
     arms: list[Arm]
     cells: list[Cell]
     costs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arm index -> (params, MACs)
+    # The experiment file and its --set overrides, to start worker processes on the very same experiment.
+    command_args: tuple[str, ...] = ()
 
 
-def prepare_sweep(experiment: Experiment) -> PreparedSweep:
-    """Validate everything before any job: configs, networks, data.
-
-    Each network is built on the meta device (no memory, no arithmetic), which both proves it builds (e.g. no
-    reduction leaves a block without hidden channels) and counts its params and MACs for the table.
-    """
+def prepare_sweep(experiment: Experiment, command_args: tuple[str, ...] = ()) -> PreparedSweep:
+    """Validate everything before any job: configs, networks, data."""
     arms = expand_arms(experiment, check_paths=True)
     costs = {arm.index: measure(lambda arm=arm: build_network(arm), arm.data.image_size) for arm in arms}
     for data in {arm.config.data for arm in arms}:
         check_data(data)
-    return PreparedSweep(experiment, arms, expand_cells(experiment, arms), costs)
+    return PreparedSweep(experiment, arms, expand_cells(experiment, arms), costs, tuple(command_args))
 
 
-def _say(message: str) -> None:
+@dataclass
+class SweepReport:
+    total: int
+    done: int = 0  # cells finished, now or before
+    failed: dict[str, str] = field(default_factory=dict)  # cell name -> reason
+    pending: int = 0  # cells still waiting or running (e.g. an interrupted sweep)
+    trained_now: int = 0
+    train_s: float = 0.0  # pure training time of the cells this command's in-process worker ran
+    wall_s: float = 0.0
+    parent_run_id: str = ""
+
+
+def say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = round(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-    )
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def run_sweep(prepared: PreparedSweep, options: SweepOptions) -> SweepReport:
+def run_sweep(prepared: PreparedSweep, options, slots=None, retry_failed: bool = False) -> SweepReport:
+    """Run the sweep with ``options`` (a ``WorkerOptions``) on ``slots`` (default: one in-process CPU/GPU worker)."""
+    from ablation.worker import join_sweep, run_worker
+
     began = time.perf_counter()
-    experiment, cells = prepared.experiment, prepared.cells
-    store = SweepStore(options.tracking_uri, experiment)
-    parent_id = store.parent_run(cells)
-    existing = store.cell_runs()
-    report = SweepReport(total=len(cells), parent_run_id=parent_id)
-    todo: list[tuple[Cell, str | None]] = []
-    for cell in cells:
-        run = existing.get(cell.hash)
-        status = run.info.status if run else None
-        if status == "FINISHED":
-            report.already_done += 1
-        elif status == "FAILED" and not options.retry_failed:
-            report.skipped_failed += 1
-        else:
-            todo.append((cell, run.info.run_id if run else None))
-    _say(
-        f"[sweep] {experiment.name}: {len(cells)} cells ({len(prepared.arms)} arms x {len(experiment.seeds)} seeds); "
-        f"{report.already_done} already done, {report.skipped_failed} failed before (--retry-failed reruns them), "
-        f"{len(todo)} to run; tracking {options.tracking_uri}, parent run {parent_id}"
+    queue, store = join_sweep(prepared, options)
+    if retry_failed:
+        retried = queue.retry(queue.failed_cells())
+        if retried:
+            say(f"[sweep] {retried} failed cells enqueued again (--retry-failed)")
+    counts = _counts(queue)
+    say(
+        f"[sweep] {prepared.experiment.name}: {len(prepared.cells)} cells ({len(prepared.arms)} arms x "
+        f"{len(prepared.experiment.seeds)} seeds): {counts['done']} done, {counts['failed']} failed "
+        f"(--retry-failed reruns them), {counts['pending']} to run; state {options.storage_url}, "
+        f"tracking {options.tracking_uri}"
     )
-    costs = prepared.costs
-    run_times: list[float] = []
-    finalizing: dict[str, Future] = {}
-    # Logging a finished cell's artifacts and closing its run happen on a background thread, while the next
-    # cell trains: tracking I/O stays off the training path. A cell whose finalisation fails stays RUNNING in
-    # MLflow, and the next sweep resumes it from its last (complete) checkpoint and finalises it again.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
-        for position, (cell, run_id) in enumerate(todo, start=1):
-            cell_began = time.perf_counter()
-            outcome, train_s = run_cell(cell, store, parent_id, run_id, options, costs[cell.arm.index], finalizer)
-            report.train_s += train_s
-            if isinstance(outcome, Future):
-                finalizing[cell.name] = outcome
-                outcome = "finished"
-                report.finished += 1
-            elif outcome == "interrupted":
-                report.interrupted += 1
-            else:
-                report.failed[cell.name] = outcome
-            run_times.append(time.perf_counter() - cell_began)
-            elapsed = time.perf_counter() - began
-            eta = sum(run_times) / len(run_times) * (len(todo) - position)
-            done = report.already_done + report.finished
-            _say(
-                f"[sweep] {done}/{len(cells)} cells done, {len(report.failed)} failed | elapsed {_duration(elapsed)}"
-                f" | ETA {_duration(eta)} | last: {cell.name} -> {outcome.splitlines()[0][:80]}"
+    report = SweepReport(total=len(prepared.cells), parent_run_id=queue.get_attr("parent_run_id"))
+    if slots is None or (len(slots) == 1 and slots[0].gpus in ((), (0,)) and options.gpus_per_job == 1):
+        to_run, times, tally = counts["pending"], [], {"finished": counts["done"], "failed": counts["failed"]}
+
+        def on_cell(name: str, outcome: str) -> None:
+            # Counted here rather than read back: a finished cell is marked done once its artifacts are logged.
+            times.append(time.perf_counter())
+            tally["finished" if outcome == "finished" else "failed"] += outcome != "interrupted"
+            eta = (times[-1] - began) / len(times) * max(to_run - len(times), 0)
+            say(
+                f"[sweep] {tally['finished']}/{len(prepared.cells)} cells done, {tally['failed']} failed | elapsed "
+                f"{duration(times[-1] - began)} | ETA {duration(eta)} | last: {name} -> {outcome.splitlines()[0][:80]}"
             )
-    for name, future in finalizing.items():
-        if future.exception() is not None:
-            report.finished -= 1
-            report.failed[name] = f"logging its results failed ({future.exception()}); a rerun finishes it"
-    complete = report.already_done + report.finished == len(cells)
-    store.finish(parent_id, "FINISHED" if complete else "FAILED" if report.failed else "KILLED")
+
+        worker = run_worker(prepared, options, queue, store, on_cell=on_cell)
+        report.trained_now, report.train_s = worker.finished, worker.train_s
+    else:
+        _run_worker_processes(prepared, options, slots, queue, began)
+    counts = _counts(queue)
+    report.done, report.pending = counts["done"], counts["pending"]
+    report.failed = {
+        t.user_attrs.get("cell_name", key): t.user_attrs.get("failure", "")
+        for key, t in queue.latest().items()
+        if t.state == TrialState.FAIL
+    }
+    finished = report.done == report.total
+    store.finish(report.parent_run_id, "FINISHED" if finished else "FAILED" if report.failed else "KILLED")
     report.wall_s = time.perf_counter() - began
     return report
 
 
-def run_cell(
-    cell: Cell,
-    store: SweepStore,
-    parent_id: str,
-    run_id: str | None,
-    options: SweepOptions,
-    cost: tuple[int, int],
-    finalizer: ThreadPoolExecutor | None = None,
-) -> tuple[str | Future, float]:
-    """Train one cell into its MLflow run (new, or the interrupted one resumed).
+def _counts(queue) -> dict[str, int]:
+    states = [t.state for t in queue.latest().values()]
+    return {
+        "done": states.count(TrialState.COMPLETE),
+        "failed": states.count(TrialState.FAIL),
+        "running": states.count(TrialState.RUNNING),
+        "pending": states.count(TrialState.WAITING) + states.count(TrialState.RUNNING),
+    }
 
-    Returns (outcome, pure training seconds); the outcome is "interrupted", a failure reason, or, for a trained
-    cell, the Future of its finalisation (final metrics, artifacts, run closed) on ``finalizer`` (inline when
-    None, then "finished").
-    """
-    arm = cell.arm
-    if run_id is None:
-        arrays = load_arrays(arm.config.data) if arm.config.data.dataset != "imagenet" else None
-        dataset = {
-            "name": arm.data.name,
-            "source": arrays.source if arrays else str(arm.data.path),
-            "digest": arrays.digest if arrays else "imagenet-folder",
-        }
-        run_id = store.start_cell(cell, parent_id, dataset)
-    else:
-        store.reopen(run_id)
-    device = resolve_device(options.device)
-    seed_everything(cell.seed, device)
-    model = build_network(arm)
-    checkpoint = options.checkpoint_dir / store.experiment.name / cell.hash / "last.pt"
-    tracker = MlflowTracker(store.client, run_id)
+
+def worker_command(prepared: PreparedSweep, options, name: str) -> list[str]:
+    """The ``runner.py worker`` command line that joins this sweep."""
+    command = [
+        sys.executable,
+        str(ROOT / "runner.py"),
+        "worker",
+        *prepared.command_args,
+        "--storage",
+        options.storage_url,
+        "--tracking-uri",
+        options.tracking_uri,
+        "--checkpoint-dir",
+        str(options.cell.checkpoint_dir),
+        "--heartbeat-interval",
+        str(options.heartbeat_interval),
+        "--grace-period",
+        str(options.grace_period),
+        "--gpus-per-job",
+        str(options.gpus_per_job),
+        "--name",
+        name,
+        "--loader-workers",
+        str(options.cell.workers),
+    ]
+    if options.cell.log_checkpoints:
+        command.append("--log-checkpoints")
+    return command
+
+
+def _run_worker_processes(prepared, options, slots, queue, began: float) -> None:
+    """One ``runner.py worker`` process per slot; a status line every few seconds until all have exited."""
+    processes = []
+    for slot in slots:
+        env = {**os.environ, **slot.environment()}
+        name = f"w{slot.index}" + (f"-gpu{','.join(map(str, slot.gpus))}" if slot.gpus else "")
+        processes.append(subprocess.Popen(worker_command(prepared, options, name), env=env))
+    say(
+        f"[sweep] started {len(slots)} workers: "
+        + ", ".join(f"w{s.index} (GPUs {','.join(map(str, s.gpus)) or 'none'}, {s.threads} threads)" for s in slots)
+    )
+    start_done, last = _counts(queue)["done"], 0.0
     try:
-        result = train_job(
-            cell.config,
-            model=model,
-            info=arm.data,
-            device=device,
-            checkpoint_path=checkpoint,
-            tracker=tracker,
-            stop_after_epochs=options.stop_after_epochs,
-            progress=options.progress,
-            workers=options.workers,
-            description=cell.name,
-        )
+        while any(p.poll() is None for p in processes):
+            time.sleep(1.0)
+            if time.perf_counter() - last >= 10:
+                last = time.perf_counter()
+                counts = _counts(queue)
+                elapsed = time.perf_counter() - began
+                rate = (counts["done"] - start_done) / elapsed
+                eta = duration(counts["pending"] / rate) if rate > 0 else "?"
+                say(
+                    f"[sweep] {counts['done']}/{len(prepared.cells)} done, {counts['running']} running, "
+                    f"{counts['failed']} failed | elapsed {duration(elapsed)} | ETA {eta}"
+                )
     except KeyboardInterrupt:
-        store.finish(run_id, "KILLED", "interrupted by the user (Ctrl-C); a rerun resumes it")
+        for process in processes:
+            process.terminate()
         raise
-    except Exception as exc:  # the sweep goes on; the reason is kept on the run
-        reason = f"{type(exc).__name__}: {exc}"
-        store.finish(run_id, "FAILED", reason + "\n" + traceback.format_exc(limit=8))
-        return reason, 0.0
-    if not result.completed:
-        store.finish(run_id, "KILLED", f"stopped after epoch {len(result.history)}; a rerun resumes it")
-        return "interrupted", result.train_time_s
-    params, macs = cost
-    final = {"final/params": params, "final/gmacs": macs / 1e9, "final/train_time_s": result.train_time_s}
-    kept = checkpoint if options.log_checkpoints else None
-
-    def finalize() -> None:
-        tracker.log_metrics(final)
-        _log_artifacts(cell, store.experiment.name, tracker, result.history, str(device), kept)
-        store.finish(run_id, "FINISHED")
-
-    if finalizer is None:
-        finalize()
-        return "finished", result.train_time_s
-    return finalizer.submit(finalize), result.train_time_s
-
-
-@functools.lru_cache(maxsize=8)
-def _environment_json(device: str) -> str:
-    """The environment does not change during a sweep: read it (git, package versions) once per device."""
-    from ablation.environment import environment
-
-    return json.dumps(environment(device), indent=2, default=str)
-
-
-def _log_artifacts(
-    cell: Cell, experiment: str, tracker: MlflowTracker, history: list[dict], device: str, checkpoint: Path | None
-) -> None:
-    """The resolved config, the environment and the learning curve (and the checkpoint when asked)."""
-    from ablation.plots import learning_curve
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        resolved = {
-            "experiment": experiment,
-            "description": cell.arm.description,
-            "axes": cell.arm.axes,
-            "seed": cell.seed,
-            "config_hash": cell.hash,
-            "config": cell.config.model_dump(mode="json"),
-        }
-        (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        (folder / "environment.json").write_text(_environment_json(device))
-        learning_curve(history, folder / "learning_curve.png", title=cell.name)
-        for name in ("config.yaml", "environment.json", "learning_curve.png"):
-            tracker.log_artifact(folder / name)
-    if checkpoint is not None:
-        tracker.log_artifact(checkpoint, "checkpoint")

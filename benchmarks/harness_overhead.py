@@ -31,8 +31,10 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
+    from ablation.cell import CellOptions
     from ablation.config import load_experiment
-    from ablation.sweep import SweepOptions, prepare_sweep, run_sweep
+    from ablation.sweep import prepare_sweep, run_sweep
+    from ablation.worker import WorkerOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
@@ -43,17 +45,23 @@ def main() -> None:
         # A new SQLite store runs MLflow's schema migrations once (seconds); a user's store exists already.
         MlflowClient(uri).search_experiments()
         store_ready = time.perf_counter()
-        options = SweepOptions(tracking_uri=uri, checkpoint_dir=Path(tmp) / "checkpoints", progress=False)
+        options = WorkerOptions(
+            tracking_uri=uri,
+            storage_url=f"sqlite:///{tmp}/sweeps.db",
+            cell=CellOptions(checkpoint_dir=Path(tmp) / "checkpoints", progress=False),
+        )
         report = run_sweep(prepared, options)
         swept = time.perf_counter()
     sweep_wall, train = swept - store_ready, report.train_s
     everything = swept - began
-    print(f"experiment {experiment.name}: {report.finished} cells x {args.epochs} epochs")
+    print(f"experiment {experiment.name}: {report.trained_now} cells x {args.epochs} epochs")
     print(f"validation before any job (once per command):   {validated - began:8.2f} s")
     print(f"creating the MLflow store (once per new store): {store_ready - validated:8.2f} s")
     print(f"sweep wall time:                                 {sweep_wall:8.2f} s")
     print(f"sum of the cells' pure training time:            {train:8.2f} s")
-    print(f"harness overhead per cell:                       {(sweep_wall - train) / max(report.finished, 1):8.2f} s")
+    print(
+        f"harness overhead per cell:                       {(sweep_wall - train) / max(report.trained_now, 1):8.2f} s"
+    )
     print(f"ratio sweep wall / training:                     {sweep_wall / train:8.3f}  (target <= 1.03)")
     print(f"ratio including validation and a new store:      {everything / train:8.3f}")
 

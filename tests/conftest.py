@@ -56,3 +56,7 @@ grid:
 {grid}
 seeds: {seeds}
 """
+
+
+# Session-scoped throwaway PostgreSQL server: `postgres_url` yields make_db(name) -> SQLAlchemy URL.
+from tests.postgres import postgres_url  # noqa: E402, F401

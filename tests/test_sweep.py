@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from ablation.cell import CellOptions
 from ablation.config import load_experiment
 from ablation.report import collect_runs, summarize
-from ablation.sweep import SweepOptions, prepare_sweep, run_sweep
+from ablation.sweep import prepare_sweep, run_sweep
+from ablation.worker import WorkerOptions
 from tests.conftest import ROOT, tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -18,15 +20,15 @@ pytestmark = pytest.mark.slow
 GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
 
 
-def sweep(path, tmp_path, **options):
+def sweep(path, tmp_path, retry_failed=False, **cell_options):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     prepared = prepare_sweep(load_experiment(path))
-    opts = SweepOptions(
+    options = WorkerOptions(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        checkpoint_dir=tmp_path / "checkpoints",
-        progress=False,
-        **options,
+        storage_url=f"sqlite:///{tmp_path / 'sweeps.db'}",
+        cell=CellOptions(checkpoint_dir=tmp_path / "checkpoints", progress=False, **cell_options),
     )
-    return prepared, run_sweep(prepared, opts), opts.tracking_uri
+    return prepared, run_sweep(prepared, options, retry_failed=retry_failed), options.tracking_uri
 
 
 def cell_runs(uri):
@@ -38,7 +40,7 @@ def cell_runs(uri):
 def test_sweep_tracks_every_cell_and_the_table_equals_the_runs(tmp_path, tiny_npz, write_experiment):
     path = write_experiment(tiny_experiment(tiny_npz, GRID))
     prepared, report, uri = sweep(path, tmp_path)
-    assert (report.finished, report.already_done, report.failed) == (4, 0, {})
+    assert (report.trained_now, report.done, report.failed) == (4, 4, {})
 
     client, runs = cell_runs(uri)
     assert len(runs) == 4  # 2 arms x 2 seeds
@@ -79,21 +81,21 @@ def test_sweep_tracks_every_cell_and_the_table_equals_the_runs(tmp_path, tiny_np
 
     # Running it again creates no run and trains nothing.
     _, again, _ = sweep(path, tmp_path)
-    assert (again.finished, again.already_done) == (0, 4)
+    assert (again.trained_now, again.done) == (0, 4)
     assert len(cell_runs(uri)[1]) == 4
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_npz, write_experiment):
     path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", "[0]", epochs=3))
     _, straight, straight_uri = sweep(path, tmp_path / "straight")
-    assert straight.finished == 1
+    assert straight.done == 1
 
     _, first, uri = sweep(path, tmp_path / "resumed", stop_after_epochs=1)
-    assert (first.finished, first.interrupted) == (0, 1)
+    assert (first.done, first.pending) == (0, 1)
     client, (interrupted,) = cell_runs(uri)
     assert interrupted.info.status == "KILLED"
     _, second, _ = sweep(path, tmp_path / "resumed")
-    assert second.finished == 1
+    assert second.done == 1
     client, (resumed,) = cell_runs(uri)
     assert resumed.info.run_id == interrupted.info.run_id  # the same MLflow run carried on
     assert resumed.info.status == "FINISHED"
@@ -111,7 +113,7 @@ def test_a_diverging_cell_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, 
     grid = "  - train.lr: [1.0e+30, 0.05]\n"
     path = write_experiment(tiny_experiment(tiny_npz, grid, "[0]", epochs=1))
     _, report, uri = sweep(path, tmp_path)
-    assert report.finished == 1 and len(report.failed) == 1
+    assert report.done == 1 and len(report.failed) == 1
     (reason,) = report.failed.values()
     assert "NonFiniteLossError" in reason
     _client, runs = cell_runs(uri)
@@ -119,9 +121,13 @@ def test_a_diverging_cell_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, 
     assert (
         "loss is nan" in failed.data.tags["ablation.failure"] or "loss is inf" in failed.data.tags["ablation.failure"]
     )
-    # A rerun leaves the failed cell alone unless asked.
+    # A rerun leaves the failed cell alone unless asked; --retry-failed runs it again (and it fails again).
     _, again, _ = sweep(path, tmp_path)
-    assert (again.finished, again.skipped_failed, again.already_done) == (0, 1, 1)
+    assert (again.trained_now, len(again.failed), again.done) == (0, 1, 1)
+    _, retried, _ = sweep(path, tmp_path, retry_failed=True)
+    assert (retried.trained_now, len(retried.failed), retried.done) == (0, 1, 1)
+    _, runs = cell_runs(uri)
+    assert len(runs) == 2  # the retry reopened the failed cell's run instead of adding one
 
 
 def run_cli(*args, cwd):

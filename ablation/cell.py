@@ -1,0 +1,162 @@
+"""One cell (an arm with one seed) as a self-contained job: any worker, on any machine, can run it.
+
+``run_cell`` creates the cell's MLflow child run (or reopens the one an interrupted attempt left), trains it,
+resuming from its last epoch checkpoint if there is one, and closes the run as FINISHED (with final metrics and
+artifacts), FAILED (with the reason) or KILLED (interrupted; the next attempt resumes it).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ablation.data.sources import load_arrays
+from ablation.grid import Cell, build_network
+from ablation.mlflow_store import MlflowTracker, SweepStore
+from ablation.train import resolve_device, seed_everything, train_job
+
+
+@dataclass
+class CellOptions:
+    device: str = "auto"
+    checkpoint_dir: Path = Path("checkpoints")
+    log_checkpoints: bool = False  # also log the final checkpoint as an MLflow artifact
+    progress: bool = True  # per-epoch progress bars
+    workers: int = 4  # DataLoader workers (ImageNet only; small datasets live on the device)
+    stop_after_epochs: int | None = None  # end the cell after this many epochs (an interruption, for tests)
+
+
+@dataclass
+class CellOutcome:
+    status: str  # "finished", "interrupted" or "failed"
+    run_id: str
+    train_s: float = 0.0  # pure training + evaluation time spent by this attempt's epochs and earlier ones
+    top1_err: float = float("nan")  # last epoch's validation top-1 error
+    reason: str = ""  # why it failed
+    finalizing: Future | None = None  # final metrics + artifacts + run closed, when run on a background thread
+
+
+def checkpoint_path(options: CellOptions, experiment: str, cell: Cell) -> Path:
+    return options.checkpoint_dir / experiment / cell.hash / "last.pt"
+
+
+def dataset_input(cell: Cell) -> dict[str, str]:
+    arm = cell.arm
+    arrays = load_arrays(arm.config.data) if arm.config.data.dataset != "imagenet" else None
+    return {
+        "name": arm.data.name,
+        "source": arrays.source if arrays else str(arm.data.path),
+        "digest": arrays.digest if arrays else "imagenet-folder",
+    }
+
+
+def run_cell(
+    cell: Cell,
+    store: SweepStore,
+    parent_id: str,
+    run_id: str | None,
+    options: CellOptions,
+    cost: tuple[int, int],
+    *,
+    finalizer: ThreadPoolExecutor | None = None,
+    on_run: Callable[[str], None] | None = None,
+    tracker_wrapper: Callable[[MlflowTracker], MlflowTracker] | None = None,
+    dist=None,
+) -> CellOutcome:
+    """Train ``cell`` into its MLflow run: a new one, or ``run_id`` (an interrupted attempt's) reopened.
+
+    ``cost`` is the network's (params, MACs); ``dist`` the rank-0 context of a multi-process cell. With a
+    ``finalizer`` the final metrics, artifacts and the closing of the run happen on that executor
+    (``CellOutcome.finalizing``) while the caller moves on.
+    """
+    if run_id is None:
+        run_id = store.start_cell(cell, parent_id, dataset_input(cell))
+    else:
+        store.reopen(run_id)
+    if on_run is not None:
+        on_run(run_id)
+    device = resolve_device(options.device)
+    seed_everything(cell.seed, device)
+    model = build_network(cell.arm)
+    checkpoint = checkpoint_path(options, store.experiment.name, cell)
+    tracker = MlflowTracker(store.client, run_id)
+    try:
+        result = train_job(
+            cell.config,
+            model=model,
+            info=cell.arm.data,
+            device=device,
+            checkpoint_path=checkpoint,
+            tracker=tracker_wrapper(tracker) if tracker_wrapper else tracker,
+            stop_after_epochs=options.stop_after_epochs,
+            progress=options.progress,
+            workers=options.workers,
+            description=cell.name,
+            **({"dist": dist} if dist is not None else {}),
+        )
+    except KeyboardInterrupt:
+        store.finish(run_id, "KILLED", "interrupted by the user (Ctrl-C); a rerun resumes it")
+        raise
+    except Exception as exc:  # the sweep goes on; the reason is kept on the run and in the sweep's state
+        reason = f"{type(exc).__name__}: {exc}"
+        store.finish(run_id, "FAILED", reason + "\n" + traceback.format_exc(limit=8))
+        return CellOutcome("failed", run_id, reason=reason)
+    if not result.completed:
+        store.finish(run_id, "KILLED", f"stopped after epoch {len(result.history)}; a rerun resumes it")
+        return CellOutcome("interrupted", run_id, result.train_time_s)
+    params, macs = cost
+    final = {"final/params": params, "final/gmacs": macs / 1e9, "final/train_time_s": result.train_time_s}
+    kept = checkpoint if options.log_checkpoints else None
+
+    def finalize() -> None:
+        tracker.log_metrics(final)
+        log_artifacts(cell, store.experiment.name, tracker, result.history, str(device), kept)
+        store.finish(run_id, "FINISHED")
+
+    outcome = CellOutcome("finished", run_id, result.train_time_s, result.history[-1]["val/top1_err"])
+    if finalizer is None:
+        finalize()
+    else:
+        outcome.finalizing = finalizer.submit(finalize)
+    return outcome
+
+
+@functools.lru_cache(maxsize=8)
+def _environment_json(device: str) -> str:
+    """The environment does not change during a sweep: read it (git, package versions) once per device."""
+    from ablation.environment import environment
+
+    return json.dumps(environment(device), indent=2, default=str)
+
+
+def log_artifacts(
+    cell: Cell, experiment: str, tracker: MlflowTracker, history: list[dict], device: str, checkpoint: Path | None
+) -> None:
+    """The resolved config, the environment and the learning curve (and the checkpoint when asked)."""
+    from ablation.plots import learning_curve
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        resolved = {
+            "experiment": experiment,
+            "description": cell.arm.description,
+            "axes": cell.arm.axes,
+            "seed": cell.seed,
+            "config_hash": cell.hash,
+            "config": cell.config.model_dump(mode="json"),
+        }
+        (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (folder / "environment.json").write_text(_environment_json(device))
+        learning_curve(history, folder / "learning_curve.png", title=cell.name)
+        for name in ("config.yaml", "environment.json", "learning_curve.png"):
+            tracker.log_artifact(folder / name)
+    if checkpoint is not None:
+        tracker.log_artifact(checkpoint, "checkpoint")

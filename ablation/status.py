@@ -1,0 +1,63 @@
+"""``runner.py status``: every cell of a sweep with its state (pending / running / done / failed) and MLflow run."""
+
+from __future__ import annotations
+
+import pandas as pd
+from optuna.trial import TrialState
+
+from ablation.queue import CELL, FAILURE, RUN_ID, SweepQueue, open_storage, sweep_key
+from ablation.sweep import PreparedSweep
+
+STATE_NAMES = {
+    TrialState.WAITING: "pending",
+    TrialState.RUNNING: "running",
+    TrialState.COMPLETE: "done",
+    TrialState.FAIL: "failed",
+}
+
+
+def sweep_status(prepared: PreparedSweep, storage_url: str) -> pd.DataFrame | None:
+    """One row per cell: description, seed, state, attempts, MLflow run id, failure reason; None if not started."""
+    storage = open_storage(storage_url)
+    name = f"{prepared.experiment.name}:{sweep_key(prepared.cells)}"
+    try:
+        queue = SweepQueue(storage, name)
+    except KeyError:
+        return None
+    attempts: dict[str, int] = {}
+    for trial in queue.trials():
+        key = trial.user_attrs.get(CELL)
+        attempts[key] = attempts.get(key, 0) + (trial.state != TrialState.WAITING)
+    latest = queue.latest()
+    rows = []
+    for cell in prepared.cells:
+        trial = latest.get(cell.hash)
+        state = STATE_NAMES.get(trial.state, trial.state.name.lower()) if trial else "not queued"
+        # A failed attempt that was retried carries its MLflow run id on the earlier trial.
+        run_id = trial.user_attrs.get(RUN_ID, "") if trial else ""
+        if not run_id:
+            run_id = next(
+                (
+                    t.user_attrs[RUN_ID]
+                    for t in queue.trials()
+                    if t.user_attrs.get(CELL) == cell.hash and RUN_ID in t.user_attrs
+                ),
+                "",
+            )
+        rows.append(
+            {
+                "description": cell.arm.description,
+                "seed": cell.seed,
+                "state": state,
+                "attempts": attempts.get(cell.hash, 0),
+                "mlflow_run_id": run_id,
+                "failure": (trial.user_attrs.get(FAILURE, "") if trial and trial.state == TrialState.FAIL else ""),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def render_status(frame: pd.DataFrame) -> str:
+    counts = frame["state"].value_counts()
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "running", "done", "failed"))
+    return frame.to_string(index=False) + f"\n\n{len(frame)} cells: {summary}\n"

@@ -1,0 +1,206 @@
+"""A sweep worker: claims cells from the sweep's Optuna storage and runs them until none is left.
+
+``runner.py worker`` runs one on any machine that can reach the storage and the MLflow tracking server;
+``runner.py sweep`` runs one in-process or starts one per device slot. Every worker runs the same loop:
+claim a waiting cell (atomic), keep its heartbeat while it runs, record the outcome; wait while other workers
+still run cells (one of them may die, and its cell comes back); stop when every cell is done or failed.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ablation.cell import CellOptions, CellOutcome, run_cell
+from ablation.mlflow_store import MlflowTracker, SweepStore
+from ablation.queue import Claim, Heartbeat, SweepQueue, open_storage
+from ablation.sweep import PreparedSweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class WorkerOptions:
+    tracking_uri: str
+    storage_url: str
+    cell: CellOptions = field(default_factory=CellOptions)
+    heartbeat_interval: int = 15
+    grace_period: int = 60
+    poll_s: float = 2.0
+    name: str = "worker"
+    gpus_per_job: int = 1  # > 1: each cell runs as a torchrun-style launch of that many processes (DDP)
+    epoch_lines: bool = False  # one line per epoch (for workers whose progress bars nobody sees)
+
+
+@dataclass
+class WorkerReport:
+    finished: int = 0
+    already_done: int = 0  # claimed cells that MLflow already had finished (e.g. from an earlier sweep)
+    interrupted: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    train_s: float = 0.0
+
+
+def join_sweep(prepared: PreparedSweep, options: WorkerOptions) -> tuple[SweepQueue, SweepStore]:
+    """Open the storage and MLflow, and create the sweep (cells enqueued, parent run made) or join it."""
+    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
+    store = SweepStore(options.tracking_uri, prepared.experiment)
+
+    def setup(queue: SweepQueue) -> None:
+        queue.set_attr("parent_run_id", store.parent_run(prepared.cells))
+
+    queue = SweepQueue.create_or_join(storage, prepared.experiment.name, prepared.cells, setup)
+    return queue, store
+
+
+class _EpochLines(MlflowTracker):
+    """An MlflowTracker that also prints one line per epoch: a worker process's visible progress."""
+
+    def __init__(self, inner: MlflowTracker, prefix: str) -> None:
+        super().__init__(inner.client, inner.run_id)
+        self.prefix = prefix
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        if step is not None and "val/top1_err" in metrics:
+            print(
+                f"{self.prefix} epoch {step}: train loss {metrics['train/loss']:.3f}, val top-1 err "
+                f"{metrics['val/top1_err']:.2f}% ({metrics['time/epoch_s']:.1f}s)",
+                flush=True,
+            )
+
+
+def run_worker(
+    prepared: PreparedSweep,
+    options: WorkerOptions,
+    queue: SweepQueue | None = None,
+    store: SweepStore | None = None,
+    on_cell: Callable[[str, str], None] | None = None,
+) -> WorkerReport:
+    """Claim and run cells until none is waiting or running; ``on_cell(name, outcome)`` after each one."""
+    if queue is None or store is None:
+        queue, store = join_sweep(prepared, options)
+    parent_id = queue.get_attr("parent_run_id")
+    cells = {cell.hash: cell for cell in prepared.cells}
+    report = WorkerReport()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
+        while True:
+            claim = queue.claim()
+            if claim is None:
+                if queue.unfinished() == 0:
+                    break
+                time.sleep(options.poll_s)  # others still run cells; one may die and its cell come back
+                continue
+            cell = cells[claim.cell_hash]
+            beat = Heartbeat(queue.storage, claim.trial_id, options.heartbeat_interval).start()
+            try:
+                outcome = _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finalizer)
+            except BaseException:
+                beat.stop()
+                queue.release(claim, "the worker was stopped")
+                raise
+            if outcome is None:  # MLflow already had it finished
+                beat.stop()
+                report.already_done += 1
+                continue
+            report.train_s += outcome.train_s
+            if on_cell is not None:
+                on_cell(cell.name, outcome.reason or outcome.status)
+            if outcome.status == "finished":
+                report.finished += 1
+                _complete_when_logged(queue, claim, beat, outcome, report, cell.name)
+                continue
+            beat.stop()
+            if outcome.status == "interrupted":
+                report.interrupted += 1
+                queue.release(claim, "interrupted on request")
+                break  # a stop was asked for: do not pick up more work
+            report.failed[cell.name] = outcome.reason
+            queue.fail(claim, outcome.reason)
+    return report
+
+
+def _complete_when_logged(queue, claim: Claim, beat: Heartbeat, outcome: CellOutcome, report, name: str) -> None:
+    """Tell the storage the cell is complete once its results are in MLflow (heartbeat kept until then)."""
+
+    def done(future) -> None:
+        try:
+            error = future.exception() if future is not None else None
+            if error is None:
+                queue.complete(claim, outcome.top1_err)
+            else:
+                report.finished -= 1
+                report.failed[name] = f"logging its results failed: {error}"
+                queue.fail(claim, report.failed[name])
+        finally:
+            beat.stop()
+
+    if outcome.finalizing is None:
+        done(None)
+    else:
+        outcome.finalizing.add_done_callback(done)
+
+
+def _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finalizer) -> CellOutcome | None:
+    existing = store.find_cell(cell.hash)
+    if existing is not None and existing.info.status == "FINISHED":
+        queue.set_run_id(claim, existing.info.run_id)
+        queue.complete(claim, existing.data.metrics.get("final/top1_err_last", math.nan))
+        return None
+    run_id = existing.info.run_id if existing is not None else None
+    if options.gpus_per_job > 1:
+        return _run_distributed(cell, claim, prepared, queue, store, parent_id, run_id, options)
+    wrapper = (lambda t: _EpochLines(t, f"[{options.name}] {cell.name}")) if options.epoch_lines else None
+    return run_cell(
+        cell,
+        store,
+        parent_id,
+        run_id,
+        options.cell,
+        prepared.costs[cell.arm.index],
+        finalizer=finalizer,
+        on_run=lambda rid: queue.set_run_id(claim, rid),
+        tracker_wrapper=wrapper,
+    )
+
+
+def _run_distributed(cell, claim, prepared, queue, store, parent_id, run_id, options) -> CellOutcome:
+    """One cell on ``gpus_per_job`` processes, launched as torchrun does (rank 0 tracks and checkpoints)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={options.gpus_per_job}",
+        str(ROOT / "runner.py"),
+        "run-cell",
+        *prepared.command_args,
+        "--cell",
+        cell.hash,
+        "--parent-run",
+        parent_id,
+        "--tracking-uri",
+        options.tracking_uri,
+        "--checkpoint-dir",
+        str(options.cell.checkpoint_dir),
+        "--device",
+        "cuda" if options.cell.device in ("auto", "cuda") else options.cell.device,
+    ]
+    if run_id:
+        command += ["--run-id", run_id]
+    began = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    run = store.find_cell(cell.hash)
+    if run is not None:
+        queue.set_run_id(claim, run.info.run_id)
+    if result.returncode == 0 and run is not None and run.info.status == "FINISHED":
+        top1 = run.data.metrics.get("final/top1_err_last", math.nan)
+        return CellOutcome("finished", run.info.run_id, time.perf_counter() - began, top1)
+    tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+    return CellOutcome("failed", run.info.run_id if run else "", reason=" | ".join(tail) or f"exit {result.returncode}")
