@@ -171,3 +171,21 @@ def test_sigkilled_worker_cell_is_taken_up_again_and_resumed(tmp_path, tiny_npz,
     third = runner("sweep", str(path), "--no-progress", cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     log = third.communicate(timeout=300)[0]
     assert third.returncode == 0 and "0 to run" in log
+
+
+def test_slurm_writes_a_worker_array_and_refuses_a_local_storage(tmp_path, tiny_npz, write_experiment):
+    path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first, parallel]", "[0, 1]"))
+    url = "postgresql+psycopg2://user@db/sweeps"
+    out = tmp_path / "array.sh"
+    args = ["slurm", str(path), "--storage", url, "--tracking-uri", "http://mlflow:5000", "--out", str(out)]
+    process = runner(*args, "--gpus-per-job", "2", cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    script = out.read_text()
+    assert "#SBATCH --array=0-3" in script  # one worker per cell by default: 2 arms x 2 seeds
+    assert "#SBATCH --gpus-per-task=2" in script and "--gpus-per-job 2" in script
+    assert f"--storage {url}" in script and "runner.py worker" in script
+    assert subprocess.run(["bash", "-n", str(out)]).returncode == 0
+    refused = runner("slurm", str(path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and err.startswith("error: --storage")
