@@ -4,6 +4,19 @@
 top-1 / top-5 error after every epoch, checkpoints after every epoch and resumes exactly from the last
 checkpoint: a job interrupted after epoch k and started again ends with the same metrics as one that ran
 straight through (same seed, same device). Metrics leave only through a ``Tracker``.
+
+Data parallelism: called in each of K processes with ``dist=init_from_env(...)`` (``ablation.distributed``), it
+trains one job with DistributedDataParallel. ``train.batch_size`` stays the global batch, so a recipe means the
+same for any K; each rank trains on its 1/K of every global batch, and metrics are sums all-reduced over ranks,
+so every rank sees the global numbers. Rank 0 alone logs, checkpoints and shows progress. Checkpoints hold the
+unwrapped network's state dict, so a job checkpointed by K processes resumes on 1 and vice versa.
+
+BatchNorm under DDP: on CUDA it becomes SyncBatchNorm (statistics over the global batch, as one process would
+compute them). On the CPU it stays plain BatchNorm because ``SyncBatchNorm.forward`` refuses CPU tensors in
+training mode ("expected input tensor to be on GPU"): the CPU path normalises with per-rank statistics of
+``batch_size // K`` images, so it matches single-process training exactly only for networks without BN in
+training mode. Running statistics are then rank 0's (DDP broadcasts rank 0's buffers before every forward,
+and ``train_job`` again before evaluating).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from ablation.checkpoint import load_checkpoint, restore_rng_state, rng_state, s
 from ablation.config import RunConfig, TrainConfig, config_hash
 from ablation.data.catalog import DatasetInfo
 from ablation.data.loaders import make_loaders
+from ablation.distributed import SINGLE, DistContext, all_reduce_sum, barrier, broadcast_buffers, broadcast_object
 from ablation.metrics import topk_correct
 from ablation.tracker import Tracker
 
@@ -111,20 +125,26 @@ def lr_factor(train: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def _evaluate(model: nn.Module, loader, criterion, autocast) -> dict[str, float]:
+def _evaluate(model: nn.Module, loader, criterion, autocast, dist: DistContext = SINGLE) -> dict[str, float]:
+    """Validation loss and top-1 / top-5 error over the whole set: each rank evaluates its shard, and the
+    sums and counts (not the per-rank means, whose shards may differ in size) are added over ranks."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
-    correct = torch.zeros(2, dtype=torch.float64, device=loss_sum.device)
-    seen = 0
+    # [loss sum, top-1 correct, top-5 correct, images]: one all-reduce for all of them. float64 counts are
+    # exact up to 2**53 images.
+    totals = torch.zeros(4, dtype=torch.float64, device=next(model.parameters()).device)
     with torch.no_grad():
         for images, labels in loader:
             with autocast():
                 logits = model(images)
-            loss_sum += criterion(logits.float(), labels).double() * len(labels)
-            correct += topk_correct(logits.float(), labels, (1, 5)).double()
-            seen += len(labels)
-    errors = (100.0 * (1.0 - correct / seen)).tolist()
-    return {"val/loss": loss_sum.item() / seen, "val/top1_err": errors[0], "val/top5_err": errors[1]}
+            totals[0] += criterion(logits.float(), labels).double() * len(labels)
+            totals[1:3] += topk_correct(logits.float(), labels, (1, 5)).double()
+            totals[3] += len(labels)
+    loss_sum, correct1, correct5, seen = all_reduce_sum(totals, dist).tolist()
+    return {
+        "val/loss": loss_sum / seen,
+        "val/top1_err": 100.0 * (1.0 - correct1 / seen),
+        "val/top5_err": 100.0 * (1.0 - correct5 / seen),
+    }
 
 
 def final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
@@ -153,15 +173,35 @@ def train_job(
     progress: bool = True,
     workers: int = 4,
     description: str = "",
+    dist: DistContext | None = None,
 ) -> TrainResult:
     """Train ``model`` (freshly built under ``seed_everything(config.seed)``) as ``config`` says.
 
     Resumes from ``checkpoint_path`` if it holds a checkpoint of this config. ``stop_after_epochs`` ends the
     call once that many epochs are done in total (an interruption, for tests and for time-sliced workers).
+
+    ``dist`` (from ``ablation.distributed.init_from_env``) with world_size K > 1: this process is one of K
+    that train the job together; every rank must make the same call (same config, same checkpoint path on a
+    shared file system) and returns the same history. ``tracker`` is used on rank 0 only. On CUDA, ``device``
+    must be this rank's GPU (``cuda`` alone means the current device, which ``init_from_env`` set).
     """
+    dist = dist or SINGLE
     train_cfg = config.train
+    if train_cfg.batch_size % dist.world_size:
+        from ablation.errors import ConfigError
+
+        raise ConfigError(
+            "train.batch_size", train_cfg.batch_size, f"must be divisible by the {dist.world_size} processes"
+        )
+    if device.type == "cuda" and device.index is None:
+        # DDP's device_ids and map_location need the index; init_from_env made cuda:LOCAL_RANK the current one.
+        device = torch.device("cuda", torch.cuda.current_device())
     channels_last = use_channels_last(train_cfg, device)
     dtype = amp_dtype(train_cfg, device)
+    if dist.distributed and device.type == "cuda":
+        # Before the optimizer is built, so that it holds the parameters of the network actually trained. Not on
+        # the CPU, where SyncBatchNorm refuses to run (see the module docstring).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     train_loader, val_loader = make_loaders(
         config.data,
@@ -171,6 +211,8 @@ def train_job(
         device=device,
         channels_last=channels_last,
         workers=workers,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
@@ -189,6 +231,8 @@ def train_job(
 
     history: list[dict[str, float]] = []
     start_epoch, train_time = 0, 0.0
+    # Every rank loads the checkpoint (into the unwrapped network, before DDP copies rank 0's weights): each
+    # rank steps its own optimizer, so each needs the momentum buffers, the scheduler and the RNG state.
     state = load_checkpoint(checkpoint_path, map_location=device)
     if state is not None:
         if state["config_hash"] != config_hash(config):
@@ -200,24 +244,28 @@ def train_job(
         restore_rng_state(state["rng"])
         history, start_epoch, train_time = list(state["history"]), state["epoch"], state["train_time_s"]
     resumed_from = start_epoch
+    net = model  # the unwrapped network: evaluated, and saved, so checkpoints do not depend on K
+    if dist.distributed:
+        # Wrapping broadcasts rank 0's parameters and buffers, so the ranks start identical.
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     for epoch in range(start_epoch, train_cfg.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
             return TrainResult(history, False, train_time, resumed_from)
         _sync(device)
         began = time.perf_counter()
         model.train()
         train_loader.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.float64, device=device)
-        seen = 0
+        # [loss sum, top-1 correct, images] of this rank, summed over ranks after the epoch.
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
         bar = tqdm(
             train_loader,
             total=steps_per_epoch,
             desc=f"{_shorten(description, 60)} epoch {epoch + 1}/{train_cfg.epochs}".strip(),
             leave=False,
-            disable=not progress,
+            disable=not progress or not dist.is_main,
             unit="batch",
             dynamic_ncols=True,
         )
@@ -230,34 +278,43 @@ def train_job(
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            loss_sum += loss.detach().double() * len(labels)
-            correct += topk_correct(logits.detach().float(), labels, (1,))[0].double()
-            seen += len(labels)
+            totals[0] += loss.detach().double() * len(labels)
+            totals[1] += topk_correct(logits.detach().float(), labels, (1,))[0].double()
+            totals[2] += len(labels)
         bar.close()
+        # The sums over all ranks: the global epoch's numbers, and a NaN on any rank raises on every rank (a
+        # rank raising alone would leave the others waiting in the next collective).
+        loss_sum, correct, seen = all_reduce_sum(totals, dist).tolist()
         _sync(device)
         train_seconds = time.perf_counter() - began
-        train_loss = loss_sum.item() / seen
+        train_loss = loss_sum / seen
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(f"training loss is {train_loss} in epoch {epoch + 1} (lr {lr:g})")
+        # Per-rank BN statistics (CPU) differ between ranks: evaluate, everywhere, the network rank 0 saves.
+        broadcast_buffers(net, dist)
         metrics = {
             "epoch": float(epoch + 1),
             "train/loss": train_loss,
-            "train/top1_err": 100.0 * (1.0 - correct.item() / seen),
-            **_evaluate(model, val_loader, criterion, autocast),
+            "train/top1_err": 100.0 * (1.0 - correct / seen),
+            **_evaluate(net, val_loader, criterion, autocast, dist),
             "lr": lr,
             "throughput/img_per_s": seen / train_seconds,
         }
         _sync(device)
         metrics["time/epoch_s"] = time.perf_counter() - began
+        # Timings differ between ranks: every rank takes rank 0's, so all return (and resume) the same history.
+        metrics = broadcast_object(metrics, dist)
         train_time += metrics["time/epoch_s"]
         history.append(metrics)
+        if not dist.is_main:
+            continue
         tracker.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=epoch + 1)
         save_checkpoint(
             checkpoint_path,
             {
                 "config_hash": config_hash(config),
                 "epoch": epoch + 1,
-                "model": model.state_dict(),
+                "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
@@ -266,8 +323,10 @@ def train_job(
                 "train_time_s": train_time,
             },
         )
+    barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
     final = final_metrics(history)
-    tracker.log_metrics(final)
+    if dist.is_main:
+        tracker.log_metrics(final)
     return TrainResult(history, True, train_time, resumed_from, final)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.utils.data import DistributedSampler
 
 from ablation.config import DataConfig
 from ablation.data.catalog import DatasetInfo
@@ -23,8 +24,10 @@ class FolderLoader:
 
     Train: RandomResizedCrop(224) + horizontal flip; evaluation: resize 256, center crop 224 (official
     train_imagenet.py). DataLoader workers decode JPEGs in parallel, pinned memory makes the host-to-GPU copy
-    asynchronous, persistent workers survive between epochs. The sampler is a DistributedSampler, so the same
-    code shards the data across DistributedDataParallel ranks.
+    asynchronous, persistent workers survive between epochs. ``batch_size`` is per rank here. Training shards
+    with a DistributedSampler (each rank a disjoint 1/K of the epoch's permutation, the tail dropped);
+    evaluation gives rank r the contiguous block ``[N * r // K, N * (r + 1) // K)`` of the validation set,
+    because DistributedSampler would pad the last ranks with repeated images and so count some twice.
     """
 
     def __init__(
@@ -42,7 +45,7 @@ class FolderLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        from torch.utils.data import DataLoader, DistributedSampler
+        from torch.utils.data import DataLoader
         from torchvision import datasets, transforms
 
         normalize = transforms.Normalize(*IMAGENET_STATS)
@@ -61,8 +64,13 @@ class FolderLoader:
                 [transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize]
             )
         self.dataset = datasets.ImageFolder(str(root / ("train" if train else "val")), transform=transform)
-        self.sampler = DistributedSampler(
-            self.dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train
+        n = len(self.dataset)
+        self.sampler: DistributedSampler | range = (
+            DistributedSampler(
+                self.dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+            )
+            if train
+            else range(n * rank // world_size, n * (rank + 1) // world_size)  # in order, each image exactly once
         )
         self.device, self.channels_last = device, channels_last
         generator = torch.Generator().manual_seed(seed)
@@ -78,7 +86,8 @@ class FolderLoader:
         )
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -104,19 +113,43 @@ def make_loaders(
     channels_last: bool = False,
     workers: int = 4,
     eval_batch_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[InMemoryLoader | FolderLoader, InMemoryLoader | FolderLoader]:
-    """(train, validation) loaders for a job."""
+    """(train, validation) loaders for a job; with ``world_size`` K > 1, those of rank ``rank``'s shard.
+
+    ``batch_size`` is the global batch whatever K (so a recipe means the same on any number of GPUs): each rank
+    trains on ``batch_size // K`` images of it, and K must divide it.
+    """
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by world_size {world_size}")
     eval_batch_size = eval_batch_size or max(batch_size, 256)
     if data.dataset == "imagenet":
-        common = dict(image_size=info.image_size, seed=seed, device=device, workers=workers)
-        train = FolderLoader(
-            info.path, train=True, batch_size=batch_size, channels_last=channels_last, augment=data.augment, **common
+        common = dict(
+            image_size=info.image_size, seed=seed, device=device, workers=workers, rank=rank, world_size=world_size
         )
-        val = FolderLoader(info.path, train=False, batch_size=eval_batch_size, channels_last=channels_last, **common)
+        train = FolderLoader(
+            info.path,
+            train=True,
+            batch_size=batch_size // world_size,
+            channels_last=channels_last,
+            augment=data.augment,
+            **common,
+        )
+        val = FolderLoader(
+            info.path,
+            train=False,
+            batch_size=max(1, eval_batch_size // world_size),
+            channels_last=channels_last,
+            **common,
+        )
         return train, val
     arrays = load_arrays(data)
     mean, std = normalization(data, arrays)
-    common = dict(mean=mean, std=std, seed=seed, image_size=info.image_size, device=device)
+    # The in-memory loaders take the global batch and slice it themselves (same permutation on every rank).
+    common = dict(
+        mean=mean, std=std, seed=seed, image_size=info.image_size, device=device, rank=rank, world_size=world_size
+    )
     train = InMemoryLoader(
         torch.from_numpy(arrays.x_train),
         torch.from_numpy(arrays.y_train),

@@ -76,6 +76,15 @@ class InMemoryLoader:
     Call ``set_epoch(e)`` before each epoch for exact resume: the permutation, crops and flips of epoch ``e``
     depend on ``(seed, e)`` only. Without it each pass over the loader advances to the next epoch, so
     forgetting ``set_epoch`` never silently repeats one permutation.
+
+    Data parallelism: with ``world_size`` K > 1, ``batch_size`` stays the *global* batch and rank ``rank``
+    yields only its contiguous slice of each global batch (pieces of ``len(batch) * rank // K`` to
+    ``len(batch) * (rank + 1) // K``), augmentation included. Every rank draws the same epoch permutation (it
+    depends on (seed, epoch) only), so the K slices of batch i concatenated in rank order are exactly the
+    single-process batch i, and every rank yields the same number of batches. For training, every global
+    batch must split into K equal slices (``batch_size`` divisible by K, no partial last batch): DDP averages
+    the K per-rank mean gradients, which equals the global batch's mean gradient only for equal slices.
+    Evaluation slices may be uneven (callers sum losses and counts over ranks); an empty slice is skipped.
     """
 
     def __init__(
@@ -94,6 +103,8 @@ class InMemoryLoader:
         device: torch.device | str = "cpu",
         channels_last: bool = False,
         drop_last: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels)
@@ -120,6 +131,16 @@ class InMemoryLoader:
             pad = min(h, w) // 8
         if pad < 0:
             raise ValueError(f"pad must be >= 0, got {pad}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        if train and world_size > 1:
+            if batch_size % world_size:
+                raise ValueError(f"batch_size {batch_size} is not divisible by world_size {world_size}")
+            if not drop_last and n % batch_size:
+                raise ValueError(
+                    f"{n} images leave a partial last batch of {n % batch_size}, which cannot be split into "
+                    f"{world_size} equal slices; use drop_last=True or a batch_size that divides {n}"
+                )
 
         self.device = torch.device(device)
         # Moved first, then permuted: on a GPU the layout change runs there instead of on the host.
@@ -135,6 +156,7 @@ class InMemoryLoader:
         self.stored_size = (h, w)
         self.image_size = image_size
         self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
         self._mean = torch.tensor([float(v) for v in mean], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor([float(v) for v in std], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._epoch = 0
@@ -149,29 +171,42 @@ class InMemoryLoader:
         return self._epoch
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Global batches per epoch (the same on every rank; an evaluation rank skips its empty slices)."""
         n = self.images.shape[0]
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     @property
     def num_samples(self) -> int:
-        """Images per epoch actually yielded (the dataset size minus a dropped tail)."""
+        """Images per epoch actually yielded by this rank (the dataset size minus a dropped tail, on one rank)."""
+        return sum(hi - lo for lo, hi in self._slices())
+
+    def _epoch_size(self) -> int:
+        """Images per epoch over all ranks: the dataset size minus a dropped tail."""
         n = self.images.shape[0]
         return (n // self.batch_size) * self.batch_size if self.drop_last else n
+
+    def _slices(self) -> Iterator[tuple[int, int]]:
+        """[lo, hi) of this rank's slice of each global batch, in positions of the epoch's order."""
+        n_out = self._epoch_size()
+        for start in range(0, n_out, self.batch_size):
+            size = min(self.batch_size, n_out - start)
+            yield start + size * self.rank // self.world_size, start + size * (self.rank + 1) // self.world_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self._epoch
         self._epoch += 1  # a pass without set_epoch moves on, so a forgotten set_epoch never repeats a permutation
-        n_out, bs = self.num_samples, self.batch_size
         if not self.train:
-            for start in range(0, n_out, bs):
-                # Eval batches are views of the stored tensor: no index, no copy before the float conversion.
-                yield self._finish(self.images[start : start + bs]), self.labels[start : start + bs]
+            for lo, hi in self._slices():
+                if hi > lo:
+                    # Eval batches are views of the stored tensor: no index, no copy before the float conversion.
+                    yield self._finish(self.images[lo:hi]), self.labels[lo:hi]
             return
 
         # All of an epoch's randomness is drawn up front on the CPU, in a fixed order, then moved in one
         # transfer per tensor: identical on every device, and no host-device sync per batch.
-        n = self.images.shape[0]
+        n, n_out = self.images.shape[0], self._epoch_size()
+        # Drawn for the whole epoch on every rank, whatever its slice, so that all ranks (and a single process)
+        # see the same permutation and give each image the same crop and flip.
         generator = torch.Generator(device="cpu")
         generator.manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(n, generator=generator)[:n_out].to(self.device)
@@ -180,11 +215,11 @@ class InMemoryLoader:
             offsets_y = torch.randint(0, span, (n_out,), generator=generator).to(self.device)
             offsets_x = torch.randint(0, span, (n_out,), generator=generator).to(self.device)
             flips = (torch.rand(n_out, generator=generator) < 0.5).to(self.device)
-        for start in range(0, n_out, bs):
-            index = order[start : start + bs]
+        for lo, hi in self._slices():
+            index = order[lo:hi]
             x = self.images.index_select(0, index)
             if self.augment:
-                window = slice(start, start + bs)
+                window = slice(lo, hi)
                 x = augment_batch(x, offsets_y[window], offsets_x[window], flips[window], self.pad)
             yield self._finish(x), self.labels.index_select(0, index)
 
