@@ -119,12 +119,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     num_gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
     slots = plan_slots(workers, num_gpus, jobs_per_gpu=args.jobs_per_gpu, gpus_per_job=args.gpus_per_job)
     prepared = _prepare(args)
-    in_process = len(slots) == 1 and args.gpus_per_job == 1
-    options = _worker_options(args, progress=in_process and not args.no_progress)
-    if in_process and slots[0].gpus == ():
-        import os
-
-        torch.set_num_threads(slots[0].threads if "OMP_NUM_THREADS" not in os.environ else torch.get_num_threads())
+    # Progress bars only when this process is the only worker (several would garble one terminal).
+    only_here = len(slots) == 1 and args.gpus_per_job == 1
+    options = _worker_options(args, progress=only_here and not args.no_progress)
     report = run_sweep(prepared, options, slots, retry_failed=args.retry_failed)
     print(
         f"sweep {prepared.experiment.name}: {report.done}/{report.total} cells done, {len(report.failed)} failed, "
@@ -241,19 +238,56 @@ def cmd_table(args: argparse.Namespace, prepared=None) -> None:
     from ablation.config import load_experiment
     from ablation.grid import expand_arms, expand_cells
     from ablation.mlflow_store import resolve_tracking_uri
-    from ablation.report import collect_runs, render_csv, render_latex, render_markdown, summarize, write_outputs
+    from ablation.report import (
+        collect_curves,
+        collect_runs,
+        log_to_parent,
+        render_csv,
+        render_html,
+        render_latex,
+        render_markdown,
+        summarize,
+        write_outputs,
+    )
     from ablation.sweep import PreparedSweep
 
     if prepared is None:
         experiment = load_experiment(args.experiment, args.overrides)
         arms = expand_arms(experiment, check_paths=False)
         prepared = PreparedSweep(experiment, arms, expand_cells(experiment, arms))
-    summary = summarize(prepared, collect_runs(prepared, resolve_tracking_uri(args.tracking_uri)))
+    uri = resolve_tracking_uri(args.tracking_uri)
+    runs = collect_runs(prepared, uri)
+    summary = summarize(prepared, runs)
     out_dir = Path(args.out) if args.out else Path("results") / prepared.experiment.name
-    written = write_outputs(summary, prepared, out_dir)
-    render = {"md": lambda: render_markdown(summary, prepared), "latex": lambda: render_latex(summary, prepared)}
+    written = write_outputs(summary, prepared, out_dir, collect_curves(runs, uri))
+    parent = log_to_parent(prepared, uri, written)
+    render = {
+        "md": lambda: render_markdown(summary, prepared),
+        "latex": lambda: render_latex(summary, prepared),
+        "html": lambda: render_html(summary, prepared),
+    }
     sys.stdout.write(render.get(args.format, lambda: render_csv(summary))())
     print(f"written: {', '.join(str(p) for p in written)}", file=sys.stderr)
+    if parent:
+        print(f"logged to the sweep's parent run {parent} (artifacts: results/)", file=sys.stderr)
+
+
+def cmd_gradcam(args: argparse.Namespace) -> None:
+    from ablation.config import load_experiment
+    from ablation.gradcam import gradcam_for_experiment, log_gradcam
+    from ablation.grid import expand_arms, expand_cells
+    from ablation.mlflow_store import SweepStore, resolve_tracking_uri
+    from ablation.sweep import PreparedSweep
+
+    experiment = load_experiment(args.experiment, args.overrides)
+    arms = expand_arms(experiment, check_paths=True)
+    prepared = PreparedSweep(experiment, arms, expand_cells(experiment, arms))
+    out_dir = Path(args.out) if args.out else Path("results") / experiment.name
+    paths = gradcam_for_experiment(
+        prepared, Path(args.checkpoint_dir), out_dir, images=args.images, seed_index=args.seed_index, device=args.device
+    )
+    parent = log_gradcam(SweepStore(resolve_tracking_uri(args.tracking_uri), experiment), prepared, paths)
+    print(f"written: {', '.join(map(str, paths))}" + (f"; logged to parent run {parent} (gradcam/)" if parent else ""))
 
 
 # ---- parser
@@ -338,16 +372,34 @@ def build_parser() -> argparse.ArgumentParser:
     run_cell.add_argument("--device", default="auto")
     run_cell.set_defaults(func=cmd_run_cell)
 
+    gradcam = commands.add_parser(
+        "gradcam",
+        help="Grad-CAM maps of the last stage for each arm, side by side (the paper's Figure 4)",
+        description="For each arm (its first seed's last checkpoint), Grad-CAM (Selvaraju et al.) of the last stage "
+        "on a fixed, class-balanced set of validation images, side by side: gradcam.png / .pdf in "
+        "results/<experiment>/ (or --out), also logged to the sweep's parent run.",
+    )
+    _add_experiment_args(gradcam)
+    _add_tracking_arg(gradcam)
+    gradcam.add_argument("--checkpoint-dir", default="checkpoints")
+    gradcam.add_argument("--images", type=int, default=8, help="validation images (default 8)")
+    gradcam.add_argument("--seed-index", type=int, default=0, help="which of the experiment's seeds (default: first)")
+    gradcam.add_argument("--device", default="auto")
+    gradcam.add_argument("--out", default=None, help="output folder (default: results/<experiment>/)")
+    gradcam.set_defaults(func=cmd_gradcam)
+
     table = commands.add_parser(
         "table",
         help="the paper-style table of an experiment's runs, from MLflow",
-        description="Description | n | Params | GMACs | Top-1 err | Top-5 err (mean ± std over seeds), with the "
-        "paper's printed numbers beside ours for the paper's tables. Writes table.md, table.tex, table.csv and a "
-        "bar chart to results/<experiment>/ (or --out) and prints the chosen format.",
+        description="Description | n | Params | GMACs | Top-1 err | Top-5 err (mean ± std over seeds) | Welch's "
+        "t-test against the baseline row, with the paper's printed numbers and our difference to them for the "
+        "paper's tables. Writes table.md/.tex/.csv/.html and figures (error bars, learning curves, cost against "
+        "error; PNG and PDF) to results/<experiment>/ (or --out), logs them to the sweep's parent run, and prints "
+        "the chosen format.",
     )
     _add_experiment_args(table)
     _add_tracking_arg(table)
-    table.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    table.add_argument("--format", choices=("md", "latex", "csv", "html"), default="md")
     table.add_argument("--out", default=None, help="output folder (default: results/<experiment>/)")
     table.set_defaults(func=cmd_table)
     return parser

@@ -274,3 +274,81 @@ def error_bars(
     """Write the error-bar chart of ``frame`` at ``path`` with each suffix in ``formats``; return the paths."""
     fig = error_bar_figure(frame, metric_label=metric_label, title=title)
     return save_figure(fig, Path(path), formats)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sweep-level figures: learning curves per arm, cost against error
+# --------------------------------------------------------------------------------------------------------------
+
+
+def arm_curves_figure(curves: Mapping[str, Sequence[Sequence[float]]], *, title: str = "") -> Figure:
+    """Validation top-1 error per epoch, one line per arm: the mean over seeds with a ±1 std band.
+
+    ``curves`` maps an arm's description to one error series per seed. A band needs two seeds: an arm with one
+    seed is drawn as a plain line, and the legend gives each arm's n.
+    """
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.add_subplot()
+    colors = matplotlib.colormaps["tab10"] if len(curves) <= 10 else matplotlib.colormaps["tab20"]
+    for i, (label, series) in enumerate(curves.items()):
+        length = min(len(s) for s in series)
+        values = np.array([list(s)[:length] for s in series], dtype=float)
+        epochs = np.arange(1, length + 1)
+        mean = values.mean(axis=0)
+        color = colors(i % colors.N)
+        ax.plot(epochs, mean, color=color, label=f"{label} (n={len(series)})")
+        if len(series) > 1:
+            std = values.std(axis=0, ddof=1)
+            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1 error (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title or "Learning curves: mean ± 1 std over seeds", fontsize=10)
+    return fig
+
+
+def arm_curves(
+    curves: Mapping[str, Sequence[Sequence[float]]],
+    path: Path,
+    *,
+    title: str = "",
+    formats: Iterable[str] = ("png", "pdf"),
+) -> list[Path]:
+    return save_figure(arm_curves_figure(curves, title=title), Path(path), formats)
+
+
+def cost_figure(frame: pd.DataFrame, *, title: str = "") -> Figure:
+    """Top-1 error against GMACs and against measured training throughput, one point per arm (±1 std bars).
+
+    ``frame`` columns: description, top1_err_mean, top1_err_std, gmacs, img_per_s_mean. FLOPs hide the cost of
+    memory traffic; the throughput panel shows what an arm costs on the machine that trained it.
+    """
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    panels = (("gmacs", "GMACs per image (paper's 'GFLOPs')"), ("img_per_s_mean", "training throughput (images/s)"))
+    colors = matplotlib.colormaps["tab10"] if len(frame) <= 10 else matplotlib.colormaps["tab20"]
+    for position, (column, label) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, 2, position)
+        for i, row in enumerate(frame.itertuples(index=False)):
+            std = row.top1_err_std if not math.isnan(row.top1_err_std) else None
+            ax.errorbar(
+                getattr(row, column),
+                row.top1_err_mean,
+                yerr=std,
+                fmt="o",
+                color=colors(i % colors.N),
+                capsize=3,
+                label=row.description if position == 1 else None,
+            )
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 error (%)")
+        ax.grid(True, alpha=0.3)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=2)
+    fig.suptitle(title or "Cost against error (bars: ±1 std over seeds where n > 1)", fontsize=10)
+    return fig
+
+
+def cost_plot(
+    frame: pd.DataFrame, path: Path, *, title: str = "", formats: Iterable[str] = ("png", "pdf")
+) -> list[Path]:
+    return save_figure(cost_figure(frame, title=title), Path(path), formats)

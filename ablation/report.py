@@ -8,12 +8,14 @@ standard deviation is the sample one (ddof=1); with n = 1 there is none, and the
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from ablation.mlflow_store import HASH, SweepStore
+from ablation.stats import describe_test, mean_std, welch
 from ablation.sweep import PreparedSweep
 
 RUN_METRICS = {
@@ -52,25 +54,41 @@ def collect_runs(prepared: PreparedSweep, tracking_uri: str) -> pd.DataFrame:
     return frame.drop_duplicates(subset=["arm", "seed"], keep="first").sort_values(["arm", "seed"], ignore_index=True)
 
 
+def baseline_arm(prepared: PreparedSweep) -> int:
+    """The row significance is tested against: the paper's baseline row if the table has one, else the first."""
+    return next((arm.index for arm in prepared.arms if arm.paper_row and arm.paper_row.baseline), 0)
+
+
 def summarize(prepared: PreparedSweep, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per arm: n, params, GMACs, mean and std of the errors, and the paper's numbers."""
+    """One row per arm: n, params, GMACs, mean and std of the errors, the test against the baseline, and the
+    paper's numbers with our difference to them."""
+    base = baseline_arm(prepared)
+    base_top1 = runs.loc[runs["arm"] == base, "top1_err"].tolist()
     rows = []
     for arm in prepared.arms:
         mine = runs[runs["arm"] == arm.index]
+        top1, top5 = mine["top1_err"].tolist(), mine["top5_err"].tolist()
+        top1_mean, top1_std = mean_std(top1)
+        top5_mean, top5_std = mean_std(top5)
+        test = None if arm.index == base else welch(top1, base_top1)
         row = arm.paper_row
+        paper_top1 = row.top1 if row else math.nan
         rows.append(
             {
                 "description": arm.description,
                 "n": len(mine),
                 "params": mine["params"].iloc[0] if len(mine) else math.nan,
                 "gmacs": mine["gmacs"].iloc[0] if len(mine) else math.nan,
-                "top1_err_mean": mine["top1_err"].mean() if len(mine) else math.nan,
-                "top1_err_std": mine["top1_err"].std(ddof=1) if len(mine) > 1 else math.nan,
-                "top5_err_mean": mine["top5_err"].mean() if len(mine) else math.nan,
-                "top5_err_std": mine["top5_err"].std(ddof=1) if len(mine) > 1 else math.nan,
+                "top1_err_mean": top1_mean,
+                "top1_err_std": top1_std,
+                "top5_err_mean": top5_mean,
+                "top5_err_std": top5_std,
                 "img_per_s_mean": mine["img_per_s"].mean() if len(mine) else math.nan,
-                "paper_top1_err": row.top1 if row else math.nan,
+                "vs_baseline": describe_test(test, arm.index == base),
+                "vs_baseline_p": test.p if test else math.nan,
+                "paper_top1_err": paper_top1,
                 "paper_top5_err": row.top5 if row else math.nan,
+                "delta_top1_vs_paper": top1_mean - paper_top1,
                 "paper_params_m": row.params_m if row and row.params_m else math.nan,
                 "paper_gflops": row.gflops if row and row.gflops else math.nan,
             }
@@ -88,25 +106,33 @@ def _num(value: float, fmt: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-def display_rows(summary: pd.DataFrame, with_paper: bool, latex: bool = False) -> tuple[list[str], list[list[str]]]:
-    pm = r" $\pm$ " if latex else " ± "
-    header = ["Description", "n", "Params", "GMACs", "Top-1 err (%)", "Top-5 err (%)"]
+def display_rows(summary: pd.DataFrame, with_paper: bool, style: str = "md") -> tuple[list[str], list[list[str]]]:
+    """Header and cells as text; the best (lowest) mean error of each column is marked bold."""
+    pm = {"latex": r" $\pm$ ", "html": " &plusmn; "}.get(style, " ± ")
+    bold = {"latex": r"\textbf{{{}}}", "html": "<b>{}</b>"}.get(style, "**{}**")
+    header = ["Description", "n", "Params", "GMACs", "Top-1 err (%)", "Top-5 err (%)", "vs baseline (Welch)"]
     if with_paper:
-        header += ["Paper top-1", "Paper top-5", "Paper params", "Paper GFLOPs"]
+        header += ["Paper top-1", "Paper top-5", "Δ top-1", "Paper params", "Paper GFLOPs"]
+    best1 = summary["top1_err_mean"].min(skipna=True)
+    best5 = summary["top5_err_mean"].min(skipna=True)
     body = []
     for r in summary.itertuples(index=False):
+        top1 = _mean_std(r.top1_err_mean, r.top1_err_std, pm)
+        top5 = _mean_std(r.top5_err_mean, r.top5_err_std, pm)
         cells = [
             r.description,
             str(r.n),
             "-" if math.isnan(r.params) else f"{r.params / 1e6:.2f}M",
             _num(r.gmacs, ".3f"),
-            _mean_std(r.top1_err_mean, r.top1_err_std, pm),
-            _mean_std(r.top5_err_mean, r.top5_err_std, pm),
+            bold.format(top1) if r.top1_err_mean == best1 else top1,
+            bold.format(top5) if r.top5_err_mean == best5 else top5,
+            r.vs_baseline if r.n else "-",
         ]
         if with_paper:
             cells += [
                 _num(r.paper_top1_err, ".2f"),
                 _num(r.paper_top5_err, ".2f"),
+                _num(r.delta_top1_vs_paper, "+.2f"),
                 "-" if math.isnan(r.paper_params_m) else f"{r.paper_params_m:.2f}M",
                 _num(r.paper_gflops, ".3f"),
             ]
@@ -119,14 +145,20 @@ def table_note(prepared: PreparedSweep) -> str:
     config = prepared.arms[0].config
     train, data = config.train, config.data
     seeds = prepared.experiment.seeds
+    base = prepared.arms[baseline_arm(prepared)].description
     note = (
         f"Dataset {data.dataset} ({prepared.arms[0].data.image_size} px); SGD lr {train.lr:g}, momentum "
         f"{train.momentum:g}, weight decay {train.weight_decay:g}, batch {train.batch_size}, {train.epochs} epochs, "
         f"{train.schedule} schedule; seeds {', '.join(map(str, seeds))}. Errors: last epoch, mean ± sample std over "
-        "the n seeds that finished ('-': n = 1 has no spread)."
+        "the n seeds that finished ('-': n = 1 has no spread); bold: the lowest mean. 'vs baseline': difference "
+        f"in top-1 error to '{base}' in points and the two-sided p of Welch's t-test over seeds (* p < 0.05; needs "
+        "n >= 2 per arm, and three or more seeds to mean much)."
     )
     if prepared.experiment.paper:
-        note += " Paper columns: the numbers the paper prints (ImageNet-1K, 224 px), for reference."
+        note += (
+            " Paper columns: the numbers the paper prints (ImageNet-1K, 224 px, one run each); Δ top-1 = ours - "
+            "paper's. The paper's Tables 1-3 params/GFLOPs disagree with its Table 4; see `runner.py profile`."
+        )
     return note
 
 
@@ -139,13 +171,21 @@ def render_markdown(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
 
 
 def _latex_escape(text: str) -> str:
-    for raw, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+    for raw, escaped in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("Δ", r"$\Delta$"),
+        ("±", r"$\pm$"),
+    ):
         text = text.replace(raw, escaped)
     return text
 
 
 def render_latex(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
-    header, body = display_rows(summary, bool(prepared.experiment.paper), latex=True)
+    header, body = display_rows(summary, bool(prepared.experiment.paper), style="latex")
     spec = "l" + "r" * (len(header) - 1)
     lines = [
         r"\begin{table}[t]",
@@ -162,13 +202,43 @@ def render_latex(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_html(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
+    header, body = display_rows(summary, bool(prepared.experiment.paper), style="html")
+    title = html.escape(prepared.experiment.title or prepared.experiment.name)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join(
+        "<tr>" + f"<td>{html.escape(row[0])}</td>" + "".join(f"<td>{cell}</td>" for cell in row[1:]) + "</tr>"
+        for row in body
+    )
+    return (
+        f"<table>\n<caption>{title}</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>{rows}</tbody>\n</table>\n"
+        f"<p>{html.escape(table_note(prepared))}</p>\n"
+    )
+
+
 def render_csv(summary: pd.DataFrame) -> str:
     return summary.to_csv(index=False, float_format="%.4f")
 
 
-def write_outputs(summary: pd.DataFrame, prepared: PreparedSweep, out_dir: Path) -> list[Path]:
-    """table.md, table.tex, table.csv and the bar chart (PNG and PDF) under ``out_dir``."""
-    from ablation.plots import error_bars
+def collect_curves(runs: pd.DataFrame, tracking_uri: str) -> dict[str, list[list[float]]]:
+    """Arm description -> validation top-1 error per epoch, one series per finished seed."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    curves: dict[str, list[list[float]]] = {}
+    for row in runs.itertuples(index=False):
+        history = sorted(client.get_metric_history(row.run_id, "val/top1_err"), key=lambda m: (m.step, m.timestamp))
+        by_epoch = {m.step: m.value for m in history}  # a resumed epoch logged twice counts once (the last)
+        curves.setdefault(row.description, []).append([by_epoch[e] for e in sorted(by_epoch)])
+    return curves
+
+
+def write_outputs(
+    summary: pd.DataFrame, prepared: PreparedSweep, out_dir: Path, curves: dict[str, list[list[float]]] | None = None
+) -> list[Path]:
+    """table.{md,tex,csv,html} and the figures (PNG and PDF) under ``out_dir``: top-1 error bars, learning
+    curves per arm (when ``curves`` are given), and cost (GMACs, throughput) against error."""
+    from ablation.plots import arm_curves, cost_plot, error_bars
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -176,10 +246,12 @@ def write_outputs(summary: pd.DataFrame, prepared: PreparedSweep, out_dir: Path)
         ("table.md", render_markdown(summary, prepared)),
         ("table.tex", render_latex(summary, prepared)),
         ("table.csv", render_csv(summary)),
+        ("table.html", render_html(summary, prepared)),
     ):
         (out_dir / name).write_text(text)
         written.append(out_dir / name)
     done = summary[summary["n"] > 0]
+    title = prepared.experiment.title or prepared.experiment.name
     if len(done):
         bars = pd.DataFrame(
             {
@@ -190,6 +262,22 @@ def write_outputs(summary: pd.DataFrame, prepared: PreparedSweep, out_dir: Path)
                 "paper": done["paper_top1_err"],
             }
         )
-        title = prepared.experiment.title or prepared.experiment.name
         written += error_bars(bars, out_dir / "top1_err.png", title=title, formats=("png", "pdf"))
+        written += cost_plot(done, out_dir / "cost.png", title=title)
+    if curves:
+        written += arm_curves(curves, out_dir / "learning_curves.png", title=title)
     return written
+
+
+def log_to_parent(prepared: PreparedSweep, tracking_uri: str, paths: list[Path]) -> str | None:
+    """Attach the table and figures to the sweep's parent run (under results/); its run id, or None."""
+    from ablation.queue import sweep_key
+
+    store = SweepStore(tracking_uri, prepared.experiment)
+    key = sweep_key(prepared.cells)
+    parent = next((r for r in store.runs("sweep") if r.data.tags.get("ablation.sweep_key") == key), None)
+    if parent is None:
+        return None
+    for path in paths:
+        store.client.log_artifact(parent.info.run_id, str(path), "results")
+    return parent.info.run_id

@@ -71,8 +71,8 @@ def duration(seconds: float) -> str:
 
 
 def run_sweep(prepared: PreparedSweep, options, slots=None, retry_failed: bool = False) -> SweepReport:
-    """Run the sweep with ``options`` (a ``WorkerOptions``) on ``slots`` (default: one in-process CPU/GPU worker)."""
-    from ablation.worker import join_sweep, run_worker
+    """Run the sweep with ``options`` (a ``WorkerOptions``) on ``slots`` (default: one in-process worker)."""
+    from ablation.worker import join_sweep
 
     began = time.perf_counter()
     queue, store = join_sweep(prepared, options)
@@ -88,23 +88,16 @@ def run_sweep(prepared: PreparedSweep, options, slots=None, retry_failed: bool =
         f"tracking {options.tracking_uri}"
     )
     report = SweepReport(total=len(prepared.cells), parent_run_id=queue.get_attr("parent_run_id"))
-    if slots is None or (len(slots) == 1 and slots[0].gpus in ((), (0,)) and options.gpus_per_job == 1):
-        to_run, times, tally = counts["pending"], [], {"finished": counts["done"], "failed": counts["failed"]}
-
-        def on_cell(name: str, outcome: str) -> None:
-            # Counted here rather than read back: a finished cell is marked done once its artifacts are logged.
-            times.append(time.perf_counter())
-            tally["finished" if outcome == "finished" else "failed"] += outcome != "interrupted"
-            eta = (times[-1] - began) / len(times) * max(to_run - len(times), 0)
-            say(
-                f"[sweep] {tally['finished']}/{len(prepared.cells)} cells done, {tally['failed']} failed | elapsed "
-                f"{duration(times[-1] - began)} | ETA {duration(eta)} | last: {name} -> {outcome.splitlines()[0][:80]}"
-            )
-
-        worker = run_worker(prepared, options, queue, store, on_cell=on_cell)
-        report.trained_now, report.train_s = worker.finished, worker.train_s
+    slots = slots or []
+    if options.gpus_per_job > 1:
+        # Every cell is a torchrun launch confined to its slot's GPUs: all workers are processes.
+        _wait_for(_start_workers(prepared, options, slots), prepared, queue, began)
     else:
-        _run_worker_processes(prepared, options, slots, queue, began)
+        # This process, already warm (imports, validation), is the first slot's worker; the others are processes.
+        others = _start_workers(prepared, options, slots[1:])
+        worker = _run_here(prepared, options, slots[0] if slots else None, queue, store, counts, began, len(slots))
+        report.trained_now, report.train_s = worker.finished, worker.train_s
+        _wait_for(others, prepared, queue, began)
     counts = _counts(queue)
     report.done, report.pending = counts["done"], counts["pending"]
     report.failed = {
@@ -157,21 +150,60 @@ def worker_command(prepared: PreparedSweep, options, name: str) -> list[str]:
     return command
 
 
-def _run_worker_processes(prepared, options, slots, queue, began: float) -> None:
-    """One ``runner.py worker`` process per slot; a status line every few seconds until all have exited."""
+def _run_here(prepared, options, slot, queue, store, counts, began: float, workers: int):
+    """The in-process worker, with a sweep line after each of its cells."""
+    from dataclasses import replace
+
+    import torch
+
+    from ablation.worker import run_worker
+
+    if slot is not None and slot.gpus:
+        options = replace(options, cell=replace(options.cell, device=f"cuda:{slot.gpus[0]}"))
+    elif slot is not None:
+        torch.set_num_threads(slot.threads)
+    to_run, times, tally = counts["pending"], [], {"finished": counts["done"], "failed": counts["failed"]}
+
+    def on_cell(name: str, outcome: str) -> None:
+        times.append(time.perf_counter())
+        if workers <= 1:
+            # Counted here rather than read back: a finished cell is marked done once its artifacts are logged.
+            tally["finished" if outcome == "finished" else "failed"] += outcome != "interrupted"
+            eta = (times[-1] - began) / len(times) * max(to_run - len(times), 0)
+        else:
+            now = _counts(queue)
+            tally.update(finished=now["done"] + (outcome == "finished"), failed=now["failed"])
+            rate = (tally["finished"] - counts["done"]) / (times[-1] - began)
+            eta = (to_run - (tally["finished"] - counts["done"])) / rate if rate > 0 else 0.0
+        say(
+            f"[sweep] {tally['finished']}/{len(prepared.cells)} cells done, {tally['failed']} failed | elapsed "
+            f"{duration(times[-1] - began)} | ETA {duration(eta)} | last: {name} -> {outcome.splitlines()[0][:80]}"
+        )
+
+    return run_worker(prepared, options, queue, store, on_cell=on_cell)
+
+
+def _start_workers(prepared, options, slots) -> list[subprocess.Popen]:
+    """One ``runner.py worker`` process per slot, confined to it by environment variables."""
     processes = []
     for slot in slots:
         env = {**os.environ, **slot.environment()}
         name = f"w{slot.index}" + (f"-gpu{','.join(map(str, slot.gpus))}" if slot.gpus else "")
         processes.append(subprocess.Popen(worker_command(prepared, options, name), env=env))
-    say(
-        f"[sweep] started {len(slots)} workers: "
-        + ", ".join(f"w{s.index} (GPUs {','.join(map(str, s.gpus)) or 'none'}, {s.threads} threads)" for s in slots)
-    )
-    start_done, last = _counts(queue)["done"], 0.0
+    if slots:
+        say(
+            f"[sweep] started {len(slots)} worker processes: "
+            + ", ".join(f"w{s.index} (GPUs {','.join(map(str, s.gpus)) or 'none'}, {s.threads} threads)" for s in slots)
+        )
+    return processes
+
+
+def _wait_for(processes: list[subprocess.Popen], prepared, queue, began: float) -> None:
+    """Wait for worker processes, with a status line every 10 seconds."""
+    start_done, last = _counts(queue)["done"], time.perf_counter()
     try:
         while any(p.poll() is None for p in processes):
-            time.sleep(1.0)
+            time.sleep(0.5)
             if time.perf_counter() - last >= 10:
                 last = time.perf_counter()
                 counts = _counts(queue)

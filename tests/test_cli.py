@@ -57,5 +57,5 @@ def test_missing_experiment_file_and_bad_set():
 def test_every_command_has_help():
     result = run("--help")
     assert result.returncode == 0 and "profile" in result.stdout
-    for command in ("profile",):
+    for command in ("profile", "sweep", "worker", "status", "slurm", "run-cell", "gradcam", "table"):
         assert run(command, "--help").returncode == 0

@@ -73,6 +73,16 @@ def test_sweep_tracks_every_cell_and_the_table_equals_the_runs(tmp_path, tiny_np
 
     summary = summarize(prepared, collect_runs(prepared, uri))
     assert summary["n"].tolist() == [2, 2]
+    from scipy import stats
+
+    by_arm = [
+        [r.data.metrics["final/top1_err_last"] for r in runs if r.data.tags["ablation.arm"] == str(i)] for i in (0, 1)
+    ]
+    if len(set(by_arm[0] + by_arm[1])) > 1 and min(len(set(v)) for v in by_arm) > 1:
+        assert summary["vs_baseline_p"][1] == pytest.approx(
+            stats.ttest_ind(by_arm[1], by_arm[0], equal_var=False).pvalue
+        )
+    assert summary["vs_baseline"][0] == "baseline"
     for arm in prepared.arms:
         values = [r.data.metrics["final/top1_err_last"] for r in runs if r.data.tags["ablation.arm"] == str(arm.index)]
         row = summary.iloc[arm.index]
@@ -168,8 +178,27 @@ def test_cli_sweep_then_table_formats(tmp_path, tiny_npz, write_experiment):
     assert {"description", "n", "top1_err_mean", "top1_err_std", "top5_err_mean", "top5_err_std"} <= set(table)
     assert table["n"].tolist() == [1, 1]
     assert table["top1_err_std"].isna().all()  # one seed: no spread, not a made-up one
-    for name in ("table.md", "table.tex", "table.csv", "top1_err.png", "top1_err.pdf"):
+    for name in (
+        "table.md",
+        "table.tex",
+        "table.csv",
+        "table.html",
+        "top1_err.png",
+        "top1_err.pdf",
+        "learning_curves.png",
+        "learning_curves.pdf",
+        "cost.png",
+        "cost.pdf",
+    ):
         assert (tmp_path / "results" / "tiny" / name).stat().st_size > 0
+    markdown = (tmp_path / "results" / "tiny" / "table.md").read_text()
+    assert "| baseline |" in markdown and "| n < 2 |" in markdown  # one seed: no test, and it says so
+    # The table and figures are attached to the sweep's parent run.
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'sweep'")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert {"results/table.md", "results/top1_err.png", "results/learning_curves.png"} <= logged
     latex = (tmp_path / "results" / "tiny" / "table.tex").read_text()
     assert r"\toprule" in latex and r"\bottomrule" in latex
     assert not math.isnan(table["top1_err_mean"][0])
