@@ -13,7 +13,6 @@ not by how large the gradients of one network are; an all-zero map (no positive 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -414,26 +413,15 @@ def gradcam_for_experiment(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def sweep_parent_run(store: SweepStore, prepared: PreparedSweep) -> str | None:
-    """The id of the sweep's parent run, or None if the sweep never started; read-only.
-
-    ``SweepStore.parent_run`` would do, but it creates a missing parent run and sets a finished one back to
-    RUNNING: drawing a figure after the sweep must not reopen it. The key is the one ``parent_run`` writes.
-    """
-    key = hashlib.sha256(",".join(sorted(c.hash for c in prepared.cells)).encode()).hexdigest()[:12]
-    runs = [run for run in store.runs("sweep") if run.data.tags.get("ablation.sweep_key") == key]
-    newest = max(runs, key=lambda run: run.info.start_time or 0, default=None)
-    return newest.info.run_id if newest is not None else None
-
-
 def log_gradcam(store: SweepStore, prepared: PreparedSweep, paths: Sequence[Path]) -> str | None:
     """Log the figure files as artifacts (folder ``gradcam/``) of the sweep's parent run; return its id, or None
     (nothing logged) when the sweep has no parent run in this tracking store."""
     from ablation.mlflow_store import MlflowTracker
 
-    run_id = sweep_parent_run(store, prepared)
-    if run_id is None:
+    parent = store.find_parent(prepared.cells)
+    if parent is None:
         return None
+    run_id = parent.info.run_id
     tracker = MlflowTracker(store.client, run_id)
     for path in paths:
         tracker.log_artifact(Path(path), ARTIFACT_PATH)

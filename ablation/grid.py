@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
 from dataclasses import dataclass
 from functools import cached_property
@@ -121,6 +122,11 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
     if duplicate is not None:
         raise ConfigError("grid.description", duplicate, "labels two arms; give the grid block a description template")
     return arms
+
+
+def sweep_key(cells: list[Cell]) -> str:
+    """Identifies a sweep by its set of cells: the same experiment with the same grid and seeds."""
+    return hashlib.sha256(",".join(sorted(c.hash for c in cells)).encode()).hexdigest()[:12]
 
 
 def expand_cells(experiment: Experiment, arms: list[Arm] | None = None) -> list[Cell]:

@@ -13,7 +13,6 @@ A cell is identified by its config hash, so a rerun finds it whatever parent it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
 
 from ablation.config import Experiment, flatten
-from ablation.grid import Cell
+from ablation.grid import Cell, sweep_key
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE, HASH, FAILURE = "ablation.role", "ablation.config_hash", "ablation.failure"
@@ -100,14 +99,20 @@ class SweepStore:
 
     # ---- writing
 
+    def find_parent(self, cells: list[Cell]) -> Run | None:
+        """The parent run of the sweep of these cells, if it exists; read-only."""
+        key = sweep_key(cells)
+        runs = [run for run in self.runs("sweep") if run.data.tags.get("ablation.sweep_key") == key]
+        return max(runs, key=lambda run: run.info.start_time or 0, default=None)
+
     def parent_run(self, cells: list[Cell]) -> str:
-        """The sweep's parent run: the same one again when the same set of cells is swept again."""
-        key = hashlib.sha256(",".join(sorted(c.hash for c in cells)).encode()).hexdigest()[:12]
-        for run in self.runs("sweep"):
-            if run.data.tags.get("ablation.sweep_key") == key:
-                if run.info.status != "RUNNING":
-                    self.client.update_run(run.info.run_id, status="RUNNING")
-                return run.info.run_id
+        """The sweep's parent run, reopened: the same one again when the same set of cells is swept again."""
+        run = self.find_parent(cells)
+        if run is not None:
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        key = sweep_key(cells)
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.experiment.name,

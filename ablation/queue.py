@@ -18,7 +18,6 @@ server; several machines share PostgreSQL (``postgresql+psycopg2://user@host/db`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import time
 import warnings
@@ -32,7 +31,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState
 
 from ablation.errors import ConfigError
-from ablation.grid import Cell
+from ablation.grid import Cell, sweep_key
 
 DEFAULT_STORAGE = "sqlite:///sweeps.db"
 HEARTBEAT_INTERVAL_S = 15
@@ -42,11 +41,6 @@ CELL, NAME, RUN_ID, FAILURE = "cell_hash", "cell_name", "mlflow_run_id", "failur
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and their retry callback are marked experimental (stable since Optuna 2.9); the warning is noise here.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def sweep_key(cells: Iterable[Cell]) -> str:
-    """Identifies a sweep by its set of cells: the same experiment with the same grid and seeds."""
-    return hashlib.sha256(",".join(sorted(c.hash for c in cells)).encode()).hexdigest()[:12]
 
 
 def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S):

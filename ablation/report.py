@@ -271,11 +271,8 @@ def write_outputs(
 
 def log_to_parent(prepared: PreparedSweep, tracking_uri: str, paths: list[Path]) -> str | None:
     """Attach the table and figures to the sweep's parent run (under results/); its run id, or None."""
-    from ablation.queue import sweep_key
-
     store = SweepStore(tracking_uri, prepared.experiment)
-    key = sweep_key(prepared.cells)
-    parent = next((r for r in store.runs("sweep") if r.data.tags.get("ablation.sweep_key") == key), None)
+    parent = store.find_parent(prepared.cells)
     if parent is None:
         return None
     for path in paths:

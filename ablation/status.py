@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from optuna.trial import TrialState
 
-from ablation.queue import CELL, FAILURE, RUN_ID, SweepQueue, open_storage, sweep_key
+from ablation.grid import sweep_key
+from ablation.queue import CELL, FAILURE, RUN_ID, SweepQueue, open_storage
 from ablation.sweep import PreparedSweep
 
 STATE_NAMES = {
