@@ -116,7 +116,7 @@ class RunConfig(StrictModel):
 
 
 # Keys that locate or schedule a job without changing what it computes; left out of the config hash.
-HASH_EXCLUDED = ("data.root",)
+HASH_EXCLUDED = ("data.root", "model.attention.impl")
 
 
 def config_hash(config: RunConfig) -> str:

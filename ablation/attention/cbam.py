@@ -26,6 +26,7 @@ from ablation.errors import ConfigError
 
 ORDERS = ("channel-first", "spatial-first", "parallel", "channel-only", "spatial-only")
 PARALLEL_COMBINES = ("product", "sum-logits")
+IMPLS = ("fast", "reference")
 
 
 class CBAM(nn.Module):
@@ -48,6 +49,7 @@ class CBAM(nn.Module):
         mlp_bias: bool = True,
         spatial_bn: bool = True,
         spatial_bn_zero_init: bool = True,
+        impl: str = "fast",
     ) -> None:
         super().__init__()
         # The pydantic schema checks these too; repeated here for direct construction (tests, notebooks), and
@@ -58,6 +60,8 @@ class CBAM(nn.Module):
             raise ConfigError(
                 "model.attention.parallel_combine", parallel_combine, f"allowed: {', '.join(PARALLEL_COMBINES)}"
             )
+        if impl not in IMPLS:
+            raise ConfigError("model.attention.impl", impl, f"allowed: {', '.join(IMPLS)}")
         check_pools(channel_pool)
         check_spatial(kernel_size, spatial)
         self.order = order
@@ -78,6 +82,12 @@ class CBAM(nn.Module):
                 bn_zero_init=spatial_bn_zero_init,
             )
         )
+        self.impl = impl
+        # The impl only switches how the gates compute (ablation/attention/fast.py), never which parameters exist:
+        # both impls have the same state_dict and compute the same function up to float rounding.
+        for gate in (self.channel, self.spatial):
+            if gate is not None:
+                gate.fast = impl == "fast"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.order == "channel-first":

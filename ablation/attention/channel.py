@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ablation.attention.fast import avg_max
 from ablation.errors import ConfigError
 
 # Global poolings over H x W, (B, C, H, W) -> (B, C). "lp" and "lse" are the extras of the official code
@@ -57,6 +58,8 @@ class ChannelGate(nn.Module):
         check_pools(pools)
         hidden = hidden_channels(channels, reduction)
         self.pools = tuple(pools)
+        # impl="fast" (set by CBAM): avg and max pooled together by fast.AvgMaxPool; same function and weights.
+        self.fast = False
         # nn.Linear as the official code (timm uses 1x1 convs without bias: mlp_bias=False).
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden, bias=mlp_bias),
@@ -71,8 +74,17 @@ class ChannelGate(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """sum_p MLP(Pool_p(x)), (B, C, 1, 1), before the sigmoid (BAM-style merges add these to Ms's logits)."""
         # One (P, B, C) batch through the shared MLP: one pair of matmuls whatever the number of pools.
-        pooled = torch.stack([POOLS[name](x) for name in self.pools])
+        pooled = torch.stack(self._fast_pools(x) if self.fast else [POOLS[name](x) for name in self.pools])
         return self.mlp(pooled).sum(dim=0)[:, :, None, None]
+
+    def _fast_pools(self, x: Tensor) -> list[Tensor]:
+        """The pools of ``self.pools``, in that order; avg and max from one AvgMaxPool (fused backward)."""
+        want_avg, want_max = "avg" in self.pools, "max" in self.pools
+        if not (want_avg or want_max):
+            return [POOLS[name](x) for name in self.pools]
+        avg, mx = avg_max(x, (2, 3), want_avg, want_max)
+        fused = {"avg": avg, "max": mx}  # (B, C, 1, 1); an unwanted one is a dummy never looked up
+        return [fused[name].flatten(1) if name in fused else POOLS[name](x) for name in self.pools]
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(x))

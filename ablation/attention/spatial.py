@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ablation.attention.fast import avg_max, small_conv
 from ablation.errors import ConfigError
 
 DESCRIPTORS = ("pool", "conv")
@@ -48,6 +49,8 @@ class SpatialGate(nn.Module):
             1 if self.compress is not None else 2, 1, kernel_size, padding=kernel_size // 2, bias=False
         )
         self.bn = nn.BatchNorm2d(1, momentum=0.01) if batch_norm else None
+        # impl="fast" (set by CBAM): fused channel pools and the CPU-friendly k x k conv (see fast.py).
+        self.fast = False
         # Official init: kaiming-normal fan_out convs; the spatial BN's weight 0 (the gate starts at 0.5), bias 0.
         for conv in (self.compress, self.conv):
             if conv is not None:
@@ -60,10 +63,14 @@ class SpatialGate(nn.Module):
         """BN(conv(D(x))), (B, 1, H, W), before the sigmoid."""
         if self.compress is None:
             # Paper order [avg; max] (the official code stacks [max; avg]: only the conv's inputs are permuted).
-            descriptor = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
+            if self.fast:
+                descriptor = torch.cat(avg_max(x, (1,), True, True), dim=1)
+            else:
+                descriptor = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
         else:
             descriptor = self.compress(x)
-        out = self.conv(descriptor)
+        # fast: the same conv (same weight) on a CPU kernel that suits one output channel (fast.small_conv).
+        out = small_conv(descriptor, self.conv.weight, self.conv.padding[0]) if self.fast else self.conv(descriptor)
         return out if self.bn is None else self.bn(out)
 
     def forward(self, x: Tensor) -> Tensor:

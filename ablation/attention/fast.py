@@ -1,0 +1,82 @@
+"""The fast CBAM path (``impl="fast"``): the same function as the straightforward modules, fewer slow kernels.
+
+Profiling the straightforward CBAM on the project's CPU (PyTorch 2.x, batch 16, 112 px) showed that its cost is
+not the pooling passes themselves but two pathological kernels:
+
+1. ``amax``'s autograd backward. It is computed as ``grad * (x == amax).to(float) / count`` followed by an add
+   into the other pooling's gradient: an ``eq``, a bool -> float copy, a float sum, a division, a multiply and an
+   accumulation, each a full pass over the feature map, several times slower than the forward reduction.
+   ``AvgMaxPool`` below computes the *same* gradient (the one of ``amax``: the incoming gradient shared equally
+   among tied maxima; of ``mean``: the gradient / n at every position) in one ``eq``, one bool count and one
+   ``where`` that writes the summed avg + max gradient directly.
+2. The k x k convolution of the spatial gate, 2 (or 1) -> 1 channels: oneDNN (mkldnn), which ``F.conv2d`` picks on
+   CPU, is ~10x slower forward and backward for these one-output-channel convolutions on 28 x 28 maps than
+   ATen's plain im2col + GEMM convolution (``thnn_conv2d``, differentiable, same weight layout). On CUDA cuDNN is
+   used as before.
+
+Both keep the parameters, the state_dict and the result (up to float rounding: summation order) of the
+reference path; tests/test_fast_cbam.py checks forward and gradients of every ablation variant against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class AvgMaxPool(torch.autograd.Function):
+    """``(mean(x, dims), amax(x, dims))`` (keepdim) with a fused backward giving the gradient of their sum.
+
+    Why the backward equals autograd's: d mean / dx = 1/n everywhere; d amax / dx = 1/k at each of the k positions
+    equal to the maximum and 0 elsewhere (PyTorch's amax splits the gradient evenly among ties). So
+    ``dx = ga / n + where(x == max, gm / k, 0)``, written by one ``where`` over the map. Only ``x`` (already kept
+    alive by the surrounding graph) and the small max are saved.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, dims: tuple[int, ...], want_avg: bool, want_max: bool) -> tuple[Tensor, Tensor]:
+        avg = x.mean(dims, keepdim=True) if want_avg else x.new_zeros(())
+        mx = x.amax(dims, keepdim=True) if want_max else x.new_zeros(())
+        ctx.dims, ctx.want_avg, ctx.want_max = dims, want_avg, want_max
+        ctx.save_for_backward(x if want_max else None, mx if want_max else None)
+        ctx.x_shape = x.shape
+        ctx.mark_non_differentiable(*(t for t, w in ((avg, want_avg), (mx, want_max)) if not w))
+        return avg, mx
+
+    @staticmethod
+    def backward(ctx: Any, grad_avg: Tensor | None, grad_max: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, mx = ctx.saved_tensors
+        n = 1
+        for d in ctx.dims:
+            n *= ctx.x_shape[d]
+        base = grad_avg / n if (ctx.want_avg and grad_avg is not None) else None
+        if not ctx.want_max or grad_max is None:
+            grad = base.expand(ctx.x_shape) if base is not None else None
+            return grad, None, None, None
+        mask = x == mx
+        share = grad_max / mask.sum(ctx.dims, keepdim=True, dtype=grad_max.dtype)
+        if base is None:
+            return torch.where(mask, share, 0.0), None, None, None
+        # Same memory format as x (where follows its inputs' layout), so channels_last stays channels_last.
+        return torch.where(mask, base + share, base), None, None, None
+
+
+def avg_max(x: Tensor, dims: tuple[int, ...], want_avg: bool, want_max: bool) -> tuple[Tensor, Tensor]:
+    """Mean and amax of ``x`` over ``dims`` (keepdim) through ``AvgMaxPool``; an unwanted one is a dummy 0."""
+    return AvgMaxPool.apply(x, dims, want_avg, want_max)
+
+
+def small_conv(x: Tensor, weight: Tensor, padding: int) -> Tensor:
+    """A stride-1, bias-free 'same' convolution for the spatial gate's few-channel maps.
+
+    On CPU it runs ATen's im2col + GEMM kernel (``thnn_conv2d``) instead of oneDNN's, which is far slower for a
+    one-output-channel conv; the function computed is identical (same weights, same padding), only the summation
+    order differs. Elsewhere (CUDA) it is ``F.conv2d``.
+    """
+    if x.device.type == "cpu" and hasattr(torch._C._nn, "thnn_conv2d"):
+        k = weight.shape[-2:]
+        return torch._C._nn.thnn_conv2d(x, weight, list(k), None, [1, 1], [padding, padding])
+    return F.conv2d(x, weight, padding=padding)

@@ -1,0 +1,163 @@
+"""The fast CBAM path (impl="fast", the default) against the straightforward one (impl="reference").
+
+Same weights (one state_dict loaded into both), every ablation variant: forward output, input gradient and every
+parameter gradient must agree to 1e-5 in float32, in train and eval mode, with contiguous and channels_last
+inputs. Parameters and BN statistics are randomised first (with the official init the spatial BN weight is 0
+and the spatial branch would be invisible).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from ablation.attention import build_attention
+from ablation.attention.cbam import CBAM
+from ablation.attention.options import CBAMOptions
+from ablation.config import config_hash, parse_run_config
+
+TOL = 1e-5
+C = 32
+POOLS = ("avg", "max", "lp", "lse")
+POOL_SUBSETS = [list(s) for n in range(1, len(POOLS) + 1) for s in itertools.combinations(POOLS, n)]
+ARRANGEMENTS = [
+    ("channel-first", "product"),
+    ("spatial-first", "product"),
+    ("parallel", "product"),
+    ("parallel", "sum-logits"),
+    ("channel-only", "product"),
+    ("spatial-only", "product"),
+]
+MODES = pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize(module: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, p[0].numel() ** -0.5 if p.dim() > 1 else 0.5)
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0.0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return module
+
+
+def max_diff(a: Tensor, b: Tensor) -> float:
+    """Max abs difference, relative to the reference's magnitude where that exceeds 1 (float32 rounding of a
+    gradient summed over many positions grows with its size: e.g. 1.1e-5 on a weight gradient of 2.4)."""
+    assert a.shape == b.shape
+    return (a - b).abs().max().item() / max(1.0, b.abs().max().item())
+
+
+def compare(options: dict, train: bool, channels_last: bool) -> None:
+    """Fast vs reference on shared weights: output, input gradient, parameter gradients, BN running stats."""
+    reference = randomize(CBAM(C, reduction=4, impl="reference", **options)).train(train)
+    fast = CBAM(C, reduction=4, impl="fast", **options).train(train)
+    fast.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(3, C, 7, 9)  # H != W catches a transposed pool or conv
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(3, C, 7, 9)  # a random upstream gradient, not the all-ones of .sum()
+    results = []
+    for module in (reference, fast):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        (out * weight).sum().backward()
+        grads = {name: p.grad for name, p in module.named_parameters()}
+        results.append((out.detach(), xi.grad, grads))
+    (out_r, gx_r, gp_r), (out_f, gx_f, gp_f) = results
+    assert max_diff(out_f, out_r) < TOL
+    assert max_diff(gx_f, gx_r) < TOL
+    assert gp_f.keys() == gp_r.keys()
+    for name in gp_r:
+        assert max_diff(gp_f[name], gp_r[name]) < TOL, name
+    for (name, b_r), (_, b_f) in zip(reference.named_buffers(), fast.named_buffers(), strict=True):
+        assert max_diff(b_f.float(), b_r.float()) < TOL, name
+
+
+@MODES
+@LAYOUTS
+@pytest.mark.parametrize("mlp_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("pools", POOL_SUBSETS, ids="+".join)
+def test_channel_pooling(pools: list[str], mlp_bias: bool, channels_last: bool, train: bool) -> None:
+    compare({"channel_pool": pools, "mlp_bias": mlp_bias}, train, channels_last)
+
+
+@MODES
+@LAYOUTS
+@pytest.mark.parametrize("bn", [True, False], ids=["bn", "nobn"])
+@pytest.mark.parametrize("kernel_size", [1, 3, 5, 7])
+@pytest.mark.parametrize("descriptor", ["pool", "conv"])
+def test_spatial_gate(descriptor: str, kernel_size: int, bn: bool, channels_last: bool, train: bool) -> None:
+    compare({"spatial": descriptor, "kernel_size": kernel_size, "spatial_bn": bn}, train, channels_last)
+
+
+@MODES
+@LAYOUTS
+@pytest.mark.parametrize("descriptor", ["pool", "conv"])
+@pytest.mark.parametrize("pools", [["avg", "max"], ["max"], ["avg", "lse"]], ids="+".join)
+@pytest.mark.parametrize(("order", "combine"), ARRANGEMENTS)
+def test_arrangement(
+    order: str, combine: str, pools: list[str], descriptor: str, channels_last: bool, train: bool
+) -> None:
+    options = {"order": order, "parallel_combine": combine, "channel_pool": pools, "spatial": descriptor}
+    compare(options, train, channels_last)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_ties_share_the_max_gradient_like_amax(train: bool) -> None:
+    """A constant map: every position ties for both maxima; amax splits the gradient evenly, so must fast."""
+    reference = randomize(CBAM(C, reduction=4, impl="reference")).train(train)
+    fast = CBAM(C, reduction=4).train(train)
+    fast.load_state_dict(reference.state_dict())
+    grads = []
+    for module in (reference, fast):
+        x = torch.ones(2, C, 5, 6, requires_grad=True)
+        module(x).sum().backward()
+        grads.append(x.grad)
+    assert max_diff(grads[1], grads[0]) < TOL
+
+
+def test_default_impl_is_fast() -> None:
+    assert CBAMOptions().impl == "fast"
+    module = build_attention({"type": "cbam"}, 64)
+    assert module.impl == "fast" and module.channel.fast and module.spatial.fast
+    reference = build_attention({"type": "cbam", "impl": "reference"}, 64)
+    assert reference.impl == "reference" and not reference.channel.fast and not reference.spatial.fast
+    assert set(module.state_dict()) == set(reference.state_dict())
+
+
+def test_impl_is_validated() -> None:
+    from pydantic import ValidationError
+
+    from ablation.errors import ConfigError
+
+    with pytest.raises(ValidationError):
+        CBAMOptions.model_validate({"impl": "turbo"})
+    with pytest.raises(ConfigError):
+        CBAM(16, impl="turbo")
+
+
+def test_switching_impl_keeps_config_hash() -> None:
+    fast = parse_run_config({"model": {"attention": {"type": "cbam"}}})
+    reference = parse_run_config({"model": {"attention": {"type": "cbam", "impl": "reference"}}})
+    other = parse_run_config({"model": {"attention": {"type": "cbam", "kernel_size": 3}}})
+    assert fast.model.attention.impl == "fast" and reference.model.attention.impl == "reference"
+    assert config_hash(fast) == config_hash(reference) != config_hash(other)
