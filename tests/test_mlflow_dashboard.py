@@ -93,10 +93,11 @@ def test_dashboard_shows_the_sweep_and_a_cells_top1(tmp_path, tiny_npz, write_ex
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{base}/#/experiments/{experiment.experiment_id}", wait_until="networkidle")
-            page.get_by_text("tiny", exact=False).first.wait_for(timeout=60_000)  # the sweep's parent run
-            page.goto(f"{base}/#/experiments/{experiment.experiment_id}/runs/{cell.info.run_id}")
-            page.get_by_text("final/top1_err_last").first.wait_for(timeout=60_000)
+            # The dashboard keeps polling its API, so "network idle" may never come: wait for content instead.
+            page.goto(f"{base}/#/experiments/{experiment.experiment_id}", wait_until="domcontentloaded", timeout=90_000)
+            page.get_by_text("tiny", exact=False).first.wait_for(timeout=90_000)  # the sweep's parent run
+            page.goto(f"{base}/#/experiments/{experiment.experiment_id}/runs/{cell.info.run_id}", timeout=90_000)
+            page.get_by_text("final/top1_err_last").first.wait_for(timeout=90_000)
             body = page.inner_text("body")
             page.screenshot(path=str(screenshot), full_page=True)
             browser.close()
