@@ -1,9 +1,8 @@
-"""notebooks/review.ipynb executed top to bottom (nbclient) against a tiny real sweep."""
-
-import os
+"""notebooks/review.ipynb runs headless top to bottom on a real (tiny) sweep and shows status, table and charts."""
 
 import nbformat
 import pytest
+from mlflow import MlflowClient
 from nbclient import NotebookClient
 
 from ablation.cell import CellOptions
@@ -14,26 +13,83 @@ from tests.conftest import ROOT, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
+NOTEBOOK = ROOT / "notebooks" / "review.ipynb"
+GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
 
-def test_review_notebook_runs_against_a_sweep(tmp_path, tiny_npz, write_experiment, monkeypatch):
-    grid = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
-    path = write_experiment(tiny_experiment(tiny_npz, grid, "[0, 1]", epochs=1))
-    tracking, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'sweeps.db'}"
-    prepared = prepare_sweep(load_experiment(path))
-    options = WorkerOptions(tracking, storage, CellOptions(checkpoint_dir=tmp_path / "ckpt", progress=False))
-    assert run_sweep(prepared, options).done == 4
 
-    monkeypatch.setenv("REVIEW_EXPERIMENT", str(path))
-    monkeypatch.setenv("REVIEW_TRACKING_URI", tracking)
+def execute(monkeypatch, experiment, tracking_uri, storage) -> dict[str, list[dict]]:
+    """Run the notebook from the repository root with the REVIEW_* parameters; return each tagged cell's outputs."""
+    monkeypatch.setenv("REVIEW_EXPERIMENT", str(experiment))
+    monkeypatch.setenv("REVIEW_TRACKING_URI", tracking_uri)
     monkeypatch.setenv("REVIEW_STORAGE", storage)
-    notebook = nbformat.read(ROOT / "notebooks" / "review.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells), "the notebook is stored with outputs"
+    # allow_errors=True so that every error is listed below rather than the first one raised.
+    NotebookClient(
+        notebook, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
+    errors = [
+        f"{cell.metadata.get('tags')}: {out.ename}: {out.evalue}"
+        for cell in notebook.cells
+        for out in cell.get("outputs", [])
+        if out.output_type == "error"
+    ]
+    assert not errors, errors
+    return {cell.metadata["tags"][0]: cell.outputs for cell in notebook.cells if cell.metadata.get("tags")}
 
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
-    assert "4 cells: 0 pending, 0 running, 4 done, 0 failed" in text
-    markdown = "\n".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
-    assert "| ResNet18 (width=0.125) | 2 |" in markdown and "| ResNet18 (width=0.125) + CBAM (r=4) | 2 |" in markdown
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
-    assert os.environ["REVIEW_STORAGE"] == storage
+
+def text(outputs: list[dict], mime: str = "text/plain") -> str:
+    """Everything a cell printed (streams) and displayed as ``mime``."""
+    parts = [out.text for out in outputs if out.output_type == "stream"]
+    parts += [out.data[mime] for out in outputs if mime in out.get("data", {})]
+    return "\n".join(parts)
+
+
+def test_the_review_notebook_runs_headless_on_a_finished_sweep(tmp_path, tiny_npz, monkeypatch):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(tiny_experiment(tiny_npz, GRID, "[0, 1]", epochs=1))
+    prepared = prepare_sweep(load_experiment(path))
+    options = WorkerOptions(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        storage_url=f"sqlite:///{tmp_path / 'sweeps.db'}",
+        cell=CellOptions(checkpoint_dir=tmp_path / "checkpoints", progress=False),
+    )
+    report = run_sweep(prepared, options)
+    assert report.done == 4
+
+    outputs = execute(monkeypatch, path, options.tracking_uri, options.storage_url)
+
+    # render_status's summary line: "4 cells: 0 pending, 0 running, 4 done, 0 failed".
+    assert "4 cells: 0 pending, 0 running, 4 done, 0 failed" in text(outputs["status"])
+
+    # The table, as a DataFrame and as markdown: both arms, each with n = 2 finished seeds.
+    descriptions = [arm.description for arm in prepared.arms]
+    assert len(set(descriptions)) == 2
+    frame, markdown = text(outputs["table"]), text(outputs["table"], "text/markdown")
+    for description in descriptions:
+        assert description in frame
+        assert f"| {description} | 2 |" in markdown, markdown
+
+    # The bar chart and the learning curves are displayed images.
+    for tag in ("bar-chart", "curves"):
+        images = [out for out in outputs[tag] if "image/png" in out.get("data", {})]
+        assert len(images) == 1, tag
+
+    # A link to every cell's MLflow run.
+    client = MlflowClient(options.tracking_uri)
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    links = text(outputs["links"], "text/markdown")
+    for run in client.search_runs([experiment_id], "tags.`ablation.role` = 'cell'"):
+        assert f"#/experiments/{experiment_id}/runs/{run.info.run_id})" in links
+
+
+def test_the_review_notebook_says_not_started_for_a_sweep_that_never_ran(tmp_path, monkeypatch):
+    outputs = execute(
+        monkeypatch,
+        ROOT / "experiments" / "demo.yaml",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        f"sqlite:///{tmp_path / 'sweeps.db'}",
+    )
+    assert "demo: not started in" in text(outputs["status"])
+    assert "no finished runs yet" in text(outputs["bar-chart"])
+    assert "no MLflow experiment 'demo'" in text(outputs["links"])
