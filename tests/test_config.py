@@ -107,7 +107,7 @@ seeds: [0, 1]
 def test_mapping_value_replaces_the_whole_section(write_experiment):
     text = BASE.replace("{type: cbam}", "{type: cbam, kernel_size: 3}") + "grid:\n  model.attention: [{type: se}]\n"
     (arm,) = expand_arms(load_experiment(write_experiment(text)))
-    assert arm.config.model.attention.model_dump() == {"type": "se", "reduction": 16, "mlp_bias": True}
+    assert arm.config.model.attention.model_dump() == {"type": "se", "reduction": 16, "mlp_bias": True, "impl": "fast"}
 
 
 def test_set_overrides_base_and_seeds_and_refuses_grid_keys(write_experiment):

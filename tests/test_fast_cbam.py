@@ -2,8 +2,9 @@
 
 Same weights (one state_dict loaded into both), every ablation variant: forward output, input gradient and every
 parameter gradient must agree to 1e-5 in float32, in train and eval mode, with contiguous and channels_last
-inputs. Parameters and BN statistics are randomised first (with the official init the spatial BN weight is 0
-and the spatial branch would be invisible).
+inputs, and with the fused Function (ablation/attention/fused.py) on each of its backends: the C++ kernels and
+the PyTorch-op kernels (which CUDA uses). Parameters and BN statistics are randomised first (with the official
+init the spatial BN weight is 0 and the spatial branch would be invisible).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ablation.attention import build_attention
+from ablation.attention import build_attention, fused
 from ablation.attention.cbam import CBAM
+from ablation.attention.cpu_kernels import cpu_kernels_available
+from ablation.attention.se import SE
 from ablation.attention.options import CBAMOptions
 from ablation.config import config_hash, parse_run_config
 
@@ -33,11 +36,21 @@ ARRANGEMENTS = [
 ]
 MODES = pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+# Run once per backend of the fused Function (the `backend` fixture).
+BACKENDS = pytest.mark.usefixtures("backend")
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["cpp", "torch"], ids=["cpp-kernels", "torch-kernels"])
+def backend(request, monkeypatch) -> str:
+    """Every test runs once per backend of the fused Function; "torch" is what CUDA and compiler-less CPUs use."""
+    if request.param == "torch":
+        monkeypatch.setattr(fused, "kernels_for", lambda x: fused.TorchKernels)
+    return request.param
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,15 +79,24 @@ def max_diff(a: Tensor, b: Tensor) -> float:
     return (a - b).abs().max().item() / max(1.0, b.abs().max().item())
 
 
-def compare(options: dict, train: bool, channels_last: bool) -> None:
+def compare(
+    options: dict,
+    train: bool,
+    channels_last: bool,
+    *,
+    dtype: torch.dtype = torch.float32,
+    tol: float = TOL,
+    x: Tensor | None = None,
+) -> None:
     """Fast vs reference on shared weights: output, input gradient, parameter gradients, BN running stats."""
-    reference = randomize(CBAM(C, reduction=4, impl="reference", **options)).train(train)
-    fast = CBAM(C, reduction=4, impl="fast", **options).train(train)
+    reference = randomize(CBAM(C, reduction=4, impl="reference", **options)).train(train).to(dtype)
+    fast = CBAM(C, reduction=4, impl="fast", **options).train(train).to(dtype)
     fast.load_state_dict(reference.state_dict(), strict=True)
-    x = torch.randn(3, C, 7, 9)  # H != W catches a transposed pool or conv
+    if x is None:
+        x = torch.randn(3, C, 7, 9, dtype=dtype)  # H != W catches a transposed pool or conv
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    weight = torch.randn(3, C, 7, 9)  # a random upstream gradient, not the all-ones of .sum()
+    weight = torch.randn(x.shape, dtype=dtype)  # a random upstream gradient, not the all-ones of .sum()
     results = []
     for module in (reference, fast):
         xi = x.clone().requires_grad_()
@@ -83,15 +105,16 @@ def compare(options: dict, train: bool, channels_last: bool) -> None:
         grads = {name: p.grad for name, p in module.named_parameters()}
         results.append((out.detach(), xi.grad, grads))
     (out_r, gx_r, gp_r), (out_f, gx_f, gp_f) = results
-    assert max_diff(out_f, out_r) < TOL
-    assert max_diff(gx_f, gx_r) < TOL
+    assert max_diff(out_f, out_r) < tol
+    assert max_diff(gx_f, gx_r) < tol
     assert gp_f.keys() == gp_r.keys()
     for name in gp_r:
-        assert max_diff(gp_f[name], gp_r[name]) < TOL, name
+        assert max_diff(gp_f[name], gp_r[name]) < tol, name
     for (name, b_r), (_, b_f) in zip(reference.named_buffers(), fast.named_buffers(), strict=True):
-        assert max_diff(b_f.float(), b_r.float()) < TOL, name
+        assert max_diff(b_f.double(), b_r.double()) < tol, name
 
 
+@BACKENDS
 @MODES
 @LAYOUTS
 @pytest.mark.parametrize("mlp_bias", [True, False], ids=["bias", "nobias"])
@@ -100,6 +123,7 @@ def test_channel_pooling(pools: list[str], mlp_bias: bool, channels_last: bool, 
     compare({"channel_pool": pools, "mlp_bias": mlp_bias}, train, channels_last)
 
 
+@BACKENDS
 @MODES
 @LAYOUTS
 @pytest.mark.parametrize("bn", [True, False], ids=["bn", "nobn"])
@@ -109,6 +133,7 @@ def test_spatial_gate(descriptor: str, kernel_size: int, bn: bool, channels_last
     compare({"spatial": descriptor, "kernel_size": kernel_size, "spatial_bn": bn}, train, channels_last)
 
 
+@BACKENDS
 @MODES
 @LAYOUTS
 @pytest.mark.parametrize("descriptor", ["pool", "conv"])
@@ -121,6 +146,7 @@ def test_arrangement(
     compare(options, train, channels_last)
 
 
+@BACKENDS
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_ties_share_the_max_gradient_like_amax(train: bool) -> None:
     """A constant map: every position ties for both maxima; amax splits the gradient evenly, so must fast."""
@@ -133,6 +159,82 @@ def test_ties_share_the_max_gradient_like_amax(train: bool) -> None:
         module(x).sum().backward()
         grads.append(x.grad)
     assert max_diff(grads[1], grads[0]) < TOL
+
+
+FUSED_VARIANTS = [
+    {"order": order, "channel_pool": pools, "spatial": descriptor, "spatial_bn": bn}
+    for order in fused.FUSED_ORDERS
+    for pools in (["avg"], ["max"], ["avg", "max"], ["max", "avg"])
+    for descriptor in ("pool", "conv")
+    for bn in (True, False)
+]
+
+
+@BACKENDS
+@MODES
+@pytest.mark.parametrize("options", FUSED_VARIANTS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_fused_variants_in_float64(options: dict, train: bool) -> None:
+    """float64 leaves only ~1e-16 rounding: an error in a gradient term hidden by float32 noise shows here."""
+    module = CBAM(C, impl="fast", **options)
+    assert module.fused
+    compare(options, train, False, dtype=torch.float64, tol=1e-11)
+
+
+@BACKENDS
+@MODES
+@pytest.mark.parametrize("order", fused.FUSED_ORDERS)
+def test_fused_ties_in_both_maxima(order: str, train: bool) -> None:
+    """Non-positive maps with many exact zeros: the channel max of x * c and the spatial max of x tie at many
+    places at once; the gradient must be shared among the ties exactly as amax shares it."""
+    x = -torch.relu(torch.randn(3, C, 7, 9, dtype=torch.float64))
+    compare({"order": order}, train, False, dtype=torch.float64, tol=1e-11, x=x)
+
+
+def test_cpu_kernels_are_built_and_used() -> None:
+    """The C++ kernels must build on a machine like CI's (g++ + ninja): a silent fallback would keep the results
+    and lose the speed, so it is a failure here."""
+    assert cpu_kernels_available()
+    assert fused.kernels_for(torch.randn(2, 4, 3, 3)) is fused.CppKernels
+    assert fused.kernels_for(torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last)) is fused.TorchKernels
+    assert fused.kernels_for(torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)) is fused.TorchKernels
+
+
+def test_fused_path_keeps_only_the_input_for_backward(backend: str) -> None:
+    """Peak memory comes from what autograd keeps between forward and backward. The fused Function keeps x and
+    only small tensors; the reference path keeps x, the channel-gated map and more."""
+    saved: dict[str, int] = {}
+    x = torch.randn(4, C, 16, 16, requires_grad=True)
+    map_bytes = x.numel() * x.element_size()
+    for impl in ("fast", "reference"):
+        module = CBAM(C, reduction=4, impl=impl).train()
+        sizes: list[int] = []
+
+        def pack(t: Tensor, sizes: list[int] = sizes) -> Tensor:
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(x)
+        saved[impl] = sum(s for s in sizes if s >= map_bytes // 4)  # maps, not (N, C) / (N, H*W) tensors
+    assert saved["fast"] == map_bytes
+    assert saved["reference"] >= 2 * map_bytes
+
+
+@BACKENDS
+def test_se_runs_fused_and_matches_its_reference() -> None:
+    se = randomize(SE(C, reduction=4))
+    reference = SE(C, reduction=4, impl="reference")
+    reference.load_state_dict(se.state_dict())
+    assert se.fused and not reference.fused
+    x = torch.randn(3, C, 7, 9)
+    assert max_diff(se(x), reference(x)) < TOL
+
+
+def test_variants_outside_the_fused_function_keep_the_per_op_fast_path() -> None:
+    for options in ({"order": "spatial-first"}, {"order": "parallel", "parallel_combine": "sum-logits"}):
+        assert not CBAM(C, **options).fused
+    assert not CBAM(C, channel_pool=["avg", "lse"]).fused
+    assert CBAM(C, channel_pool=["avg", "lse"]).channel.fast
 
 
 def test_default_impl_is_fast() -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ablation.attention.channel import ChannelGate, check_pools
+from ablation.attention.fused import FusedCBAM, fused_supported, module_params
 from ablation.attention.spatial import SpatialGate, check_spatial
 from ablation.errors import ConfigError
 
@@ -88,8 +89,16 @@ class CBAM(nn.Module):
         for gate in (self.channel, self.spatial):
             if gate is not None:
                 gate.fast = impl == "fast"
+        # impl="fast" runs the variants FusedCBAM covers through it (ablation/attention/fused.py), and the others
+        # (spatial-first, sum-logits, lp/lse pools) through the gates' per-op fast path.
+        self.fused = impl == "fast" and fused_supported(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        # The fused Function computes the same function in fewer passes over x. torch.compile fuses the
+        # straightforward formulation below by itself, so a compiled model traces that instead; so does the
+        # meta-device profiler (ablation/measure.py), which counts the paper's FLOPs, not our kernels'.
+        if self.fused and x.device.type != "meta" and not torch.compiler.is_compiling():
+            return FusedCBAM.apply(self, x, *module_params(self))
         if self.order == "channel-first":
             x = x * self.channel(x)
             return x * self.spatial(x)

@@ -44,6 +44,7 @@ class SEOptions(_Reduced):
 
     type: Literal["se"] = "se"
     mlp_bias: bool = True  # SE and the official CBAM code use nn.Linear with bias
+    impl: Literal["fast", "reference"] = "fast"  # as CBAM's: SE is CBAM's channel-only avg arm
 
 
 class CBAMOptions(_Reduced):
@@ -65,9 +66,10 @@ class CBAMOptions(_Reduced):
     mlp_bias: bool = True  # nn.Linear with bias (timm: 1x1 conv without bias)
     spatial_bn: bool = True  # BatchNorm2d(1, momentum=0.01) after the k x k conv
     spatial_bn_zero_init: bool = True  # that BN's weight starts at 0: the spatial gate starts at 0.5
-    # How CBAM is computed, not what: "fast" (ablation/attention/fast.py: fused avg/max pooling backward, a
-    # CPU-friendly spatial conv) or "reference" (the straightforward modules). Same parameters, same function up
-    # to float rounding, so it is excluded from config_hash (ablation/config.py HASH_EXCLUDED).
+    # How CBAM is computed, not what: "fast" (ablation/attention/fused.py: one autograd Function over fused
+    # C++ kernels on CPU; fast.py for the variants it does not cover) or "reference" (the straightforward
+    # modules). Same parameters, same function up to float rounding, so it is excluded from config_hash
+    # (ablation/config.py HASH_EXCLUDED).
     impl: Literal["fast", "reference"] = "fast"
 
     @field_validator("channel_pool")

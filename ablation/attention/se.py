@@ -1,22 +1,19 @@
 """Squeeze-and-Excitation (Hu et al., CVPR 2018): F * sigmoid(MLP(AvgPool(F))).
 
-SE is exactly CBAM's channel gate with AvgPool alone (CBAM paper, Table 1), so it reuses ChannelGate under the
-same attribute name: its state_dict is the one of CBAM(channel_pool=["avg"], order="channel-only").
+SE is exactly CBAM's channel gate with AvgPool alone (CBAM paper, Table 1), so it is that CBAM arm: the same
+module, state_dict (``channel.mlp.*``) and computation as CBAM(channel_pool=["avg"], order="channel-only"),
+including its fused fast path.
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
-from ablation.attention.channel import ChannelGate
+from ablation.attention.cbam import CBAM
 
 
-class SE(nn.Module):
+class SE(CBAM):
     """F * Mc(F) with Mc pooling by average only."""
 
-    def __init__(self, channels: int, *, reduction: int = 16, mlp_bias: bool = True) -> None:
-        super().__init__()
-        self.channel = ChannelGate(channels, pools=("avg",), reduction=reduction, mlp_bias=mlp_bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.channel(x)
+    def __init__(self, channels: int, *, reduction: int = 16, mlp_bias: bool = True, impl: str = "fast") -> None:
+        super().__init__(
+            channels, reduction=reduction, channel_pool=("avg",), order="channel-only", mlp_bias=mlp_bias, impl=impl
+        )

@@ -1,0 +1,58 @@
+"""Build (once) and load the fused C++ CPU kernels of csrc/cbam_cpu.cpp as ``torch.ops.ablation_cbam``.
+
+Built on first use with PyTorch's own extension builder (g++ and ninja; ~1 minute on 2 cores) and cached by it
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); later processes only load the library.
+Concurrent first uses are serialised by PyTorch's lock file. Without a compiler, or with
+``ABLATION_CPU_KERNELS=0``, :func:`cpu_kernels_available` is False and the fused path runs on PyTorch ops instead
+(same math, slower): a warning says so once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "cbam_cpu.cpp"
+_lock = threading.Lock()
+_state: dict[str, bool] = {}
+
+
+def cpu_kernels_available() -> bool:
+    """True once the C++ kernels are loaded (building them first if needed); False if they cannot be."""
+    if "ok" in _state:
+        return _state["ok"]
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"] = _load()
+    return _state["ok"]
+
+
+def _load() -> bool:
+    if os.environ.get("ABLATION_CPU_KERNELS", "1") == "0":
+        return False
+    if hasattr(torch.ops, "ablation_cbam") and hasattr(torch.ops.ablation_cbam, "gate_forward"):
+        return True
+    try:
+        from torch.utils.cpp_extension import load
+
+        # -O3 and the build machine's vector units: the library is built where it runs, never shipped.
+        load(
+            name="ablation_cbam_cpu",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as exc:  # no compiler, no ninja, a broken toolchain: fall back, loudly
+        warnings.warn(
+            f"CBAM's fused C++ CPU kernels could not be built ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "the fused path runs on PyTorch ops instead (same results, slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True

@@ -1,0 +1,277 @@
+// Fused CPU kernels of CBAM's feature-map passes (ablation/attention/fused.py holds the math and the autograd).
+//
+// Every kernel reads the (N, C, HW) feature map x once; only gate_forward and input_grad write a map. The small
+// per-channel (N, C) and per-position (N, HW) tensors are computed by PyTorch ops around these kernels. Inputs are
+// contiguous float32 / float64; absent gates are passed as ones and absent gradients as zeros (multiplying by 1
+// and adding 0 are exact), so every kernel has one code path.
+//
+// Why C++: each PyTorch elementwise op is a separate pass over the map that writes a new tensor; CBAM's
+// straightforward forward + backward is ~30 such passes, which is where its training-time overhead comes from.
+// Reductions are `omp simd` (vector lanes, then across them): the summation order differs from PyTorch's, so
+// results agree to rounding, not bit for bit.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// Positions handled together by a task of the channel-reduction kernels; a block of every channel is what one
+// task reads, so it is kept near L2 size (about 256 KiB of float32).
+int64_t position_block(int64_t channels, int64_t positions) {
+  int64_t block = std::max<int64_t>(16, (int64_t{65536} / std::max<int64_t>(channels, 1)) / 16 * 16);
+  return std::min(block, positions);
+}
+
+void check_map(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 3 && t.is_contiguous(), name,
+              " must be a contiguous CPU tensor of shape (N, C, HW)");
+}
+
+void check_small(const at::Tensor& t, int64_t rows, int64_t cols, at::ScalarType type, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == rows && t.size(1) == cols && t.is_contiguous() &&
+                  t.scalar_type() == type,
+              name, " must be a contiguous CPU tensor of shape (", rows, ", ", cols, ") and the map's dtype");
+}
+
+// Per (n, c): mean and max over the HW positions, and how many positions equal the max (for the max's gradient,
+// shared among ties as PyTorch's amax does).
+std::vector<at::Tensor> channel_stats(const at::Tensor& x) {
+  check_map(x, "x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  auto avg = at::empty({N, C}, x.options());
+  auto mx = at::empty({N, C}, x.options());
+  auto cnt = at::empty({N, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_stats", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t *ap = avg.data_ptr<scalar_t>(), *mp = mx.data_ptr<scalar_t>(), *cp = cnt.data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* row = xp + r * HW;
+        scalar_t sum = 0, m = -std::numeric_limits<scalar_t>::infinity();
+_Pragma("omp simd reduction(+ : sum) reduction(max : m)")
+        for (int64_t j = 0; j < HW; ++j) {
+          sum += row[j];
+          m = row[j] > m ? row[j] : m;
+        }
+        int64_t count = 0;  // the row is in L1 now: a second look costs little
+_Pragma("omp simd reduction(+ : count)")
+        for (int64_t j = 0; j < HW; ++j) count += row[j] == m ? 1 : 0;
+        ap[r] = sum / static_cast<scalar_t>(HW);
+        mp[r] = m;
+        cp[r] = static_cast<scalar_t>(count);
+      }
+    });
+  });
+  return {avg, mx, cnt};
+}
+
+// Per (n, position): dw = sum_c x * a[n, c]; dmax = max_c x * ce[n, c] and how many channels reach it.
+std::vector<at::Tensor> spatial_stats(const at::Tensor& x, const at::Tensor& a, const at::Tensor& ce) {
+  check_map(x, "x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  check_small(a, N, C, x.scalar_type(), "a");
+  check_small(ce, N, C, x.scalar_type(), "ce");
+  auto dw = at::empty({N, HW}, x.options());
+  auto dmax = at::empty({N, HW}, x.options());
+  auto dcnt = at::empty({N, HW}, x.options());
+  const int64_t B = position_block(C, HW);
+  const int64_t blocks = (HW + B - 1) / B;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_stats", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *apt = a.data_ptr<scalar_t>(), *cep = ce.data_ptr<scalar_t>();
+    scalar_t *wp = dw.data_ptr<scalar_t>(), *mp = dmax.data_ptr<scalar_t>(), *cp = dcnt.data_ptr<scalar_t>();
+    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+      std::vector<scalar_t> acc(B), m(B), count(B);
+      for (int64_t task = b; task < e; ++task) {
+        const int64_t n = task / blocks, h0 = (task % blocks) * B, len = std::min(B, HW - h0);
+        std::fill(acc.begin(), acc.end(), scalar_t(0));
+        std::fill(m.begin(), m.end(), -std::numeric_limits<scalar_t>::infinity());
+        std::fill(count.begin(), count.end(), scalar_t(0));
+        scalar_t *accp = acc.data(), *mxp = m.data(), *cntp = count.data();
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* col = xp + (n * C + c) * HW + h0;
+          const scalar_t av = apt[n * C + c], cv = cep[n * C + c];
+_Pragma("omp simd")
+          for (int64_t j = 0; j < len; ++j) {
+            const scalar_t v = col[j];
+            accp[j] += v * av;
+            const scalar_t z = v * cv;
+            // Branch-free running max with a tie count, so the compiler vectorises the loop.
+            const bool above = z > mxp[j];
+            cntp[j] = above ? scalar_t(1) : cntp[j] + (z == mxp[j] ? scalar_t(1) : scalar_t(0));
+            mxp[j] = above ? z : mxp[j];
+          }
+        }
+        std::copy(accp, accp + len, wp + n * HW + h0);
+        std::copy(mxp, mxp + len, mp + n * HW + h0);
+        std::copy(cntp, cntp + len, cp + n * HW + h0);
+      }
+    });
+  });
+  return {dw, dmax, dcnt};
+}
+
+// out = x * c[n, c] * s[n, position], evaluated as (x * c) * s like the sequential reference.
+at::Tensor gate_forward(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s) {
+  check_map(x, "x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  check_small(c, N, C, x.scalar_type(), "c");
+  check_small(s, N, HW, x.scalar_type(), "s");
+  auto out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *cp = c.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* row = xp + r * HW;
+        const scalar_t* srow = sp + (r / C) * HW;
+        scalar_t* orow = op + r * HW;
+        const scalar_t cv = cp[r];
+_Pragma("omp simd")
+        for (int64_t j = 0; j < HW; ++j) orow[j] = (row[j] * cv) * srow[j];
+      }
+    });
+  });
+  return out;
+}
+
+// Gradients of out = x * c * s reaching the two gates: gc = sum_positions g * x * s, gs = sum_c g * x * c.
+std::vector<at::Tensor> gate_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& c,
+                                      const at::Tensor& s) {
+  check_map(x, "x");
+  check_map(g, "grad");
+  TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(), "grad must match x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  check_small(c, N, C, x.scalar_type(), "c");
+  check_small(s, N, HW, x.scalar_type(), "s");
+  const int64_t B = position_block(C, HW);
+  const int64_t blocks = (HW + B - 1) / B;
+  auto gc_parts = at::empty({N, blocks, C}, x.options());
+  auto gs = at::empty({N, HW}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_backward", [&] {
+    const scalar_t *gp = g.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
+    const scalar_t *cp = c.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>();
+    scalar_t *gcp = gc_parts.data_ptr<scalar_t>(), *gsp = gs.data_ptr<scalar_t>();
+    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+      std::vector<scalar_t> acc(B);
+      for (int64_t task = b; task < e; ++task) {
+        const int64_t n = task / blocks, blk = task % blocks, h0 = blk * B, len = std::min(B, HW - h0);
+        std::fill(acc.begin(), acc.end(), scalar_t(0));
+        scalar_t* accp = acc.data();
+        const scalar_t* srow = sp + n * HW + h0;
+        for (int64_t ch = 0; ch < C; ++ch) {
+          const int64_t off = (n * C + ch) * HW + h0;
+          const scalar_t *grow = gp + off, *xrow = xp + off;
+          const scalar_t cv = cp[n * C + ch];
+          scalar_t sum = 0;
+_Pragma("omp simd reduction(+ : sum)")
+          for (int64_t j = 0; j < len; ++j) {
+            const scalar_t t = grow[j] * xrow[j];
+            sum += t * srow[j];
+            accp[j] += t * cv;
+          }
+          gcp[(n * blocks + blk) * C + ch] = sum;
+        }
+        std::copy(accp, accp + len, gsp + n * HW + h0);
+      }
+    });
+  });
+  return {blocks == 1 ? gc_parts.select(1, 0) : gc_parts.sum(1), gs};
+}
+
+// Gradients reaching a[n, c] and ce[n, c] from the spatial descriptor:
+//   ga = sum_positions x * gdw,   gm = sum_positions x * rd * [x * ce == dmax]   (rd = grad of dmax / tie count).
+std::vector<at::Tensor> spatial_backward(const at::Tensor& x, const at::Tensor& ce, const at::Tensor& dmax,
+                                         const at::Tensor& gdw, const at::Tensor& rd) {
+  check_map(x, "x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  check_small(ce, N, C, x.scalar_type(), "ce");
+  check_small(dmax, N, HW, x.scalar_type(), "dmax");
+  check_small(gdw, N, HW, x.scalar_type(), "gdw");
+  check_small(rd, N, HW, x.scalar_type(), "rd");
+  auto ga = at::empty({N, C}, x.options());
+  auto gm = at::empty({N, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_backward", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *cep = ce.data_ptr<scalar_t>(), *mp = dmax.data_ptr<scalar_t>();
+    const scalar_t *gwp = gdw.data_ptr<scalar_t>(), *rp = rd.data_ptr<scalar_t>();
+    scalar_t *gap = ga.data_ptr<scalar_t>(), *gmp = gm.data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t n = r / C;
+        const scalar_t *row = xp + r * HW, *mrow = mp + n * HW, *gwrow = gwp + n * HW, *rrow = rp + n * HW;
+        const scalar_t cv = cep[r];
+        scalar_t sa = 0, sm = 0;
+_Pragma("omp simd reduction(+ : sa, sm)")
+        for (int64_t j = 0; j < HW; ++j) {
+          const scalar_t v = row[j];
+          sa += v * gwrow[j];
+          sm += (v * cv == mrow[j]) ? v * rrow[j] : scalar_t(0);
+        }
+        gap[r] = sa;
+        gmp[r] = sm;
+      }
+    });
+  });
+  return {ga, gm};
+}
+
+// The whole gradient of the input in one pass:
+//   gx = g * c * s                          (through the gated product)
+//      + gdw * a + [x * ce == dmax] * ce * rd  (through the spatial descriptor: weighted sum and channel max)
+//      + pa + [x == pmax] * rp               (through the channel pools: pa = grad of mean / HW, rp = of max / ties)
+at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor& c, const at::Tensor& s,
+                      const at::Tensor& a, const at::Tensor& ce, const at::Tensor& dmax, const at::Tensor& gdw,
+                      const at::Tensor& rd, const at::Tensor& pa, const at::Tensor& pmax, const at::Tensor& rp) {
+  check_map(x, "x");
+  check_map(g, "grad");
+  TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(), "grad must match x");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  const auto type = x.scalar_type();
+  for (const auto* t : {&c, &a, &ce, &pa, &pmax, &rp}) check_small(*t, N, C, type, "per-channel input");
+  for (const auto* t : {&s, &dmax, &gdw, &rd}) check_small(*t, N, HW, type, "per-position input");
+  auto gx = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(type, "input_grad", [&] {
+    const scalar_t *gp = g.data_ptr<scalar_t>(), *xp = x.data_ptr<scalar_t>();
+    const scalar_t *cp = c.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>(), *apt = a.data_ptr<scalar_t>();
+    const scalar_t *cep = ce.data_ptr<scalar_t>(), *mp = dmax.data_ptr<scalar_t>();
+    const scalar_t *gwp = gdw.data_ptr<scalar_t>(), *rdp = rd.data_ptr<scalar_t>();
+    const scalar_t *pap = pa.data_ptr<scalar_t>(), *pmp = pmax.data_ptr<scalar_t>(), *rpp = rp.data_ptr<scalar_t>();
+    scalar_t* op = gx.data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t n = r / C;
+        const scalar_t *grow = gp + r * HW, *xrow = xp + r * HW;
+        const scalar_t *srow = sp + n * HW, *mrow = mp + n * HW, *gwrow = gwp + n * HW, *rdrow = rdp + n * HW;
+        const scalar_t cv = cp[r], av = apt[r], cev = cep[r], pav = pap[r], pmv = pmp[r], rpv = rpp[r];
+        scalar_t* orow = op + r * HW;
+_Pragma("omp simd")
+        for (int64_t j = 0; j < HW; ++j) {
+          const scalar_t v = xrow[j];
+          scalar_t out = grow[j] * cv * srow[j] + gwrow[j] * av + pav;
+          out += (v * cev == mrow[j]) ? cev * rdrow[j] : scalar_t(0);
+          out += (v == pmv) ? rpv : scalar_t(0);
+          orow[j] = out;
+        }
+      }
+    });
+  });
+  return gx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(ablation_cbam, m) {
+  m.def("channel_stats(Tensor x) -> Tensor[]", &channel_stats);
+  m.def("spatial_stats(Tensor x, Tensor a, Tensor ce) -> Tensor[]", &spatial_stats);
+  m.def("gate_forward(Tensor x, Tensor c, Tensor s) -> Tensor", &gate_forward);
+  m.def("gate_backward(Tensor g, Tensor x, Tensor c, Tensor s) -> Tensor[]", &gate_backward);
+  m.def("spatial_backward(Tensor x, Tensor ce, Tensor dmax, Tensor gdw, Tensor rd) -> Tensor[]", &spatial_backward);
+  m.def(
+      "input_grad(Tensor g, Tensor x, Tensor c, Tensor s, Tensor a, Tensor ce, Tensor dmax, Tensor gdw, Tensor rd, "
+      "Tensor pa, Tensor pmax, Tensor rp) -> Tensor",
+      &input_grad);
+}

@@ -1,0 +1,366 @@
+"""CBAM as one autograd Function that reads the feature map a few times and keeps only the input for backward.
+
+For a map x (N, C, H, W), channel gate c (N, C) and spatial gate s (N, H*W), every arrangement it covers is
+
+    out = x * c * s,   c = Mc(x)  (1 without a channel gate),
+                       s = Ms(x * ce), ce = c for channel-first, 1 for parallel (product) and spatial-only
+                       (s = 1 without a spatial gate),
+
+with Ms's descriptor D = [sum_c x * a; max_c x * ce], a = ce / C (the channel mean) or, for the learned 1x1 conv
+descriptor, a = ce * w (and no max). The big-map passes are six kernels (``Kernels``):
+
+    forward:  channel_stats (mean, max over positions)  spatial_stats (D)  gate_forward (out)
+    backward: gate_backward (grads of c and s)  spatial_backward (grads of a and ce from D)  input_grad (grad x)
+
+Everything between them is on (N, C) or (N, 2, H, W) tensors: the MLP, the k x k conv, the BN, the sigmoids.
+Those small parts are recomputed in backward under autograd (a few microseconds) instead of stored, so the only
+big tensor kept for backward is x itself, which the surrounding network keeps anyway in most blocks.
+
+Gradient of x, term by term (the reference path's autograd computes the same sum):
+    g * c * s                         through the product
+    + gdw * a                         through the descriptor's weighted channel sum
+    + [x * ce == dmax] * ce * gdmax / ties      through its channel max (shared among ties, as amax)
+    + gpa / HW + [x == pmax] * gpm / ties       through the channel gate's avg and max pools
+
+On CPU (float32/float64, contiguous) the kernels are C++ (csrc/cbam_cpu.cpp); elsewhere, and where that cannot be
+built, ``TorchKernels`` computes them with PyTorch ops (same math; on CUDA this still saves the memory of the
+intermediate maps). Under ``torch.compile`` the CBAM module uses the straightforward formulation instead, which
+the compiler fuses itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ablation.attention.cpu_kernels import cpu_kernels_available
+from ablation.attention.fast import small_conv
+
+if TYPE_CHECKING:
+    from ablation.attention.cbam import CBAM
+
+FUSED_ORDERS = ("channel-first", "parallel", "channel-only", "spatial-only")
+FUSED_POOLS = {"avg", "max"}
+
+
+def fused_supported(module: CBAM) -> bool:
+    """Whether ``module``'s variant is one ``FusedCBAM`` computes (others use the per-op fast path)."""
+    if module.order not in FUSED_ORDERS or (module.order == "parallel" and module.parallel_combine != "product"):
+        return False
+    return module.channel is None or set(module.channel.pools) <= FUSED_POOLS
+
+
+class TorchKernels:
+    """The six map passes in PyTorch ops: any device, dtype and memory format. Tie counts are computed where they
+    are used (None from the stats), so the forward stays two reductions cheaper."""
+
+    @staticmethod
+    def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        return x.mean((2, 3)), x.amax((2, 3)), None
+
+    @staticmethod
+    def spatial_stats(x: Tensor, a: Tensor, ce: Tensor, with_max: bool) -> tuple[Tensor, Tensor | None, None]:
+        dw = torch.einsum("nchw,nc->nhw", x, a)
+        dmax = (x * ce[:, :, None, None]).amax(1) if with_max else None
+        return dw.flatten(1), None if dmax is None else dmax.flatten(1), None
+
+    @staticmethod
+    def gate_forward(x: Tensor, c: Tensor, s: Tensor) -> Tensor:
+        return x * c[:, :, None, None] * s.view(s.shape[0], 1, *x.shape[2:])
+
+    @staticmethod
+    def gate_backward(g: Tensor, x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        gx = g * x
+        s_map = s.view(s.shape[0], 1, *x.shape[2:])
+        return (gx * s_map).sum((2, 3)), torch.einsum("nchw,nc->nhw", gx, c).flatten(1)
+
+    @staticmethod
+    def _max_mask(x: Tensor, ce: Tensor, dmax: Tensor) -> tuple[Tensor, Tensor]:
+        mask = x * ce[:, :, None, None] == dmax.view(dmax.shape[0], 1, *x.shape[2:])
+        return mask, mask.sum(1).flatten(1).to(x.dtype)
+
+    @classmethod
+    def spatial_backward(
+        cls, x: Tensor, ce: Tensor, dmax: Tensor | None, dcnt: Tensor | None, gdw: Tensor, gdmax: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        ga = torch.einsum("nchw,nhw->nc", x, gdw.view(gdw.shape[0], *x.shape[2:]))
+        if dmax is None or gdmax is None:
+            return ga, None
+        mask, ties = cls._max_mask(x, ce, dmax)
+        share = (gdmax / ties).view(gdmax.shape[0], 1, *x.shape[2:])
+        return ga, torch.where(mask, x * share, 0.0).sum((2, 3))
+
+    @classmethod
+    def input_grad(cls, g: Tensor, x: Tensor, terms: dict[str, Tensor | None]) -> Tensor:
+        n, hw = x.shape[0], x.shape[2:]
+        gx = g * terms["c"][:, :, None, None] * terms["s"].view(n, 1, *hw)
+        if terms["gdw"] is not None:
+            gx = gx + terms["gdw"].view(n, 1, *hw) * terms["a"][:, :, None, None]
+        if terms["dmax"] is not None and terms["gdmax"] is not None:
+            mask, ties = cls._max_mask(x, terms["ce"], terms["dmax"])
+            share = terms["ce"][:, :, None, None] * (terms["gdmax"] / ties).view(n, 1, *hw)
+            gx = gx + torch.where(mask, share, 0.0)
+        if terms["gpa"] is not None:
+            gx = gx + (terms["gpa"] / (hw[0] * hw[1]))[:, :, None, None]
+        if terms["pmax"] is not None and terms["gpm"] is not None:
+            mask = x == terms["pmax"][:, :, None, None]
+            share = terms["gpm"] / mask.sum((2, 3)).to(x.dtype)
+            gx = gx + torch.where(mask, share[:, :, None, None], 0.0)
+        return gx
+
+
+class CppKernels:
+    """The six map passes as the fused C++ kernels (contiguous CPU float32/float64 maps)."""
+
+    @staticmethod
+    def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        avg, mx, cnt = torch.ops.ablation_cbam.channel_stats(x.flatten(2))
+        return avg, mx, cnt
+
+    @staticmethod
+    def spatial_stats(x: Tensor, a: Tensor, ce: Tensor, with_max: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        dw, dmax, dcnt = torch.ops.ablation_cbam.spatial_stats(x.flatten(2), a.contiguous(), ce.contiguous())
+        return dw, dmax if with_max else None, dcnt
+
+    @staticmethod
+    def gate_forward(x: Tensor, c: Tensor, s: Tensor) -> Tensor:
+        return torch.ops.ablation_cbam.gate_forward(x.flatten(2), c.contiguous(), s.contiguous()).view_as(x)
+
+    @staticmethod
+    def gate_backward(g: Tensor, x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        gc, gs = torch.ops.ablation_cbam.gate_backward(g.flatten(2), x.flatten(2), c.contiguous(), s.contiguous())
+        return gc, gs
+
+    @staticmethod
+    def spatial_backward(
+        x: Tensor, ce: Tensor, dmax: Tensor | None, dcnt: Tensor | None, gdw: Tensor, gdmax: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        if dmax is None or gdmax is None:
+            dmax, rd = torch.zeros_like(gdw), torch.zeros_like(gdw)
+        else:
+            rd = gdmax / dcnt
+        ga, gm = torch.ops.ablation_cbam.spatial_backward(x.flatten(2), ce.contiguous(), dmax, gdw.contiguous(), rd)
+        return ga, gm
+
+    @staticmethod
+    def input_grad(g: Tensor, x: Tensor, terms: dict[str, Tensor | None]) -> Tensor:
+        per_channel = terms["c"]
+        zeros_c, zeros_p = torch.zeros_like(per_channel), torch.zeros_like(terms["s"])
+        gdw = terms["gdw"] if terms["gdw"] is not None else zeros_p
+        if terms["dmax"] is not None and terms["gdmax"] is not None:
+            dmax, rd = terms["dmax"], terms["gdmax"] / terms["dcnt"]
+        else:
+            dmax, rd = zeros_p, zeros_p
+        hw = x.shape[2] * x.shape[3]
+        pa = terms["gpa"] / hw if terms["gpa"] is not None else zeros_c
+        if terms["pmax"] is not None and terms["gpm"] is not None:
+            pmax, rp = terms["pmax"], terms["gpm"] / terms["pcnt"]
+        else:
+            pmax, rp = zeros_c, zeros_c
+        gx = torch.ops.ablation_cbam.input_grad(
+            g.contiguous().flatten(2),
+            x.flatten(2),
+            *(t.contiguous() for t in (terms["c"], terms["s"], terms["a"], terms["ce"], dmax, gdw, rd)),
+            *(t.contiguous() for t in (pa, pmax, rp)),
+        )
+        return gx.view_as(x)
+
+
+def kernels_for(x: Tensor) -> type[TorchKernels] | type[CppKernels]:
+    """C++ kernels for contiguous float32/float64 CPU maps (when they build), PyTorch ops otherwise."""
+    if (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous()
+        and cpu_kernels_available()
+    ):
+        return CppKernels
+    return TorchKernels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The small parts: forward in PyTorch ops, backward written out (what autograd would compute, without building a
+# graph twice per block; that Python-side cost was a sixth of the remaining overhead).
+
+
+def conv_backward(grad: Tensor, inp: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, Tensor]:
+    """Gradients of small_conv(inp, weight, padding) w.r.t. inp and weight, on the kernel small_conv used."""
+    if inp.device.type == "cpu" and hasattr(torch._C._nn, "thnn_conv2d"):
+        k = list(weight.shape[-2:])
+        gi, gw, _ = torch.ops.aten._slow_conv2d_backward.output_mask(
+            grad, inp, weight, k, [1, 1], [padding, padding], [True, True, False]
+        )
+        return gi, gw
+    gi, gw, _ = torch.ops.aten.convolution_backward(
+        grad, inp, weight, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], 1, [True, True, False]
+    )
+    return gi, gw
+
+
+class ChannelPart:
+    """c = sigmoid(sum_p MLP(pool_p)) on (N, C) pools: forward keeps what its backward needs (all small)."""
+
+    def __init__(self, pools: tuple[str, ...], avg: Tensor, mx: Tensor, w1: Tensor, b1, w2: Tensor, b2) -> None:
+        # Same stacking and sum order as ChannelGate.logits, so the value matches the reference path's.
+        self.pools = pools
+        self.pooled = torch.stack([avg if name == "avg" else mx for name in pools])  # (P, N, C)
+        self.hidden = F.relu(F.linear(self.pooled, w1, b1))  # (P, N, C/r)
+        self.c = torch.sigmoid(F.linear(self.hidden, w2, b2).sum(0))  # (N, C)
+        self.w1, self.w2, self.has_bias = w1, w2, (b1 is not None, b2 is not None)
+
+    def backward(self, gc: Tensor) -> dict[str, Tensor | None]:
+        """From dL/dc (N, C): the pools' and the MLP's gradients."""
+        p, n, _ = self.pooled.shape
+        g_out = gc * self.c * (1 - self.c)  # through the sigmoid; the same for every pool (they are summed)
+        g_hidden = (g_out @ self.w2).unsqueeze(0) * (self.hidden > 0)  # (P, N, C/r), through the ReLU
+        g_pooled = g_hidden @ self.w1  # (P, N, C)
+        grads = {
+            "w2": g_out.t() @ self.hidden.sum(0),
+            "b2": g_out.sum(0) * p if self.has_bias[1] else None,
+            "w1": g_hidden.reshape(p * n, -1).t() @ self.pooled.reshape(p * n, -1),
+            "b1": g_hidden.reshape(p * n, -1).sum(0) if self.has_bias[0] else None,
+        }
+        for name, g in zip(self.pools, g_pooled, strict=True):
+            grads[name] = g
+        return grads
+
+
+class SpatialPart:
+    """s = sigmoid(BN(conv(descriptor))) on (N, k, H, W); the forward updates the BN's running statistics as
+    the module would, and keeps the batch statistics its backward needs."""
+
+    def __init__(self, module: CBAM, descriptor: Tensor, conv_w: Tensor, bn_w, bn_b) -> None:
+        gate = module.spatial
+        self.descriptor, self.conv_w, self.padding = descriptor, conv_w, gate.conv.padding[0]
+        self.conv = small_conv(descriptor, conv_w, self.padding)
+        bn = gate.bn
+        self.bn, self.bn_w = bn, bn_w
+        if bn is None:
+            logits = self.conv
+        else:
+            self.training = bn.training
+            if bn.training:
+                bn.num_batches_tracked.add_(1)
+            logits, self.save_mean, self.save_invstd = torch.native_batch_norm(
+                self.conv, bn_w, bn_b, bn.running_mean, bn.running_var, bn.training, bn.momentum, bn.eps
+            )
+        self.s = torch.sigmoid(logits).flatten(1)  # (N, H*W)
+
+    def backward(self, gs: Tensor) -> dict[str, Tensor | None]:
+        """From dL/ds (N, H*W): the descriptor's, the conv's and the BN's gradients."""
+        g_logits = (gs * self.s * (1 - self.s)).view_as(self.conv)
+        grads: dict[str, Tensor | None] = {"bn_w": None, "bn_b": None}
+        if self.bn is None:
+            g_conv = g_logits
+        else:
+            bn = self.bn
+            g_conv, grads["bn_w"], grads["bn_b"] = torch.ops.aten.native_batch_norm_backward(
+                g_logits,
+                self.conv,
+                self.bn_w,
+                bn.running_mean,
+                bn.running_var,
+                self.save_mean,
+                self.save_invstd,
+                self.training,
+                bn.eps,
+                [True, True, True],
+            )
+        grads["descriptor"], grads["conv_w"] = conv_backward(g_conv, self.descriptor, self.conv_w, self.padding)
+        return grads
+
+
+def module_params(module: CBAM) -> list[Tensor | None]:
+    """The parameters FusedCBAM needs, in its fixed order (None where the variant has none)."""
+    ch, sp = module.channel, module.spatial
+    mlp = [ch.mlp[0].weight, ch.mlp[0].bias, ch.mlp[2].weight, ch.mlp[2].bias] if ch is not None else [None] * 4
+    if sp is None:
+        return [*mlp, None, None, None, None]
+    compress = sp.compress.weight if sp.compress is not None else None
+    bn = [sp.bn.weight, sp.bn.bias] if sp.bn is not None else [None, None]
+    return [*mlp, compress, sp.conv.weight, *bn]
+
+
+class FusedCBAM(torch.autograd.Function):
+    """out = CBAM(x) for the variants of ``fused_supported``; see the module docstring for the math."""
+
+    @staticmethod
+    def forward(ctx: Any, module: CBAM, x: Tensor, *params: Tensor | None) -> Tensor:
+        kernels = kernels_for(x)
+        w1, b1, w2, b2, compress_w, conv_w, bn_w, bn_b = params
+        n, channels, h, w = x.shape
+        ones_c = x.new_ones(n, channels)
+        channel = spatial = None
+        pmax = pcnt = dmax = dcnt = a = None
+        if module.channel is not None:
+            avg, pmax, pcnt = kernels.channel_stats(x)
+            channel = ChannelPart(module.channel.pools, avg, pmax, w1, b1, w2, b2)
+        c = channel.c if channel is not None else ones_c
+        ce = c if module.order == "channel-first" else ones_c
+        s = x.new_ones(n, h * w)
+        if module.spatial is not None:
+            # D = [sum_c x * a; max_c x * ce] with a = ce / C (the channel mean), or the learned 1x1 conv's
+            # sum_c w_c * x * ce (a = ce * w, no max).
+            a = ce * compress_w.view(1, channels) if compress_w is not None else ce / channels
+            dw, dmax, dcnt = kernels.spatial_stats(x, a, ce, compress_w is None)
+            parts = [dw] if dmax is None else [dw, dmax]
+            descriptor = torch.stack(parts, 1).view(n, len(parts), h, w)
+            spatial = SpatialPart(module, descriptor, conv_w, bn_w, bn_b)
+            s = spatial.s
+        out = kernels.gate_forward(x, c, s)
+        ctx.kernels, ctx.parts = kernels, (channel, spatial)
+        ctx.sequential, ctx.compress_w = module.order == "channel-first", compress_w
+        ctx.small = {"c": c, "s": s, "a": a, "ce": ce, "pmax": pmax, "pcnt": pcnt, "dmax": dmax, "dcnt": dcnt}
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        kernels, (channel, spatial), small = ctx.kernels, ctx.parts, ctx.small
+        if kernels is CppKernels:
+            g = g.contiguous()
+        gc, gs = kernels.gate_backward(g, x, small["c"], small["s"])
+        spatial_grads: dict[str, Tensor | None] = {}
+        g_compress = gdw = gdmax = None
+        if spatial is not None:
+            spatial_grads = spatial.backward(gs)
+            gdesc = spatial_grads["descriptor"].flatten(2)  # (N, k, H*W)
+            gdw = gdesc[:, 0]
+            gdmax = gdesc[:, 1] if small["dmax"] is not None else None
+            ga, gm = kernels.spatial_backward(x, small["ce"], small["dmax"], small["dcnt"], gdw, gdmax)
+            # a = ce / C, or ce * w for the conv descriptor; dmax depends on ce too (through x * ce).
+            compress_w = ctx.compress_w
+            channels = x.shape[1]
+            if compress_w is not None:
+                g_compress = (ga * small["ce"]).sum(0).view_as(compress_w)
+                g_ce = ga * compress_w.view(1, channels)
+            else:
+                g_ce = ga / channels
+            if gm is not None:
+                g_ce = g_ce + gm
+            if ctx.sequential:
+                gc = gc + g_ce
+        channel_grads: dict[str, Tensor | None] = channel.backward(gc) if channel is not None else {}
+
+        gx = None
+        if ctx.needs_input_grad[1]:
+            terms = {
+                **small,
+                "a": small["a"] if small["a"] is not None else torch.zeros_like(small["c"]),
+                "gdw": gdw,
+                "gdmax": gdmax,
+                "gpa": channel_grads.get("avg"),
+                "gpm": channel_grads.get("max"),
+            }
+            if terms["gpm"] is None:
+                terms["pmax"] = None
+            gx = kernels.input_grad(g, x, terms)
+        ctx.parts = ctx.small = None  # free the small tensors now, not when the graph goes
+        param_grads = [channel_grads.get(k) for k in ("w1", "b1", "w2", "b2")]
+        param_grads += [g_compress, spatial_grads.get("conv_w"), spatial_grads.get("bn_w"), spatial_grads.get("bn_b")]
+        return (None, gx, *param_grads)
