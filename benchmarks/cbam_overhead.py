@@ -1,19 +1,30 @@
 """Training-step cost of CBAM-ResNet-50 against plain ResNet-50 (shared/SPEC.md, "The cost that FLOPs hide").
 
-Rows: plain ResNet-50, our CBAM on the default (fast) path, on the reference path, and timm's CBAM (if timm is
-installed), each eager and, with --compile, torch.compile'd. One step = forward + cross-entropy + backward + SGD
-step. CPU: batch 16, 112 px, float32, all cores. CUDA: batch 64, 224 px, AMP (bf16) + channels_last.
-Repetitions are interleaved across models (so load drift hits every row alike), warm-up excluded; medians.
-Memory: CUDA max_memory_allocated per step; CPU the bytes of the tensors autograd saves for backward
-(saved_tensors_hooks, numel * element_size, each storage counted once).
+Rows: plain ResNet-50, our CBAM on the default path (impl="fast": the fused Function, C++ kernels on CPU), on the
+straightforward path (impl="reference"), and timm's CBAM (if timm is installed), each eager and, with --compile,
+torch.compile'd (there our CBAM traces its straightforward formulation and the compiler fuses it).
+One step = forward + cross-entropy + backward + SGD step. CPU: batch 16, 112 px, float32, all cores.
+CUDA: batch 64, 224 px, AMP (bf16) + channels_last.
 
-    python benchmarks/cbam_overhead.py [--reps 7] [--warmup 2] [--compile]
+Timing: repetitions are interleaved across rows (rep 1 of every row, then rep 2, ...), warm-up excluded. The
+"x plain" column is the median over repetitions of (this row's step / plain's step in the same repetition), so
+slow drifts of a shared machine cancel; the step column is the plain median.
+
+Memory: peak training memory of each row, measured in a fresh process per row (--memory, on by default):
+CUDA torch.cuda.max_memory_allocated over two steps; CPU the growth of the process's peak RSS over two steps
+(ru_maxrss after - RSS before the first step; weights and optimiser state exist before). Also, per row, the bytes
+of the tensors autograd saves for backward (saved_tensors_hooks, each storage once), the part CBAM changes.
+
+    python benchmarks/cbam_overhead.py [--reps 15] [--warmup 2] [--compile] [--no-memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +36,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation.models import build_model
+
+TIMM_ROW = "timm cbam"
 
 
 def models() -> dict[str, Callable[[], nn.Module] | str]:
@@ -39,14 +52,53 @@ def models() -> dict[str, Callable[[], nn.Module] | str]:
     try:
         import timm
 
-        rows["timm cbam"] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "cbam"})
+        rows[TIMM_ROW] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "cbam"})
     except ImportError:
-        rows["timm cbam"] = "skipped: timm is not installed (pip install timm)"
+        rows[TIMM_ROW] = "skipped: timm is not installed (pip install timm)"
     return rows
 
 
-def saved_bytes(step: Callable[[], None]) -> int:
-    """Bytes of the distinct tensors autograd saves during one forward (CPU stand-in for peak training memory)."""
+class Setup:
+    """Device, shapes and one batch, the same for every row."""
+
+    def __init__(self, batch: int | None, size: int | None) -> None:
+        self.cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda" if self.cuda else "cpu")
+        self.batch = batch or (64 if self.cuda else 16)
+        self.size = size or (224 if self.cuda else 112)
+        self.fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        torch.manual_seed(0)
+        self.x = torch.randn(self.batch, 3, self.size, self.size, device=self.device).to(memory_format=self.fmt)
+        self.y = torch.randint(0, 1000, (self.batch,), device=self.device)
+
+    def describe(self) -> str:
+        precision = "AMP bf16 + channels_last" if self.cuda else "float32"
+        return (
+            f"device {self.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+            f"batch {self.batch}, {self.size} px, {precision}"
+        )
+
+    def model(self, make: Callable[[], nn.Module]) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model = make().to(self.device, memory_format=self.fmt).train()
+        return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step_fn(self, net: nn.Module, opt: torch.optim.Optimizer) -> Callable[[], None]:
+        def step() -> None:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+                loss = nn.functional.cross_entropy(net(self.x), self.y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def saved_bytes(setup: Setup, model: nn.Module) -> int:
+    """Bytes of the distinct tensors autograd saves during one forward."""
     seen: dict[tuple[int, int], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -57,68 +109,82 @@ def saved_bytes(step: Callable[[], None]) -> int:
         seen[key] = max(seen.get(key, 0), t.numel() * t.element_size())
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with hooks, torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=setup.cuda):
+        nn.functional.cross_entropy(model(setup.x), setup.y)
     return sum(seen.values())
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_memory_child(name: str, batch: int | None, size: int | None) -> None:
+    """Run in a fresh process: two training steps of one row; print its peak memory growth as JSON."""
+    setup = Setup(batch, size)
+    make = models()[name]
+    assert not isinstance(make, str), make
+    model, opt = setup.model(make)
+    step = setup.step_fn(model, opt)
+    if setup.cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = rss_bytes()
+        step()
+        step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"peak": peak}))
+
+
+def peak_memory(name: str, args: argparse.Namespace) -> int | None:
+    command = [sys.executable, __file__, "--peak-memory-of", name]
+    command += [f"--batch={args.batch}"] if args.batch else []
+    command += [f"--size={args.size}"] if args.size else []
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)["peak"]
+    print(f"peak memory of {name} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models (slow to build)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--peak-memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak_memory_of:
+        peak_memory_child(args.peak_memory_of, args.batch, args.size)
+        return
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    batch = args.batch or (64 if cuda else 16)
-    size = args.size or (224 if cuda else 112)
-    if not cuda:
-        torch.set_num_threads(torch.get_num_threads() if torch.get_num_threads() > 1 else 1)
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    print(
-        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {batch}, {size} px, "
-        f"{'AMP bf16 + channels_last' if cuda else 'float32'}, reps {args.reps} (warm-up {args.warmup}), medians"
-    )
-    torch.manual_seed(0)
-    x = torch.randn(batch, 3, size, size, device=device).to(memory_format=fmt)
-    y = torch.randint(0, 1000, (batch,), device=device)
-
-    rows = models()
+    setup = Setup(args.batch, args.size)
+    print(f"{setup.describe()}, reps {args.reps} (warm-up {args.warmup}), interleaved")
     modes = ["eager", "compiled"] if args.compile else ["eager"]
     steps: dict[tuple[str, str], Callable[[], None]] = {}
-    memory: dict[str, int] = {}
-    for name, make in rows.items():
+    saved: dict[str, int] = {}
+    peaks: dict[str, int | None] = {}
+    for name, make in models().items():
         if isinstance(make, str):
             print(f"{name}: {make}")
             continue
-        model = make().to(device, memory_format=fmt).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        model, opt = setup.model(make)
+        saved[name] = saved_bytes(setup, model)
         for mode in modes:
             net = torch.compile(model) if mode == "compiled" else model
-
-            def step(net: nn.Module = net, opt: torch.optim.Optimizer = opt) -> None:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    loss = nn.functional.cross_entropy(net(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            steps[(name, mode)] = step
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-            steps[(name, "eager")]()
-            torch.cuda.synchronize()
-            memory[name] = torch.cuda.max_memory_allocated()
-        else:
-            fwd = model
-
-            def forward_only(fwd: nn.Module = fwd) -> None:
-                nn.functional.cross_entropy(fwd(x), y)
-
-            memory[name] = saved_bytes(forward_only)
+            steps[(name, mode)] = setup.step_fn(net, opt)
+        peaks[name] = peak_memory(name, args) if args.memory else None
 
     times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
     for key, step in steps.items():  # warm-up (and compilation) outside the timed repetitions
@@ -129,26 +195,32 @@ def main() -> None:
             print(f"compiled + warm-up {key[0]}: {time.perf_counter() - t0:.0f} s")
     for _ in range(args.reps):
         for key, step in steps.items():
-            if cuda:
-                torch.cuda.synchronize()
+            setup.sync()
             t0 = time.perf_counter()
             step()
-            if cuda:
-                torch.cuda.synchronize()
+            setup.sync()
             times[key].append(time.perf_counter() - t0)
 
-    what = "peak allocated" if cuda else "autograd-saved"
-    print(f"{'model':22s} {'mode':9s} {'step ms':>9s} {'x plain':>8s} {'x timm':>7s} {what + ' MiB':>20s}")
+    def paired(key: tuple[str, str], base: tuple[str, str]) -> str:
+        if base not in times:
+            return f"{'-':>7s}"
+        return f"{statistics.median(a / b for a, b in zip(times[key], times[base], strict=True)):7.3f}"
+
+    print(
+        f"{'model':20s} {'mode':8s} {'step ms':>8s} {'x plain':>7s} {'x timm':>7s} "
+        f"{'peak MiB':>9s} {'saved MiB':>9s}   step ms min / max"
+    )
     for (name, mode), ts in times.items():
-        med = statistics.median(ts)
-        plain = statistics.median(times[("plain", mode)])
-        timm_key = ("timm cbam", mode)
-        vs_timm = f"{med / statistics.median(times[timm_key]):7.2f}" if timm_key in times else f"{'-':>7s}"
+        peak = peaks.get(name)
+        peak_text = f"{peak / 2**20:9.0f}" if peak is not None else f"{'-':>9s}"
         print(
-            f"{name:22s} {mode:9s} {med * 1e3:9.1f} {med / plain:8.2f} {vs_timm} {memory[name] / 2**20:20.1f}"
-            f"   (min {min(ts) * 1e3:.1f}, max {max(ts) * 1e3:.1f})"
+            f"{name:20s} {mode:8s} {statistics.median(ts) * 1e3:8.1f} {paired((name, mode), ('plain', mode))} "
+            f"{paired((name, mode), (TIMM_ROW, mode))} {peak_text} {saved[name] / 2**20:9.0f}"
+            f"   {min(ts) * 1e3:.0f} / {max(ts) * 1e3:.0f}"
         )
-    print("targets: CBAM step <= 1.10x plain; <= 0.80x timm's CBAM step")
+    what = "CUDA max allocated" if setup.cuda else "peak RSS growth"
+    print(f"peak = {what} over two steps in a fresh process; saved = tensors autograd keeps for backward")
+    print("targets: CBAM step <= 1.10x plain in the same mode; <= 0.80x timm's CBAM step")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from ablation.attention import build_attention, fused
 from ablation.attention.cbam import CBAM
 from ablation.attention.cpu_kernels import cpu_kernels_available
-from ablation.attention.se import SE
 from ablation.attention.options import CBAMOptions
+from ablation.attention.se import SE
 from ablation.config import config_hash, parse_run_config
 
 TOL = 1e-5

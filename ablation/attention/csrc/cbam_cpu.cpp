@@ -7,7 +7,9 @@
 //
 // Why C++: each PyTorch elementwise op is a separate pass over the map that writes a new tensor; CBAM's
 // straightforward forward + backward is ~30 such passes, which is where its training-time overhead comes from.
-// Reductions are `omp simd` (vector lanes, then across them): the summation order differs from PyTorch's, so
+// Threads: at::parallel_for, so built with -fopenmp (without it ATen's inline OpenMP loop runs on one thread).
+// Vector loops: `omp simd` (a _Pragma inside the dispatch macro, where #pragma cannot go). Reductions are
+// `omp simd` too (vector lanes, then across them): the summation order differs from PyTorch's, so
 // results agree to rounding, not bit for bit.
 
 #include <ATen/ATen.h>
@@ -25,6 +27,51 @@ namespace {
 int64_t position_block(int64_t channels, int64_t positions) {
   int64_t block = std::max<int64_t>(16, (int64_t{65536} / std::max<int64_t>(channels, 1)) / 16 * 16);
   return std::min(block, positions);
+}
+
+// sum, max and the number of elements equal to the max, of row[0:n].
+template <typename T>
+inline void row_sum_max_count(const T* row, int64_t n, T& sum_out, T& max_out, int64_t& count_out) {
+  // Local accumulators: an omp simd reduction on a reference parameter is not privatised as well.
+  T sum = 0, m = -std::numeric_limits<T>::infinity();
+  int64_t count = 0;
+#pragma omp simd reduction(+ : sum) reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) {
+    sum += row[j];
+    m = row[j] > m ? row[j] : m;
+  }
+#pragma omp simd reduction(+ : count)
+  for (int64_t j = 0; j < n; ++j) count += row[j] == m ? 1 : 0;  // the row is in L1 now
+  sum_out = sum;
+  max_out = m;
+  count_out = count;
+}
+
+// sum_j g[j] * x[j] * s[j], while acc[j] += g[j] * x[j] * cv.
+template <typename T>
+inline T row_gate_backward(const T* g, const T* x, const T* s, T cv, T* acc, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const T t = g[j] * x[j];
+    sum += t * s[j];
+    acc[j] += t * cv;
+  }
+  return sum;
+}
+
+// sa = sum_j x[j] * gw[j];  sm = sum_j x[j] * r[j] over the j where x[j] * cv equals the channel max m[j].
+template <typename T>
+inline void row_spatial_backward(const T* x, const T* gw, const T* m, const T* r, T cv, int64_t n, T& sa_out,
+                                 T& sm_out) {
+  T sa = 0, sm = 0;
+#pragma omp simd reduction(+ : sa, sm)
+  for (int64_t j = 0; j < n; ++j) {
+    sa += x[j] * gw[j];
+    sm += (x[j] * cv == m[j]) ? x[j] * r[j] : T(0);
+  }
+  sa_out = sa;
+  sm_out = sm;
 }
 
 void check_map(const at::Tensor& t, const char* name) {
@@ -51,16 +98,9 @@ std::vector<at::Tensor> channel_stats(const at::Tensor& x) {
     scalar_t *ap = avg.data_ptr<scalar_t>(), *mp = mx.data_ptr<scalar_t>(), *cp = cnt.data_ptr<scalar_t>();
     at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
-        const scalar_t* row = xp + r * HW;
-        scalar_t sum = 0, m = -std::numeric_limits<scalar_t>::infinity();
-_Pragma("omp simd reduction(+ : sum) reduction(max : m)")
-        for (int64_t j = 0; j < HW; ++j) {
-          sum += row[j];
-          m = row[j] > m ? row[j] : m;
-        }
-        int64_t count = 0;  // the row is in L1 now: a second look costs little
-_Pragma("omp simd reduction(+ : count)")
-        for (int64_t j = 0; j < HW; ++j) count += row[j] == m ? 1 : 0;
+        scalar_t sum, m;
+        int64_t count;
+        row_sum_max_count(xp + r * HW, HW, sum, m, count);
         ap[r] = sum / static_cast<scalar_t>(HW);
         mp[r] = m;
         cp[r] = static_cast<scalar_t>(count);
@@ -95,7 +135,7 @@ std::vector<at::Tensor> spatial_stats(const at::Tensor& x, const at::Tensor& a, 
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* col = xp + (n * C + c) * HW + h0;
           const scalar_t av = apt[n * C + c], cv = cep[n * C + c];
-_Pragma("omp simd")
+        _Pragma("omp simd")
           for (int64_t j = 0; j < len; ++j) {
             const scalar_t v = col[j];
             accp[j] += v * av;
@@ -131,7 +171,7 @@ at::Tensor gate_forward(const at::Tensor& x, const at::Tensor& c, const at::Tens
         const scalar_t* srow = sp + (r / C) * HW;
         scalar_t* orow = op + r * HW;
         const scalar_t cv = cp[r];
-_Pragma("omp simd")
+        _Pragma("omp simd")
         for (int64_t j = 0; j < HW; ++j) orow[j] = (row[j] * cv) * srow[j];
       }
     });
@@ -167,13 +207,7 @@ std::vector<at::Tensor> gate_backward(const at::Tensor& g, const at::Tensor& x, 
           const int64_t off = (n * C + ch) * HW + h0;
           const scalar_t *grow = gp + off, *xrow = xp + off;
           const scalar_t cv = cp[n * C + ch];
-          scalar_t sum = 0;
-_Pragma("omp simd reduction(+ : sum)")
-          for (int64_t j = 0; j < len; ++j) {
-            const scalar_t t = grow[j] * xrow[j];
-            sum += t * srow[j];
-            accp[j] += t * cv;
-          }
+          const scalar_t sum = row_gate_backward(grow, xrow, srow, cv, accp, len);
           gcp[(n * blocks + blk) * C + ch] = sum;
         }
         std::copy(accp, accp + len, gsp + n * HW + h0);
@@ -204,13 +238,8 @@ std::vector<at::Tensor> spatial_backward(const at::Tensor& x, const at::Tensor& 
         const int64_t n = r / C;
         const scalar_t *row = xp + r * HW, *mrow = mp + n * HW, *gwrow = gwp + n * HW, *rrow = rp + n * HW;
         const scalar_t cv = cep[r];
-        scalar_t sa = 0, sm = 0;
-_Pragma("omp simd reduction(+ : sa, sm)")
-        for (int64_t j = 0; j < HW; ++j) {
-          const scalar_t v = row[j];
-          sa += v * gwrow[j];
-          sm += (v * cv == mrow[j]) ? v * rrow[j] : scalar_t(0);
-        }
+        scalar_t sa, sm;
+        row_spatial_backward(row, gwrow, mrow, rrow, cv, HW, sa, sm);
         gap[r] = sa;
         gmp[r] = sm;
       }
@@ -248,7 +277,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor
         const scalar_t *srow = sp + n * HW, *mrow = mp + n * HW, *gwrow = gwp + n * HW, *rdrow = rdp + n * HW;
         const scalar_t cv = cp[r], av = apt[r], cev = cep[r], pav = pap[r], pmv = pmp[r], rpv = rpp[r];
         scalar_t* orow = op + r * HW;
-_Pragma("omp simd")
+        _Pragma("omp simd")
         for (int64_t j = 0; j < HW; ++j) {
           const scalar_t v = xrow[j];
           scalar_t out = grow[j] * cv * srow[j] + gwrow[j] * av + pav;
