@@ -9,8 +9,11 @@ For a map x (N, C, H, W), channel gate c (N, C) and spatial gate s (N, H*W), eve
 with Ms's descriptor D = [sum_c x * a; max_c x * ce], a = ce / C (the channel mean) or, for the learned 1x1 conv
 descriptor, a = ce * w (and no max). The big-map passes are six kernels (``Kernels``):
 
-    forward:  channel_stats (mean, max over positions)  spatial_stats (D)  gate_forward (out)
+    forward:  channel_stats (mean, max over positions)  spatial_stats (D)  gate_forward (out, + residual)
     backward: gate_backward (grads of c and s)  spatial_backward (grads of a and ce from D)  input_grad (grad x)
+
+In a residual block, ``CBAM.forward_add`` passes the block's shortcut as ``residual`` and gate_forward writes
+x * c * s + residual directly (the gradient of the residual is the incoming gradient itself).
 
 Everything between them is on (N, C) or (N, 2, H, W) tensors: the MLP, the k x k conv, the BN, the sigmoids.
 Those small parts are recomputed in backward under autograd (a few microseconds) instead of stored, so the only
@@ -68,8 +71,9 @@ class TorchKernels:
         return dw.flatten(1), None if dmax is None else dmax.flatten(1), None
 
     @staticmethod
-    def gate_forward(x: Tensor, c: Tensor, s: Tensor) -> Tensor:
-        return x * c[:, :, None, None] * s.view(s.shape[0], 1, *x.shape[2:])
+    def gate_forward(x: Tensor, c: Tensor, s: Tensor, residual: Tensor | None) -> Tensor:
+        out = x * c[:, :, None, None] * s.view(s.shape[0], 1, *x.shape[2:])
+        return out if residual is None else out + residual
 
     @staticmethod
     def gate_backward(g: Tensor, x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,8 +130,11 @@ class CppKernels:
         return dw, dmax if with_max else None, dcnt
 
     @staticmethod
-    def gate_forward(x: Tensor, c: Tensor, s: Tensor) -> Tensor:
-        return torch.ops.ablation_cbam.gate_forward(x.flatten(2), c.contiguous(), s.contiguous()).view_as(x)
+    def gate_forward(x: Tensor, c: Tensor, s: Tensor, residual: Tensor | None) -> Tensor:
+        # 4-d in, 4-d out: a view of the result would be refused by autograd (the block's in-place ReLU).
+        if residual is not None:
+            residual = residual.contiguous()
+        return torch.ops.ablation_cbam.gate_forward(x, c.contiguous(), s.contiguous(), residual)
 
     @staticmethod
     def gate_backward(g: Tensor, x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -160,13 +167,12 @@ class CppKernels:
             pmax, rp = terms["pmax"], terms["gpm"] / terms["pcnt"]
         else:
             pmax, rp = zeros_c, zeros_c
-        gx = torch.ops.ablation_cbam.input_grad(
-            g.contiguous().flatten(2),
-            x.flatten(2),
+        return torch.ops.ablation_cbam.input_grad(
+            g.contiguous(),
+            x,
             *(t.contiguous() for t in (terms["c"], terms["s"], terms["a"], terms["ce"], dmax, gdw, rd)),
             *(t.contiguous() for t in (pa, pmax, rp)),
         )
-        return gx.view_as(x)
 
 
 def kernels_for(x: Tensor) -> type[TorchKernels] | type[CppKernels]:
@@ -288,7 +294,8 @@ class FusedCBAM(torch.autograd.Function):
     """out = CBAM(x) for the variants of ``fused_supported``; see the module docstring for the math."""
 
     @staticmethod
-    def forward(ctx: Any, module: CBAM, x: Tensor, *params: Tensor | None) -> Tensor:
+    def forward(ctx: Any, module: CBAM, x: Tensor, residual: Tensor | None, *params: Tensor | None) -> Tensor:
+        """CBAM(x), or CBAM(x) + residual: a residual block's addition folded into the gating pass."""
         kernels = kernels_for(x)
         w1, b1, w2, b2, compress_w, conv_w, bn_w, bn_b = params
         n, channels, h, w = x.shape
@@ -310,7 +317,7 @@ class FusedCBAM(torch.autograd.Function):
             descriptor = torch.stack(parts, 1).view(n, len(parts), h, w)
             spatial = SpatialPart(module, descriptor, conv_w, bn_w, bn_b)
             s = spatial.s
-        out = kernels.gate_forward(x, c, s)
+        out = kernels.gate_forward(x, c, s, residual)
         ctx.kernels, ctx.parts = kernels, (channel, spatial)
         ctx.sequential, ctx.compress_w = module.order == "channel-first", compress_w
         ctx.small = {"c": c, "s": s, "a": a, "ce": ce, "pmax": pmax, "pcnt": pcnt, "dmax": dmax, "dcnt": dcnt}
@@ -363,4 +370,5 @@ class FusedCBAM(torch.autograd.Function):
         ctx.parts = ctx.small = None  # free the small tensors now, not when the graph goes
         param_grads = [channel_grads.get(k) for k in ("w1", "b1", "w2", "b2")]
         param_grads += [g_compress, spatial_grads.get("conv_w"), spatial_grads.get("bn_w"), spatial_grads.get("bn_b")]
-        return (None, gx, *param_grads)
+        g_residual = g if ctx.needs_input_grad[2] else None  # d(out)/d(residual) is the identity
+        return (None, gx, g_residual, *param_grads)

@@ -23,6 +23,14 @@ from ablation.attention import build_attention, parse_attention, placement
 from ablation.attention.options import StrictModel
 
 
+def attend_and_add(attention: nn.Module, out: Tensor, identity: Tensor) -> Tensor:
+    """attention(out) + identity, out of place (an attention module's backward may need the tensor it returned).
+    Modules with a ``forward_add`` (CBAM, SE) fold the addition into their last pass over the map; the plain
+    network's blocks do the same single addition, so a CBAM-vs-plain comparison stays like for like."""
+    forward_add = getattr(attention, "forward_add", None)
+    return forward_add(out, identity) if forward_add is not None else attention(out) + identity
+
+
 class BasicBlock(tv.BasicBlock):
     """torchvision's BasicBlock with ``attention`` applied to the residual branch after bn2."""
 
@@ -37,9 +45,7 @@ class BasicBlock(tv.BasicBlock):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.attention(self.bn2(self.conv2(out)))
-        # Out of place: an attention module's backward may need the tensor it returned.
-        return self.relu(out + identity)
+        return self.relu(attend_and_add(self.attention, self.bn2(self.conv2(out)), identity))
 
 
 class Bottleneck(tv.Bottleneck):
@@ -57,8 +63,7 @@ class Bottleneck(tv.Bottleneck):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.attention(self.bn3(self.conv3(out)))
-        return self.relu(out + identity)
+        return self.relu(attend_and_add(self.attention, self.bn3(self.conv3(out)), identity))
 
 
 class ResNet(tv.ResNet):

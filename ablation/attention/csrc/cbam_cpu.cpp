@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -74,9 +75,15 @@ inline void row_spatial_backward(const T* x, const T* gw, const T* m, const T* r
   sm_out = sm;
 }
 
+// Maps are contiguous (N, C, positions...) tensors: (N, C, HW) or (N, C, H, W); outputs take the input's shape so
+// that no kernel result is a view (autograd forbids in-place ops on views made inside a custom Function).
 void check_map(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 3 && t.is_contiguous(), name,
-              " must be a contiguous CPU tensor of shape (N, C, HW)");
+  TORCH_CHECK(t.device().is_cpu() && t.dim() >= 3 && t.is_contiguous(), name,
+              " must be a contiguous CPU tensor of shape (N, C, positions...)");
+}
+
+int64_t positions(const at::Tensor& x) {
+  return x.size(0) * x.size(1) == 0 ? 0 : x.numel() / (x.size(0) * x.size(1));
 }
 
 void check_small(const at::Tensor& t, int64_t rows, int64_t cols, at::ScalarType type, const char* name) {
@@ -89,7 +96,7 @@ void check_small(const at::Tensor& t, int64_t rows, int64_t cols, at::ScalarType
 // shared among ties as PyTorch's amax does).
 std::vector<at::Tensor> channel_stats(const at::Tensor& x) {
   check_map(x, "x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   auto avg = at::empty({N, C}, x.options());
   auto mx = at::empty({N, C}, x.options());
   auto cnt = at::empty({N, C}, x.options());
@@ -113,7 +120,7 @@ std::vector<at::Tensor> channel_stats(const at::Tensor& x) {
 // Per (n, position): dw = sum_c x * a[n, c]; dmax = max_c x * ce[n, c] and how many channels reach it.
 std::vector<at::Tensor> spatial_stats(const at::Tensor& x, const at::Tensor& a, const at::Tensor& ce) {
   check_map(x, "x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   check_small(a, N, C, x.scalar_type(), "a");
   check_small(ce, N, C, x.scalar_type(), "ce");
   auto dw = at::empty({N, HW}, x.options());
@@ -155,15 +162,25 @@ std::vector<at::Tensor> spatial_stats(const at::Tensor& x, const at::Tensor& a, 
   return {dw, dmax, dcnt};
 }
 
-// out = x * c[n, c] * s[n, position], evaluated as (x * c) * s like the sequential reference.
-at::Tensor gate_forward(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s) {
+// out = x * c[n, c] * s[n, position] (+ residual), evaluated as ((x * c) * s) + residual like the reference path
+// followed by the block's residual addition. Folding that addition in saves the block a pass: it reads the
+// gated map it would otherwise have to write and read back.
+at::Tensor gate_forward(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s,
+                        const std::optional<at::Tensor>& residual) {
   check_map(x, "x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   check_small(c, N, C, x.scalar_type(), "c");
   check_small(s, N, HW, x.scalar_type(), "s");
+  const bool add = residual.has_value() && residual->defined();
+  if (add) {
+    check_map(*residual, "residual");
+    TORCH_CHECK(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type(),
+                "residual must match x");
+  }
   auto out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
     const scalar_t *xp = x.data_ptr<scalar_t>(), *cp = c.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>();
+    const scalar_t* rp = add ? residual->data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
@@ -171,8 +188,14 @@ at::Tensor gate_forward(const at::Tensor& x, const at::Tensor& c, const at::Tens
         const scalar_t* srow = sp + (r / C) * HW;
         scalar_t* orow = op + r * HW;
         const scalar_t cv = cp[r];
-        _Pragma("omp simd")
-        for (int64_t j = 0; j < HW; ++j) orow[j] = (row[j] * cv) * srow[j];
+        if (rp != nullptr) {
+          const scalar_t* rrow = rp + r * HW;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < HW; ++j) orow[j] = (row[j] * cv) * srow[j] + rrow[j];
+        } else {
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < HW; ++j) orow[j] = (row[j] * cv) * srow[j];
+        }
       }
     });
   });
@@ -185,7 +208,7 @@ std::vector<at::Tensor> gate_backward(const at::Tensor& g, const at::Tensor& x, 
   check_map(x, "x");
   check_map(g, "grad");
   TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(), "grad must match x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   check_small(c, N, C, x.scalar_type(), "c");
   check_small(s, N, HW, x.scalar_type(), "s");
   const int64_t B = position_block(C, HW);
@@ -222,7 +245,7 @@ std::vector<at::Tensor> gate_backward(const at::Tensor& g, const at::Tensor& x, 
 std::vector<at::Tensor> spatial_backward(const at::Tensor& x, const at::Tensor& ce, const at::Tensor& dmax,
                                          const at::Tensor& gdw, const at::Tensor& rd) {
   check_map(x, "x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   check_small(ce, N, C, x.scalar_type(), "ce");
   check_small(dmax, N, HW, x.scalar_type(), "dmax");
   check_small(gdw, N, HW, x.scalar_type(), "gdw");
@@ -258,7 +281,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor
   check_map(x, "x");
   check_map(g, "grad");
   TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(), "grad must match x");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2);
+  const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   const auto type = x.scalar_type();
   for (const auto* t : {&c, &a, &ce, &pa, &pmax, &rp}) check_small(*t, N, C, type, "per-channel input");
   for (const auto* t : {&s, &dmax, &gdw, &rd}) check_small(*t, N, HW, type, "per-position input");
@@ -296,7 +319,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor
 TORCH_LIBRARY(ablation_cbam, m) {
   m.def("channel_stats(Tensor x) -> Tensor[]", &channel_stats);
   m.def("spatial_stats(Tensor x, Tensor a, Tensor ce) -> Tensor[]", &spatial_stats);
-  m.def("gate_forward(Tensor x, Tensor c, Tensor s) -> Tensor", &gate_forward);
+  m.def("gate_forward(Tensor x, Tensor c, Tensor s, Tensor? residual) -> Tensor", &gate_forward);
   m.def("gate_backward(Tensor g, Tensor x, Tensor c, Tensor s) -> Tensor[]", &gate_backward);
   m.def("spatial_backward(Tensor x, Tensor ce, Tensor dmax, Tensor gdw, Tensor rd) -> Tensor[]", &spatial_backward);
   m.def(
