@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ablation.attention import build_attention, fused
-from ablation.attention.cbam import CBAM
+from ablation.attention.cbam import CBAM, IMPLS
 from ablation.attention.cpu_kernels import cpu_kernels_available
 from ablation.attention.options import CBAMOptions
 from ablation.attention.se import SE
@@ -267,6 +267,32 @@ def test_resnet_with_fused_cbam_matches_the_reference_network() -> None:
         results.append([out.detach(), xi.grad] + [p.grad for p in nets[impl].parameters()])
     for got, want in zip(results[1], results[0], strict=True):
         assert max_diff(got, want) < 1e-9
+
+
+@pytest.mark.parametrize("order", ["channel-first", "parallel"])
+def test_fused_under_autocast_is_as_close_to_float32_as_the_reference(order: str) -> None:
+    """AMP (what CUDA training uses; CPU autocast with bfloat16 here): a bfloat16 map with float32 parameters.
+    The fused path must run, give float32 parameter gradients and a bfloat16 output, and stay at least as close
+    to the float32 result as the reference path under the same autocast."""
+    base = randomize(CBAM(C, reduction=4, impl="reference", order=order)).train()
+    x32 = torch.randn(3, C, 7, 9)
+    weight = torch.randn_like(x32)
+
+    def run(impl: str, amp: bool) -> list[Tensor]:
+        module = CBAM(C, reduction=4, impl=impl, order=order).train()
+        module.load_state_dict(base.state_dict())
+        xi = (x32.bfloat16() if amp else x32).clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = module(xi)
+        (out.float() * weight).sum().backward()
+        if amp:
+            assert out.dtype == torch.bfloat16 and xi.grad.dtype == torch.bfloat16
+            assert all(p.grad.dtype == torch.float32 for p in module.parameters())
+        return [out.detach().float(), xi.grad.float()] + [p.grad for p in module.parameters()]
+
+    exact = run("reference", amp=False)
+    errors = {impl: max(max_diff(a, b) for a, b in zip(run(impl, True), exact, strict=True)) for impl in IMPLS}
+    assert errors["fast"] <= 1.5 * errors["reference"] + 1e-3, errors
 
 
 def test_se_runs_fused_and_matches_its_reference() -> None:

@@ -291,78 +291,61 @@ def module_params(module: CBAM) -> list[Tensor | None]:
 
 
 class FusedCBAM(torch.autograd.Function):
-    """out = CBAM(x) for the variants of ``fused_supported``; see the module docstring for the math."""
+    """out = CBAM(x) for the variants of ``fused_supported``; see the module docstring for the math.
+
+    Mixed precision: the map passes run in the map's dtype (bfloat16 / float16 under AMP), the small parts in the
+    parameters' dtype (float32) with autocast off, the way autocast runs reductions and BN in float32; each
+    tensor crossing between the two is cast once. In float32 training every cast is a no-op."""
 
     @staticmethod
     def forward(ctx: Any, module: CBAM, x: Tensor, residual: Tensor | None, *params: Tensor | None) -> Tensor:
         """CBAM(x), or CBAM(x) + residual: a residual block's addition folded into the gating pass."""
-        kernels = kernels_for(x)
-        w1, b1, w2, b2, compress_w, conv_w, bn_w, bn_b = params
-        n, channels, h, w = x.shape
-        ones_c = x.new_ones(n, channels)
-        channel = spatial = None
-        pmax = pcnt = dmax = dcnt = a = None
-        if module.channel is not None:
-            avg, pmax, pcnt = kernels.channel_stats(x)
-            channel = ChannelPart(module.channel.pools, avg, pmax, w1, b1, w2, b2)
-        c = channel.c if channel is not None else ones_c
-        ce = c if module.order == "channel-first" else ones_c
-        s = x.new_ones(n, h * w)
-        if module.spatial is not None:
-            # D = [sum_c x * a; max_c x * ce] with a = ce / C (the channel mean), or the learned 1x1 conv's
-            # sum_c w_c * x * ce (a = ce * w, no max).
-            a = ce * compress_w.view(1, channels) if compress_w is not None else ce / channels
-            dw, dmax, dcnt = kernels.spatial_stats(x, a, ce, compress_w is None)
-            parts = [dw] if dmax is None else [dw, dmax]
-            descriptor = torch.stack(parts, 1).view(n, len(parts), h, w)
-            spatial = SpatialPart(module, descriptor, conv_w, bn_w, bn_b)
-            s = spatial.s
-        out = kernels.gate_forward(x, c, s, residual)
-        ctx.kernels, ctx.parts = kernels, (channel, spatial)
-        ctx.sequential, ctx.compress_w = module.order == "channel-first", compress_w
-        ctx.small = {"c": c, "s": s, "a": a, "ce": ce, "pmax": pmax, "pcnt": pcnt, "dmax": dmax, "dcnt": dcnt}
-        ctx.save_for_backward(x)
-        return out
+        with torch.autocast(x.device.type, enabled=False):
+            return _forward(ctx, module, x, residual, params)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         (x,) = ctx.saved_tensors
         kernels, (channel, spatial), small = ctx.kernels, ctx.parts, ctx.small
+        kd, pd = x.dtype, ctx.param_dtype  # map passes / small parts
         if kernels is CppKernels:
             g = g.contiguous()
         gc, gs = kernels.gate_backward(g, x, small["c"], small["s"])
+        gc = gc.to(pd)
         spatial_grads: dict[str, Tensor | None] = {}
         g_compress = gdw = gdmax = None
         if spatial is not None:
-            spatial_grads = spatial.backward(gs)
-            gdesc = spatial_grads["descriptor"].flatten(2)  # (N, k, H*W)
+            spatial_grads = spatial.backward(gs.to(pd))
+            gdesc = spatial_grads["descriptor"].flatten(2).to(kd)  # (N, k, H*W)
             gdw = gdesc[:, 0]
             gdmax = gdesc[:, 1] if small["dmax"] is not None else None
             ga, gm = kernels.spatial_backward(x, small["ce"], small["dmax"], small["dcnt"], gdw, gdmax)
+            ga = ga.to(pd)
             # a = ce / C, or ce * w for the conv descriptor; dmax depends on ce too (through x * ce).
             compress_w = ctx.compress_w
             channels = x.shape[1]
             if compress_w is not None:
-                g_compress = (ga * small["ce"]).sum(0).view_as(compress_w)
+                g_compress = (ga * small["ce_p"]).sum(0).view_as(compress_w)
                 g_ce = ga * compress_w.view(1, channels)
             else:
                 g_ce = ga / channels
             if gm is not None:
-                g_ce = g_ce + gm
+                g_ce = g_ce + gm.to(pd)
             if ctx.sequential:
                 gc = gc + g_ce
         channel_grads: dict[str, Tensor | None] = channel.backward(gc) if channel is not None else {}
 
         gx = None
         if ctx.needs_input_grad[1]:
+            gpa, gpm = channel_grads.get("avg"), channel_grads.get("max")
             terms = {
                 **small,
                 "a": small["a"] if small["a"] is not None else torch.zeros_like(small["c"]),
                 "gdw": gdw,
                 "gdmax": gdmax,
-                "gpa": channel_grads.get("avg"),
-                "gpm": channel_grads.get("max"),
+                "gpa": None if gpa is None else gpa.to(kd),
+                "gpm": None if gpm is None else gpm.to(kd),
             }
             if terms["gpm"] is None:
                 terms["pmax"] = None
@@ -372,3 +355,46 @@ class FusedCBAM(torch.autograd.Function):
         param_grads += [g_compress, spatial_grads.get("conv_w"), spatial_grads.get("bn_w"), spatial_grads.get("bn_b")]
         g_residual = g if ctx.needs_input_grad[2] else None  # d(out)/d(residual) is the identity
         return (None, gx, g_residual, *param_grads)
+
+
+def _forward(ctx: Any, module: CBAM, x: Tensor, residual: Tensor | None, params: tuple[Tensor | None, ...]) -> Tensor:
+    kernels = kernels_for(x)
+    w1, b1, w2, b2, compress_w, conv_w, bn_w, bn_b = params
+    kd = x.dtype
+    pd = next(p.dtype for p in params if p is not None)
+    n, channels, h, w = x.shape
+    ones_c = torch.ones(n, channels, dtype=pd, device=x.device)
+    channel = spatial = None
+    pmax = pcnt = dmax = dcnt = a = None
+    if module.channel is not None:
+        avg, pmax, pcnt = kernels.channel_stats(x)
+        channel = ChannelPart(module.channel.pools, avg.to(pd), pmax.to(pd), w1, b1, w2, b2)
+    c = channel.c if channel is not None else ones_c
+    ce = c if module.order == "channel-first" else ones_c
+    c_k, ce_k = c.to(kd), ce.to(kd)
+    s_k = x.new_ones(n, h * w)
+    if module.spatial is not None:
+        # D = [sum_c x * a; max_c x * ce] with a = ce / C (the channel mean), or the learned 1x1 conv's
+        # sum_c w_c * x * ce (a = ce * w, no max).
+        a = (ce * compress_w.view(1, channels) if compress_w is not None else ce / channels).to(kd)
+        dw, dmax, dcnt = kernels.spatial_stats(x, a, ce_k, compress_w is None)
+        parts = [dw] if dmax is None else [dw, dmax]
+        descriptor = torch.stack(parts, 1).view(n, len(parts), h, w).to(pd)
+        spatial = SpatialPart(module, descriptor, conv_w, bn_w, bn_b)
+        s_k = spatial.s.to(kd)
+    out = kernels.gate_forward(x, c_k, s_k, residual)
+    ctx.kernels, ctx.parts, ctx.param_dtype = kernels, (channel, spatial), pd
+    ctx.sequential, ctx.compress_w = module.order == "channel-first", compress_w
+    ctx.small = {
+        "c": c_k,
+        "s": s_k,
+        "a": a,
+        "ce": ce_k,
+        "ce_p": ce,
+        "pmax": pmax,
+        "pcnt": pcnt,
+        "dmax": dmax,
+        "dcnt": dcnt,
+    }
+    ctx.save_for_backward(x)
+    return out
