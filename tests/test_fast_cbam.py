@@ -295,6 +295,19 @@ def test_fused_under_autocast_is_as_close_to_float32_as_the_reference(order: str
     assert errors["fast"] <= 1.5 * errors["reference"] + 1e-3, errors
 
 
+def test_torch_compile_traces_the_straightforward_formulation_in_one_graph() -> None:
+    """torch.compile fuses the straightforward formulation itself: under it, CBAM must not enter the fused
+    Function or the per-op fast pieces (fullgraph=True fails on any graph break), and must give the same values.
+    Dynamo's "eager" backend keeps the test to seconds; what inductor then does with the graph is its business."""
+    module = randomize(CBAM(C, reduction=4)).train()
+    reference = CBAM(C, reduction=4, impl="reference").train()
+    reference.load_state_dict(module.state_dict())
+    x, residual = torch.randn(3, C, 7, 9), torch.randn(3, C, 7, 9)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: module.forward_add(a, b), backend="eager", fullgraph=True)
+    assert max_diff(compiled(x, residual), reference(x) + residual) < TOL
+
+
 def test_se_runs_fused_and_matches_its_reference() -> None:
     se = randomize(SE(C, reduction=4))
     reference = SE(C, reduction=4, impl="reference")

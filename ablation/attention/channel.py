@@ -74,7 +74,9 @@ class ChannelGate(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """sum_p MLP(Pool_p(x)), (B, C, 1, 1), before the sigmoid (BAM-style merges add these to Ms's logits)."""
         # One (P, B, C) batch through the shared MLP: one pair of matmuls whatever the number of pools.
-        pooled = torch.stack(self._fast_pools(x) if self.fast else [POOLS[name](x) for name in self.pools])
+        # Under torch.compile the plain pools: the compiler fuses them better than it traces a custom Function.
+        fast = self.fast and not torch.compiler.is_compiling()
+        pooled = torch.stack(self._fast_pools(x) if fast else [POOLS[name](x) for name in self.pools])
         return self.mlp(pooled).sum(dim=0)[:, :, None, None]
 
     def _fast_pools(self, x: Tensor) -> list[Tensor]:

@@ -1,6 +1,6 @@
 """Build (once) and load the fused C++ CPU kernels of csrc/cbam_cpu.cpp as ``torch.ops.ablation_cbam``.
 
-Built on first use with PyTorch's own extension builder (g++ and ninja; ~1 minute on 2 cores) and cached by it
+Built on first use with PyTorch's own extension builder (g++ and ninja; about 15 s on 2 cores) and cached by it
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); later processes only load the library.
 Concurrent first uses are serialised by PyTorch's lock file. Without a compiler, or with
 ``ABLATION_CPU_KERNELS=0``, :func:`cpu_kernels_available` is False and the fused path runs on PyTorch ops instead
@@ -9,6 +9,7 @@ Concurrent first uses are serialised by PyTorch's lock file. Without a compiler,
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -37,7 +38,15 @@ def _load() -> bool:
     if hasattr(torch.ops, "ablation_cbam") and hasattr(torch.ops.ablation_cbam, "gate_forward"):
         return True
     try:
-        from torch.utils.cpp_extension import load
+        # Importing the builder logs a warning about CUDA_HOME on machines without CUDA; irrelevant for a CPU
+        # library, and noise in every first sweep, so that logger is quiet during the import.
+        builder_log = logging.getLogger("torch.utils.cpp_extension")
+        level = builder_log.level
+        builder_log.setLevel(logging.ERROR)
+        try:
+            from torch.utils.cpp_extension import load
+        finally:
+            builder_log.setLevel(level)
 
         # -O3 and the build machine's vector units: the library is built where it runs, never shipped.
         load(

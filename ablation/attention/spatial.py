@@ -61,16 +61,18 @@ class SpatialGate(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """BN(conv(D(x))), (B, 1, H, W), before the sigmoid."""
+        # Under torch.compile the straightforward ops: the compiler fuses them itself, and picks its own conv.
+        fast = self.fast and not torch.compiler.is_compiling()
         if self.compress is None:
             # Paper order [avg; max] (the official code stacks [max; avg]: only the conv's inputs are permuted).
-            if self.fast:
+            if fast:
                 descriptor = torch.cat(avg_max(x, (1,), True, True), dim=1)
             else:
                 descriptor = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
         else:
             descriptor = self.compress(x)
         # fast: the same conv (same weight) on a CPU kernel that suits one output channel (fast.small_conv).
-        out = small_conv(descriptor, self.conv.weight, self.conv.padding[0]) if self.fast else self.conv(descriptor)
+        out = small_conv(descriptor, self.conv.weight, self.conv.padding[0]) if fast else self.conv(descriptor)
         return out if self.bn is None else self.bn(out)
 
     def forward(self, x: Tensor) -> Tensor:
