@@ -16,8 +16,9 @@ In a residual block, ``CBAM.forward_add`` passes the block's shortcut as ``resid
 x * c * s + residual directly (the gradient of the residual is the incoming gradient itself).
 
 Everything between them is on (N, C) or (N, 2, H, W) tensors: the MLP, the k x k conv, the BN, the sigmoids.
-Those small parts are recomputed in backward under autograd (a few microseconds) instead of stored, so the only
-big tensor kept for backward is x itself, which the surrounding network keeps anyway in most blocks.
+Those small parts keep their own (small) intermediates and have their backward written out (ChannelPart,
+SpatialPart), so the only map kept for backward is x itself: one map per block, where the reference path keeps
+x, the channel-gated map and more.
 
 Gradient of x, term by term (the reference path's autograd computes the same sum):
     g * c * s                         through the product
