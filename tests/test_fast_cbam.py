@@ -199,6 +199,24 @@ def test_cpu_kernels_are_built_and_used() -> None:
     assert fused.kernels_for(torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)) is fused.TorchKernels
 
 
+@pytest.mark.parametrize("kernel_size", [1, 3, 7])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("size", [(2, 3), (7, 9), (16, 12)], ids=str)
+def test_direct_spatial_conv_matches_conv2d(size: tuple[int, int], channels: int, kernel_size: int) -> None:
+    """The C++ one-output-channel conv and its backward against F.conv2d's autograd, including kernels larger
+    than the map (7 x 7 on 2 x 3: most taps fall in the padding)."""
+    assert cpu_kernels_available()
+    d = torch.randn(5, channels, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, channels, kernel_size, kernel_size, dtype=torch.float64, requires_grad=True)
+    want = nn.functional.conv2d(d, w, padding=kernel_size // 2)
+    grad = torch.randn_like(want)
+    want_gd, want_gw = torch.autograd.grad(want, (d, w), grad)
+    got = fused.CppKernels.conv(d.detach(), w.detach(), kernel_size // 2)
+    got_gd, got_gw = fused.CppKernels.conv_backward(grad, d.detach(), w.detach(), kernel_size // 2)
+    for a, b in ((got, want), (got_gd, want_gd), (got_gw, want_gw)):
+        assert max_diff(a, b) < 1e-12
+
+
 def test_fused_path_keeps_only_the_input_for_backward(backend: str) -> None:
     """Peak memory comes from what autograd keeps between forward and backward. The fused Function keeps x and
     only small tensors; the reference path keeps x, the channel-gated map and more."""

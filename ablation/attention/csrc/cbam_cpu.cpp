@@ -314,9 +314,90 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor
   return gx;
 }
 
+
+// The spatial gate's k x k convolution, K (1 or 2) descriptor channels -> 1, stride 1, 'same' zero padding, no
+// bias: out[n, y, x] = sum_{k, i, j} w[k, i, j] * d[n, k, y + i - p, x + j - p]. With one output channel that is
+// a few hundred MACs per position; general convolution kernels (im2col + GEMM, oneDNN) spend more than that on
+// set-up for the small maps of the later stages.
+at::Tensor spatial_conv(const at::Tensor& d, const at::Tensor& w) {
+  TORCH_CHECK(d.device().is_cpu() && d.dim() == 4 && d.is_contiguous(), "descriptor must be contiguous (N, K, H, W)");
+  TORCH_CHECK(w.dim() == 4 && w.size(0) == 1 && w.size(1) == d.size(1) && w.size(2) == w.size(3) &&
+                  w.size(2) % 2 == 1 && w.scalar_type() == d.scalar_type(),
+              "weight must be (1, K, k, k) with an odd k and the descriptor's dtype");
+  const int64_t N = d.size(0), K = d.size(1), H = d.size(2), W = d.size(3), k = w.size(2), p = k / 2;
+  auto out = at::zeros({N, 1, H, W}, d.options());
+  auto wc = w.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "spatial_conv", [&] {
+    const scalar_t *dp = d.data_ptr<scalar_t>(), *wp = wc.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) {
+        for (int64_t y = 0; y < H; ++y) {
+          scalar_t* orow = op + (n * H + y) * W;
+          for (int64_t kc = 0; kc < K; ++kc) {
+            for (int64_t i = std::max<int64_t>(0, p - y); i < std::min<int64_t>(k, H + p - y); ++i) {
+              const scalar_t* drow = dp + ((n * K + kc) * H + (y + i - p)) * W;
+              for (int64_t j = 0; j < k; ++j) {
+                const scalar_t wv = wp[(kc * k + i) * k + j];
+                const int64_t x0 = std::max<int64_t>(0, p - j), x1 = std::min<int64_t>(W, W + p - j);
+                for (int64_t x = x0; x < x1; ++x) orow[x] += wv * drow[x + j - p];
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Gradients of spatial_conv: gd[n, k, y', x'] = sum_{i, j} w[k, i, j] * gout[n, y' - i + p, x' - j + p] and
+// gw[k, i, j] = sum_{n, y, x} gout[n, y, x] * d[n, k, y + i - p, x + j - p] (per-sample partial sums, then summed:
+// no two threads write the same place).
+std::vector<at::Tensor> spatial_conv_backward(const at::Tensor& gout, const at::Tensor& d, const at::Tensor& w) {
+  TORCH_CHECK(gout.is_contiguous() && d.is_contiguous() && gout.scalar_type() == d.scalar_type(),
+              "grad and descriptor must be contiguous, of one dtype");
+  const int64_t N = d.size(0), K = d.size(1), H = d.size(2), W = d.size(3), k = w.size(2), p = k / 2;
+  auto gd = at::zeros_like(d);
+  auto gw_parts = at::zeros({N, K, k, k}, d.options());
+  auto wc = w.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "spatial_conv_backward", [&] {
+    const scalar_t *gp = gout.data_ptr<scalar_t>(), *dp = d.data_ptr<scalar_t>(), *wp = wc.data_ptr<scalar_t>();
+    scalar_t *gdp = gd.data_ptr<scalar_t>(), *gwp = gw_parts.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) {
+        for (int64_t y = 0; y < H; ++y) {
+          const scalar_t* grow = gp + (n * H + y) * W;
+          for (int64_t kc = 0; kc < K; ++kc) {
+            for (int64_t i = std::max<int64_t>(0, p - y); i < std::min<int64_t>(k, H + p - y); ++i) {
+              const int64_t off = ((n * K + kc) * H + (y + i - p)) * W;
+              const scalar_t* drow = dp + off;
+              scalar_t* gdrow = gdp + off;
+              scalar_t* gwrow = gwp + ((n * K + kc) * k + i) * k;
+              for (int64_t j = 0; j < k; ++j) {
+                const scalar_t wv = wp[(kc * k + i) * k + j];
+                const int64_t x0 = std::max<int64_t>(0, p - j), x1 = std::min<int64_t>(W, W + p - j);
+                scalar_t acc = 0;
+                for (int64_t x = x0; x < x1; ++x) {
+                  acc += grow[x] * drow[x + j - p];
+                  gdrow[x + j - p] += wv * grow[x];
+                }
+                gwrow[j] += acc;
+              }
+            }
+          }
+        }
+      }
+    });
+  });
+  return {gd, gw_parts.sum(0, /*keepdim=*/true)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(ablation_cbam, m) {
+  m.def("spatial_conv(Tensor d, Tensor w) -> Tensor", &spatial_conv);
+  m.def("spatial_conv_backward(Tensor gout, Tensor d, Tensor w) -> Tensor[]", &spatial_conv_backward);
   m.def("channel_stats(Tensor x) -> Tensor[]", &channel_stats);
   m.def("spatial_stats(Tensor x, Tensor a, Tensor ce) -> Tensor[]", &spatial_stats);
   m.def("gate_forward(Tensor x, Tensor c, Tensor s, Tensor? residual) -> Tensor", &gate_forward);
