@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from ablation.attention.cpu_kernels import cpu_kernels_state
 from ablation.data.sources import load_arrays
 from ablation.grid import Cell, build_network
 from ablation.mlflow_store import MlflowTracker, SweepStore
@@ -154,7 +155,10 @@ def log_artifacts(
             "config": cell.config.model_dump(mode="json"),
         }
         (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        (folder / "environment.json").write_text(_environment_json(device))
+        environment = json.loads(_environment_json(device))
+        # Not cached with the rest: a sweep's first cell may be a plain arm that never needed the kernels.
+        environment["cbam_cpu_kernels"] = cpu_kernels_state()
+        (folder / "environment.json").write_text(json.dumps(environment, indent=2))
         learning_curve(history, folder / "learning_curve.png", title=cell.name)
         for name in ("config.yaml", "environment.json", "learning_curve.png"):
             tracker.log_artifact(folder / name)

@@ -1,8 +1,10 @@
 """End to end: sweeps on real images into a real MLflow store, the table read back, reruns and resumes."""
 
+import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -66,6 +68,10 @@ def test_sweep_tracks_every_cell_and_the_table_equals_the_runs(tmp_path, tiny_np
         assert len(run.data.tags["ablation.config_hash"]) == 12
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "environment.json", "learning_curve.png"} <= artifacts
+        if run.data.params["model.attention.type"] == "cbam":
+            # A reader comparing timings must see which CBAM implementation ran.
+            local = client.download_artifacts(run.info.run_id, "environment.json", str(tmp_path / run.info.run_id))
+            assert json.loads(Path(local).read_text())["cbam_cpu_kernels"] == "loaded"
         assert run.inputs.dataset_inputs[0].dataset.name == "npz"
         last = client.get_metric_history(run.info.run_id, "val/top1_err")[-1].value
         assert run.data.metrics["final/top1_err_last"] == last

@@ -20,6 +20,15 @@ import torch
 SOURCE = Path(__file__).with_name("csrc") / "cbam_cpu.cpp"
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
+_why_not: list[str] = []
+
+
+def cpu_kernels_state() -> str:
+    """For the run's environment record, without building anything: "loaded", "unavailable: <why>" or
+    "not used" (nothing in this process has needed them: a GPU run, or no fused CBAM on CPU)."""
+    if "ok" not in _state:
+        return "not used"
+    return "loaded" if _state["ok"] else f"unavailable: {_why_not[0] if _why_not else 'unknown'}"
 
 
 def cpu_kernels_available() -> bool:
@@ -34,6 +43,7 @@ def cpu_kernels_available() -> bool:
 
 def _load() -> bool:
     if os.environ.get("ABLATION_CPU_KERNELS", "1") == "0":
+        _why_not.append("ABLATION_CPU_KERNELS=0")
         return False
     if hasattr(torch.ops, "ablation_cbam") and hasattr(torch.ops.ablation_cbam, "gate_forward"):
         return True
@@ -58,8 +68,9 @@ def _load() -> bool:
             verbose=False,
         )
     except Exception as exc:  # no compiler, no ninja, a broken toolchain: fall back, loudly
+        _why_not.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         warnings.warn(
-            f"CBAM's fused C++ CPU kernels could not be built ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"CBAM's fused C++ CPU kernels could not be built ({_why_not[-1]}); "
             "the fused path runs on PyTorch ops instead (same results, slower)",
             RuntimeWarning,
             stacklevel=3,
