@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ablation.attention.cpu_kernels import prepare_for
 from ablation.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from ablation.config import RunConfig, TrainConfig, config_hash
 from ablation.data.catalog import DatasetInfo
@@ -203,6 +204,7 @@ def train_job(
         # the CPU, where SyncBatchNorm refuses to run (see the module docstring).
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    prepare_for(model, device)  # a first build of CBAM's CPU kernels must not count as training time
     train_loader, val_loader = make_loaders(
         config.data,
         info,

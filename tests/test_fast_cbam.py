@@ -368,3 +368,21 @@ def test_switching_impl_keeps_config_hash() -> None:
     other = parse_run_config({"model": {"attention": {"type": "cbam", "kernel_size": 3}}})
     assert fast.model.attention.impl == "fast" and reference.model.attention.impl == "reference"
     assert config_hash(fast) == config_hash(reference) != config_hash(other)
+
+
+def test_kernels_are_prepared_before_training_only_where_they_will_run(monkeypatch) -> None:
+    """train_job calls prepare_for before its clock starts: a first build must not be timed as epoch 1."""
+    from ablation.attention import cpu_kernels
+    from ablation.models import build_model
+
+    calls: list[int] = []
+    monkeypatch.setattr(cpu_kernels, "cpu_kernels_available", lambda: calls.append(1) or True)
+    cbam = build_model("resnet18", num_classes=10, attention={"type": "cbam"}, stem="cifar", width=0.25)
+    plain = build_model("resnet18", num_classes=10, attention={"type": "none"}, stem="cifar", width=0.25)
+    reference = build_model("resnet18", num_classes=10, attention={"type": "cbam", "impl": "reference"})
+    cpu_kernels.prepare_for(plain, torch.device("cpu"))
+    cpu_kernels.prepare_for(reference, torch.device("cpu"))
+    cpu_kernels.prepare_for(cbam, torch.device("meta"))
+    assert calls == []
+    cpu_kernels.prepare_for(cbam, torch.device("cpu"))
+    assert calls == [1]

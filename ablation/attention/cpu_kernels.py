@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "cbam_cpu.cpp"
+NAME = "ablation_cbam_cpu"
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 _why_not: list[str] = []
@@ -41,6 +43,13 @@ def cpu_kernels_available() -> bool:
     return _state["ok"]
 
 
+def prepare_for(model: torch.nn.Module, device: torch.device) -> None:
+    """Build / load the kernels now if ``model`` will use them on ``device``, so that a first build (~15 s) is
+    not counted in the first epoch's time and throughput."""
+    if device.type == "cpu" and any(getattr(m, "fused", False) for m in model.modules()):
+        cpu_kernels_available()
+
+
 def _load() -> bool:
     if os.environ.get("ABLATION_CPU_KERNELS", "1") == "0":
         _why_not.append("ABLATION_CPU_KERNELS=0")
@@ -57,10 +66,11 @@ def _load() -> bool:
             from torch.utils.cpp_extension import load
         finally:
             builder_log.setLevel(level)
-
+        if _first_build():
+            print("building CBAM's C++ CPU kernels (once per machine, ~15 s)", file=sys.stderr, flush=True)
         # -O3 and the build machine's vector units: the library is built where it runs, never shipped.
         load(
-            name="ablation_cbam_cpu",
+            name=NAME,
             sources=[str(SOURCE)],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
@@ -77,3 +87,13 @@ def _load() -> bool:
         )
         return False
     return True
+
+
+def _first_build() -> bool:
+    """Whether no built library is cached yet (only to say why the first use pauses; never fails the load)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private: guarded
+
+        return not (Path(_get_build_directory(NAME, verbose=False)) / f"{NAME}.so").exists()
+    except Exception:
+        return False
