@@ -90,6 +90,9 @@ class TrainConfig(StrictModel):
     # Mixed precision and memory format: "auto" turns them on where they pay (CUDA) and off on the CPU.
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
+    # torch.compile the training forward/backward ("on"); CBAM then traces its straightforward formulation and the
+    # compiler fuses it. Changes how, not what (up to rounding): excluded from the config hash.
+    compile: Literal["off", "on"] = "off"
 
     @field_validator("epochs", "batch_size", "step_size")
     @classmethod
@@ -116,7 +119,7 @@ class RunConfig(StrictModel):
 
 
 # Keys that locate or schedule a job without changing what it computes; left out of the config hash.
-HASH_EXCLUDED = ("data.root", "model.attention.impl")
+HASH_EXCLUDED = ("data.root", "model.attention.impl", "train.compile")
 
 
 def config_hash(config: RunConfig) -> str:

@@ -250,6 +250,10 @@ def train_job(
     if dist.distributed:
         # Wrapping broadcasts rank 0's parameters and buffers, so the ranks start identical.
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if train_cfg.compile == "on":
+        # Training steps only (after DDP, as PyTorch recommends); evaluation and checkpoints use ``net``, so saved
+        # state_dicts keep their plain keys. The first steps include the compilation time.
+        model = torch.compile(model)
 
     for epoch in range(start_epoch, train_cfg.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:

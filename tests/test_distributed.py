@@ -382,3 +382,20 @@ def test_train_job_under_torchrun_reports_from_rank0_and_resumes_on_one_process(
 
 if __name__ == "__main__":  # a torchrun process of the test above
     _torchrun_worker(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+def test_compiled_training_matches_eager_and_saves_plain_checkpoints(tiny_npz, tmp_path):
+    """train.compile=on: real torch.compile (inductor) of the training steps. The compiled run's metrics track
+    the eager run's (the same function, fused differently: rounding-level differences), and its checkpoint holds
+    the plain network's keys, so either mode can resume the other's run."""
+    results, states = {}, {}
+    for mode in ("off", "on"):
+        config = _job_config(tiny_npz, epochs=1)
+        config = config.model_copy(update={"train": config.train.model_copy(update={"compile": mode})})
+        checkpoint = tmp_path / mode / "last.pt"
+        results[mode] = _run_job(config, "resnet", checkpoint, MemoryTracker())
+        states[mode] = torch.load(checkpoint, weights_only=True)["model"]
+    assert set(states["on"]) == set(states["off"])
+    assert not any(key.startswith("_orig_mod") for key in states["on"])
+    eager, compiled = results["off"].history[-1], results["on"].history[-1]
+    assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-3)
