@@ -8,6 +8,34 @@ EXPERIMENTS = ROOT / "experiments"
 sys.path.insert(0, str(ROOT))  # runner.py lives at the top level, beside the package
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny-tensor tests: a second OpenMP thread only adds sync cost (~6x slower on a busy 2-core
+    box). Used with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize(module):
+    """Random weights (std 1/sqrt(fan_in), so the gates stay off saturation), biases, BN affine and stats: with
+    the official init the spatial BN weight is 0 and the spatial branch would be invisible to a comparison."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, p[0].numel() ** -0.5 if p.dim() > 1 else 0.5)
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0.0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return module
+
+
 @pytest.fixture
 def write_experiment(tmp_path):
     """Write an experiment file from YAML text and return its path."""

@@ -8,8 +8,6 @@ the spatial BN weight is 0, which would hide the whole spatial branch (the gate 
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,46 +22,15 @@ from ablation.attention.options import CBAMOptions
 from ablation.attention.se import SE
 from ablation.attention.spatial import SpatialGate
 from ablation.errors import ConfigError
+from tests.conftest import randomize
+from tests.variants import ARRANGEMENTS, MODES, POOL_SUBSETS, POOLS, TOL, C
 
-TOL = 1e-5
-C = 32  # channels of the test maps; reduction 4 leaves 8 hidden units
-POOLS = ("avg", "max", "lp", "lse")
-POOL_SUBSETS = [list(s) for n in range(1, len(POOLS) + 1) for s in itertools.combinations(POOLS, n)]
-ARRANGEMENTS = [
-    ("channel-first", "product"),
-    ("spatial-first", "product"),
-    ("parallel", "product"),
-    ("parallel", "sum-logits"),
-    ("channel-only", "product"),
-    ("spatial-only", "product"),
-]
-MODES = pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds sync cost, ~6x slower on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize(module: nn.Module) -> nn.Module:
-    """Random weights (std 1/sqrt(fan_in), so the gates stay off saturation), biases, BN affine and stats."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, p[0].numel() ** -0.5 if p.dim() > 1 else 0.5)
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0.0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return module
 
 
 def image(batch: int = 3, channels: int = C, height: int = 7, width: int = 9) -> Tensor:

@@ -9,8 +9,6 @@ init the spatial BN weight is 0 and the spatial branch would be invisible).
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -21,20 +19,11 @@ from ablation.attention.cpu_kernels import cpu_kernels_available
 from ablation.attention.options import CBAMOptions
 from ablation.attention.se import SE
 from ablation.config import config_hash, parse_run_config
+from tests.conftest import randomize
+from tests.variants import ARRANGEMENTS, MODES, POOL_SUBSETS, TOL, C
 
-TOL = 1e-5
-C = 32
-POOLS = ("avg", "max", "lp", "lse")
-POOL_SUBSETS = [list(s) for n in range(1, len(POOLS) + 1) for s in itertools.combinations(POOLS, n)]
-ARRANGEMENTS = [
-    ("channel-first", "product"),
-    ("spatial-first", "product"),
-    ("parallel", "product"),
-    ("parallel", "sum-logits"),
-    ("channel-only", "product"),
-    ("spatial-only", "product"),
-]
-MODES = pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 # Run once per backend of the fused Function (the `backend` fixture).
 BACKENDS = pytest.mark.usefixtures("backend")
@@ -51,25 +40,6 @@ def backend(request, monkeypatch) -> str:
     if request.param == "torch":
         monkeypatch.setattr(fused, "kernels_for", lambda x: fused.TorchKernels)
     return request.param
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize(module: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, p[0].numel() ** -0.5 if p.dim() > 1 else 0.5)
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0.0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return module
 
 
 def max_diff(a: Tensor, b: Tensor) -> float:
