@@ -131,11 +131,11 @@ def run_cell(
 
 
 @functools.lru_cache(maxsize=8)
-def _environment_json(device: str) -> str:
+def _environment(device: str) -> dict:
     """The environment does not change during a sweep: read it (git, package versions) once per device."""
     from ablation.environment import environment
 
-    return json.dumps(environment(device), indent=2, default=str)
+    return environment(device)
 
 
 def log_artifacts(
@@ -155,10 +155,10 @@ def log_artifacts(
             "config": cell.config.model_dump(mode="json"),
         }
         (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        environment = json.loads(_environment_json(device))
-        # Not cached with the rest: a sweep's first cell may be a plain arm that never needed the kernels.
-        environment["cbam_cpu_kernels"] = cpu_kernels_state()
-        (folder / "environment.json").write_text(json.dumps(environment, indent=2))
+        # The kernels' state is not cached with the rest: a sweep's first cell may be a plain arm that never
+        # needed them.
+        environment = {**_environment(device), "cbam_cpu_kernels": cpu_kernels_state()}
+        (folder / "environment.json").write_text(json.dumps(environment, indent=2, default=str))
         learning_curve(history, folder / "learning_curve.png", title=cell.name)
         for name in ("config.yaml", "environment.json", "learning_curve.png"):
             tracker.log_artifact(folder / name)

@@ -96,21 +96,18 @@ class CBAM(nn.Module):
     def forward_add(self, x: Tensor, residual: Tensor) -> Tensor:
         """``self(x) + residual`` (a new tensor), the residual block's addition. The fused path does the addition
         in its gating pass instead of writing CBAM's output and reading it back; same values, one map pass less."""
-        if (
-            self.fused
-            and x.device.type != "meta"
-            and not torch.compiler.is_compiling()
-            and residual.shape == x.shape
-            and residual.dtype == x.dtype
-        ):
+        if self._runs_fused(x) and residual.shape == x.shape and residual.dtype == x.dtype:
             return FusedCBAM.apply(self, x, residual, *module_params(self))
         return self(x) + residual
 
+    def _runs_fused(self, x: Tensor) -> bool:
+        """The fused Function computes the same function in fewer passes over x. torch.compile fuses the
+        straightforward formulation by itself, so a compiled model traces that instead; so does the meta-device
+        profiler (ablation/measure.py), which counts the paper's FLOPs, not our kernels'."""
+        return self.fused and x.device.type != "meta" and not torch.compiler.is_compiling()
+
     def forward(self, x: Tensor) -> Tensor:
-        # The fused Function computes the same function in fewer passes over x. torch.compile fuses the
-        # straightforward formulation below by itself, so a compiled model traces that instead; so does the
-        # meta-device profiler (ablation/measure.py), which counts the paper's FLOPs, not our kernels'.
-        if self.fused and x.device.type != "meta" and not torch.compiler.is_compiling():
+        if self._runs_fused(x):
             return FusedCBAM.apply(self, x, None, *module_params(self))
         if self.order == "channel-first":
             x = x * self.channel(x)
