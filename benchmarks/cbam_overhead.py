@@ -1,6 +1,6 @@
 """Training-step cost of CBAM-ResNet-50 against plain ResNet-50 (shared/SPEC.md, "The cost that FLOPs hide").
 
-Rows: plain ResNet-50, our CBAM on the default path (impl="fast": the fused Function, C++ kernels on CPU), on the
+Rows: plain ResNet-50, our CBAM on the default path (impl="fast": one C++ op per block on CPU), on the
 straightforward path (impl="reference"), and timm's CBAM (if timm is installed), each eager and, with --compile,
 torch.compile'd (there our CBAM traces its straightforward formulation and the compiler fuses it).
 One step = forward + cross-entropy + backward + SGD step. CPU: batch 16, 112 px, float32, all cores.

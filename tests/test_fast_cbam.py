@@ -2,9 +2,9 @@
 
 Same weights (one state_dict loaded into both), every ablation variant: forward output, input gradient and every
 parameter gradient must agree to 1e-5 in float32, in train and eval mode, with contiguous and channels_last
-inputs, and with the fused Function (ablation/attention/fused.py) on each of its backends: the C++ kernels and
-the PyTorch-op kernels (which CUDA uses). Parameters and BN statistics are randomised first (with the official
-init the spatial BN weight is 0 and the spatial branch would be invisible).
+inputs, and on each implementation of the fused path (ablation/attention/fused.py): the whole-module C++ op
+and the FusedCBAM Function on PyTorch ops (which CUDA uses). Parameters and BN statistics are randomised first
+(with the official init the spatial BN weight is 0 and the spatial branch would be invisible).
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(params=["cpp", "torch"], ids=["cpp-kernels", "torch-kernels"])
+@pytest.fixture(params=["cpp", "torch"], ids=["cpp-op", "torch-kernels"])
 def backend(request, monkeypatch) -> str:
-    """Every test runs once per backend of the fused Function; "torch" is what CUDA and compiler-less CPUs use."""
+    """Every test runs once per implementation of the fused path: "cpp", the whole-module C++ op where it applies
+    (contiguous CPU float32 / float64), "torch", the FusedCBAM Function on PyTorch ops everywhere (what CUDA,
+    AMP and compiler-less CPUs use)."""
     if request.param == "torch":
-        monkeypatch.setattr(fused, "kernels_for", lambda x: fused.TorchKernels)
+        monkeypatch.setattr(fused, "uses_cpp_op", lambda x, params: False)
     return request.param
 
 
@@ -164,9 +166,58 @@ def test_cpu_kernels_are_built_and_used() -> None:
     """The C++ kernels must build on a machine like CI's (g++ + ninja): a silent fallback would keep the results
     and lose the speed, so it is a failure here."""
     assert cpu_kernels_available()
-    assert fused.kernels_for(torch.randn(2, 4, 3, 3)) is fused.CppKernels
-    assert fused.kernels_for(torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last)) is fused.TorchKernels
-    assert fused.kernels_for(torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)) is fused.TorchKernels
+    params = fused.module_params(CBAM(4, reduction=2))
+    assert fused.uses_cpp_op(torch.randn(2, 4, 3, 3), params)
+    assert not fused.uses_cpp_op(torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last), params)
+    assert not fused.uses_cpp_op(torch.randn(2, 4, 3, 3, dtype=torch.bfloat16), params)  # AMP
+    assert not fused.uses_cpp_op(torch.randn(2, 4, 3, 3, dtype=torch.float64), params)  # map and weights differ
+
+
+@pytest.mark.parametrize("order", fused.FUSED_ORDERS)
+def test_cpu_float32_training_runs_the_cpp_op(order: str, monkeypatch) -> None:
+    """The speed is in the C++ op: every fused arrangement, forward and forward_add, must reach it on CPU."""
+    calls: list[str] = []
+    real = fused._cpp_op
+    monkeypatch.setattr(fused, "_cpp_op", lambda module, *args: calls.append(module.order) or real(module, *args))
+    module = CBAM(C, reduction=4, order=order).train()
+    x = torch.randn(2, C, 5, 5, requires_grad=True)
+    (module(x).sum() + module.forward_add(x, x).sum()).backward()
+    assert calls == [order, order]
+
+
+@MODES
+@pytest.mark.parametrize(
+    "bn_options",
+    [{"momentum": None}, {"track_running_stats": False}, {"affine": False}],
+    ids=["cumulative-average", "no-running-stats", "no-affine"],
+)
+def test_spatial_bn_follows_batchnorm_rules(bn_options: dict, train: bool, backend: str) -> None:
+    """The C++ op computes the spatial gate's BatchNorm itself: it must follow nn.BatchNorm2d's rules for the
+    settings a user could give it (running statistics, momentum None, no affine parameters), over two steps."""
+    reference = randomize(CBAM(C, reduction=4, impl="reference")).train(train).double()
+    fast = CBAM(C, reduction=4).train(train).double()
+    for module in (reference, fast):
+        module.spatial.bn = nn.BatchNorm2d(1, **bn_options).double().train(train)
+    fast.load_state_dict(reference.state_dict())
+    for step in range(2):
+        x = torch.randn(3, C, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+        results = []
+        for module in (reference, fast):
+            module.zero_grad()
+            xi = x.clone().requires_grad_()
+            module(xi).square().sum().backward()
+            results.append([xi.grad, *(p.grad for p in module.parameters()), *module.buffers()])
+        for got, want in zip(results[1], results[0], strict=True):
+            assert max_diff(got.double(), want.double()) < 1e-11
+
+
+def test_cpp_op_refuses_higher_order_gradients() -> None:
+    """The op's backward is not itself differentiable: create_graph=True must fail loudly, not give a wrong
+    second derivative."""
+    module = CBAM(C, reduction=4).train()
+    x = torch.randn(2, C, 5, 5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(module(x).sum(), x, create_graph=True)
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3, 7])
@@ -181,8 +232,8 @@ def test_direct_spatial_conv_matches_conv2d(size: tuple[int, int], channels: int
     want = nn.functional.conv2d(d, w, padding=kernel_size // 2)
     grad = torch.randn_like(want)
     want_gd, want_gw = torch.autograd.grad(want, (d, w), grad)
-    got = fused.CppKernels.conv(d.detach(), w.detach(), kernel_size // 2)
-    got_gd, got_gw = fused.CppKernels.conv_backward(grad, d.detach(), w.detach(), kernel_size // 2)
+    got = torch.ops.ablation_cbam.spatial_conv(d.detach(), w.detach())
+    got_gd, got_gw = torch.ops.ablation_cbam.spatial_conv_backward(grad, d.detach(), w.detach())
     for a, b in ((got, want), (got_gd, want_gd), (got_gw, want_gw)):
         assert max_diff(a, b) < 1e-12
 

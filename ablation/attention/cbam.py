@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ablation.attention.channel import ChannelGate, check_pools
-from ablation.attention.fused import FusedCBAM, fused_supported, module_params
+from ablation.attention.fused import fused_cbam, fused_supported
 from ablation.attention.spatial import SpatialGate, check_spatial
 from ablation.errors import ConfigError
 
@@ -97,7 +97,7 @@ class CBAM(nn.Module):
         """``self(x) + residual`` (a new tensor), the residual block's addition. The fused path does the addition
         in its gating pass instead of writing CBAM's output and reading it back; same values, one map pass less."""
         if self._runs_fused(x) and residual.shape == x.shape and residual.dtype == x.dtype:
-            return FusedCBAM.apply(self, x, residual, *module_params(self))
+            return fused_cbam(self, x, residual)
         return self(x) + residual
 
     def _runs_fused(self, x: Tensor) -> bool:
@@ -108,7 +108,7 @@ class CBAM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._runs_fused(x):
-            return FusedCBAM.apply(self, x, None, *module_params(self))
+            return fused_cbam(self, x, None)
         if self.order == "channel-first":
             x = x * self.channel(x)
             return x * self.spatial(x)

@@ -1,6 +1,6 @@
-"""Build (once) and load the fused C++ CPU kernels of csrc/cbam_cpu.cpp as ``torch.ops.ablation_cbam``.
+"""Build (once) and load CBAM's C++ CPU op and kernels (csrc/cbam_cpu*.cpp) as ``torch.ops.ablation_cbam``.
 
-Built on first use with PyTorch's own extension builder (g++ and ninja; about 15 s on 2 cores) and cached by it
+Built on first use with PyTorch's own extension builder (g++ and ninja; about 30 s on 2 cores) and cached by it
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); later processes only load the library.
 Concurrent first uses are serialised by PyTorch's lock file. Without a compiler, or with
 ``ABLATION_CPU_KERNELS=0``, :func:`cpu_kernels_available` is False and the fused path runs on PyTorch ops instead
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "cbam_cpu.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("cbam_cpu.cpp", "cbam_cpu_function.cpp")]
 NAME = "ablation_cbam_cpu"
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
@@ -44,7 +44,7 @@ def cpu_kernels_available() -> bool:
 
 
 def prepare_for(model: torch.nn.Module, device: torch.device) -> None:
-    """Build / load the kernels now if ``model`` will use them on ``device``, so that a first build (~15 s) is
+    """Build / load the kernels now if ``model`` will use them on ``device``, so that a first build (~30 s) is
     not counted in the first epoch's time and throughput."""
     if device.type == "cpu" and any(getattr(m, "fused", False) for m in model.modules()):
         cpu_kernels_available()
@@ -54,7 +54,7 @@ def _load() -> bool:
     if os.environ.get("ABLATION_CPU_KERNELS", "1") == "0":
         _why_not.append("ABLATION_CPU_KERNELS=0")
         return False
-    if hasattr(torch.ops, "ablation_cbam") and hasattr(torch.ops.ablation_cbam, "gate_forward"):
+    if hasattr(torch.ops, "ablation_cbam") and hasattr(torch.ops.ablation_cbam, "cbam"):
         return True
     try:
         # Importing the builder logs a warning about CUDA_HOME on machines without CUDA; irrelevant for a CPU
@@ -67,11 +67,11 @@ def _load() -> bool:
         finally:
             builder_log.setLevel(level)
         if _first_build():
-            print("building CBAM's C++ CPU kernels (once per machine, ~15 s)", file=sys.stderr, flush=True)
+            print("building CBAM's C++ CPU kernels (once per machine, ~30 s)", file=sys.stderr, flush=True)
         # -O3 and the build machine's vector units: the library is built where it runs, never shipped.
         load(
             name=NAME,
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,

@@ -7,7 +7,7 @@ For a map x (N, C, H, W), channel gate c (N, C) and spatial gate s (N, H*W), eve
                        (s = 1 without a spatial gate),
 
 with Ms's descriptor D = [sum_c x * a; max_c x * ce], a = ce / C (the channel mean) or, for the learned 1x1 conv
-descriptor, a = ce * w (and no max). The big-map passes are six kernels (``Kernels``):
+descriptor, a = ce * w (and no max). The big-map passes are six kernels:
 
     forward:  channel_stats (mean, max over positions)  spatial_stats (D)  gate_forward (out, + residual)
     backward: gate_backward (grads of c and s)  spatial_backward (grads of a and ce from D)  input_grad (grad x)
@@ -26,10 +26,14 @@ Gradient of x, term by term (the reference path's autograd computes the same sum
     + [x * ce == dmax] * ce * gdmax / ties      through its channel max (shared among ties, as amax)
     + gpa / HW + [x == pmax] * gpm / ties       through the channel gate's avg and max pools
 
-On CPU (float32/float64, contiguous) the kernels are C++ (csrc/cbam_cpu.cpp); elsewhere, and where that cannot be
-built, ``TorchKernels`` computes them with PyTorch ops (same math; on CUDA this still saves the memory of the
-intermediate maps). Under ``torch.compile`` the CBAM module uses the straightforward formulation instead, which
-the compiler fuses itself.
+Two implementations of that computation (``fused_cbam`` picks one):
+- On CPU (contiguous float32/float64 maps) the whole module, forward and backward, is one C++ op,
+  ``torch.ops.ablation_cbam.cbam`` (csrc/cbam_cpu_function.cpp, map passes in csrc/cbam_cpu.cpp): no Python between
+  the passes, which on 2 cores was a third of what the fused path still cost over plain ResNet.
+- Elsewhere (CUDA, AMP's bfloat16/float16, channels_last, or where the C++ cannot be built) ``FusedCBAM``: this
+  module's autograd Function, the map passes in PyTorch ops (``TorchKernels``; on CUDA this still saves the memory
+  of the intermediate maps) and the small parts below.
+Under ``torch.compile`` the CBAM module uses the straightforward formulation instead, which the compiler fuses.
 """
 
 from __future__ import annotations
@@ -125,85 +129,56 @@ class TorchKernels:
         return gx
 
 
-class CppKernels:
-    """The six map passes as the fused C++ kernels (contiguous CPU float32/float64 maps), and the spatial gate's
-    k x k conv as a direct one-output-channel kernel (2-5x faster than im2col + GEMM on these small maps)."""
-
-    @staticmethod
-    def conv(descriptor: Tensor, weight: Tensor, padding: int) -> Tensor:
-        return torch.ops.ablation_cbam.spatial_conv(descriptor.contiguous(), weight)
-
-    @staticmethod
-    def conv_backward(grad: Tensor, descriptor: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, Tensor]:
-        gd, gw = torch.ops.ablation_cbam.spatial_conv_backward(grad.contiguous(), descriptor.contiguous(), weight)
-        return gd, gw
-
-    @staticmethod
-    def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        avg, mx, cnt = torch.ops.ablation_cbam.channel_stats(x.flatten(2))
-        return avg, mx, cnt
-
-    @staticmethod
-    def spatial_stats(x: Tensor, a: Tensor, ce: Tensor, with_max: bool) -> tuple[Tensor, Tensor | None, Tensor]:
-        dw, dmax, dcnt = torch.ops.ablation_cbam.spatial_stats(x.flatten(2), a.contiguous(), ce.contiguous())
-        return dw, dmax if with_max else None, dcnt
-
-    @staticmethod
-    def gate_forward(x: Tensor, c: Tensor, s: Tensor, residual: Tensor | None) -> Tensor:
-        # 4-d in, 4-d out: a view of the result would be refused by autograd (the block's in-place ReLU).
-        if residual is not None:
-            residual = residual.contiguous()
-        return torch.ops.ablation_cbam.gate_forward(x, c.contiguous(), s.contiguous(), residual)
-
-    @staticmethod
-    def gate_backward(g: Tensor, x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        gc, gs = torch.ops.ablation_cbam.gate_backward(g.flatten(2), x.flatten(2), c.contiguous(), s.contiguous())
-        return gc, gs
-
-    @staticmethod
-    def spatial_backward(
-        x: Tensor, ce: Tensor, dmax: Tensor | None, dcnt: Tensor | None, gdw: Tensor, gdmax: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
-        if dmax is None or gdmax is None:
-            dmax, rd = torch.zeros_like(gdw), torch.zeros_like(gdw)
-        else:
-            rd = gdmax / dcnt
-        ga, gm = torch.ops.ablation_cbam.spatial_backward(x.flatten(2), ce.contiguous(), dmax, gdw.contiguous(), rd)
-        return ga, gm
-
-    @staticmethod
-    def input_grad(g: Tensor, x: Tensor, terms: dict[str, Tensor | None]) -> Tensor:
-        per_channel = terms["c"]
-        zeros_c, zeros_p = torch.zeros_like(per_channel), torch.zeros_like(terms["s"])
-        gdw = terms["gdw"] if terms["gdw"] is not None else zeros_p
-        if terms["dmax"] is not None and terms["gdmax"] is not None:
-            dmax, rd = terms["dmax"], terms["gdmax"] / terms["dcnt"]
-        else:
-            dmax, rd = zeros_p, zeros_p
-        hw = x.shape[2] * x.shape[3]
-        pa = terms["gpa"] / hw if terms["gpa"] is not None else zeros_c
-        if terms["pmax"] is not None and terms["gpm"] is not None:
-            pmax, rp = terms["pmax"], terms["gpm"] / terms["pcnt"]
-        else:
-            pmax, rp = zeros_c, zeros_c
-        return torch.ops.ablation_cbam.input_grad(
-            g.contiguous(),
-            x,
-            *(t.contiguous() for t in (terms["c"], terms["s"], terms["a"], terms["ce"], dmax, gdw, rd)),
-            *(t.contiguous() for t in (pa, pmax, rp)),
-        )
+ORDER_CODES = {name: code for code, name in enumerate(FUSED_ORDERS)}  # as csrc/cbam_cpu_function.cpp numbers them
+POOL_CODES = {"avg": 0, "max": 1}
 
 
-def kernels_for(x: Tensor) -> type[TorchKernels] | type[CppKernels]:
-    """C++ kernels for contiguous float32/float64 CPU maps (when they build), PyTorch ops otherwise."""
-    if (
+def uses_cpp_op(x: Tensor, params: list[Tensor | None]) -> bool:
+    """Whether the whole-module C++ op runs this call: contiguous float32/float64 CPU maps with parameters of the
+    same dtype, when the kernels build. Otherwise (CUDA, AMP's bfloat16/float16 maps, channels_last, no compiler)
+    ``FusedCBAM`` runs the same math with its map passes in PyTorch ops."""
+    return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and x.is_contiguous()
+        and all(p is None or p.dtype == x.dtype for p in params)
         and cpu_kernels_available()
-    ):
-        return CppKernels
-    return TorchKernels
+    )
+
+
+def fused_cbam(module: CBAM, x: Tensor, residual: Tensor | None) -> Tensor:
+    """CBAM(x) (+ residual) for the variants of ``fused_supported``, on the C++ op where it applies."""
+    params = module_params(module)
+    if uses_cpp_op(x, params):
+        return _cpp_op(module, x, residual, params)
+    return FusedCBAM.apply(module, x, residual, *params)
+
+
+def _cpp_op(module: CBAM, x: Tensor, residual: Tensor | None, params: list[Tensor | None]) -> Tensor:
+    w1, b1, w2, b2, compress_w, conv_w, bn_w, bn_b = params
+    channel, spatial = module.channel, module.spatial
+    bn = spatial.bn if spatial is not None else None
+    return torch.ops.ablation_cbam.cbam(
+        x,
+        residual,
+        w1,
+        b1,
+        w2,
+        b2,
+        compress_w,
+        conv_w,
+        bn is not None,
+        bn_w,
+        bn_b,
+        None if bn is None else bn.running_mean,
+        None if bn is None else bn.running_var,
+        None if bn is None else bn.num_batches_tracked,
+        [] if channel is None else [POOL_CODES[name] for name in channel.pools],
+        ORDER_CODES[module.order],
+        bn is not None and bn.training,
+        None if bn is None else bn.momentum,
+        1e-5 if bn is None else bn.eps,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,22 +237,25 @@ class SpatialPart:
     """s = sigmoid(BN(conv(descriptor))) on (N, k, H, W); the forward updates the BN's running statistics as
     the module would, and keeps the batch statistics its backward needs."""
 
-    def __init__(self, module: CBAM, kernels, descriptor: Tensor, conv_w: Tensor, bn_w, bn_b) -> None:
+    def __init__(self, module: CBAM, descriptor: Tensor, conv_w: Tensor, bn_w, bn_b) -> None:
         gate = module.spatial
         self.descriptor, self.conv_w, self.padding = descriptor, conv_w, gate.conv.padding[0]
-        # The C++ conv only for the dtype the small parts run in when it matches the map's (not under AMP).
-        self.kernels = kernels if descriptor.dtype in (torch.float32, torch.float64) else TorchKernels
-        self.conv = self.kernels.conv(descriptor, conv_w, self.padding)
+        self.conv = TorchKernels.conv(descriptor, conv_w, self.padding)
         bn = gate.bn
         self.bn, self.bn_w = bn, bn_w
         if bn is None:
             logits = self.conv
         else:
-            self.training = bn.training
-            if bn.training:
+            # nn.BatchNorm's rules: batch statistics in training or without running ones; the running ones
+            # updated with the momentum, or the cumulative average when it is None.
+            self.batch_stats = bn.training or bn.running_mean is None
+            factor = bn.momentum or 0.0
+            if bn.training and bn.num_batches_tracked is not None:
                 bn.num_batches_tracked.add_(1)
+                if bn.momentum is None:
+                    factor = 1.0 / float(bn.num_batches_tracked)
             logits, self.save_mean, self.save_invstd = torch.native_batch_norm(
-                self.conv, bn_w, bn_b, bn.running_mean, bn.running_var, bn.training, bn.momentum, bn.eps
+                self.conv, bn_w, bn_b, bn.running_mean, bn.running_var, self.batch_stats, factor, bn.eps
             )
         self.s = torch.sigmoid(logits).flatten(1)  # (N, H*W)
 
@@ -297,11 +275,11 @@ class SpatialPart:
                 bn.running_var,
                 self.save_mean,
                 self.save_invstd,
-                self.training,
+                self.batch_stats,
                 bn.eps,
-                [True, True, True],
+                [True, self.bn_w is not None, self.bn_w is not None],  # affine=False: no BN parameters
             )
-        grads["descriptor"], grads["conv_w"] = self.kernels.conv_backward(
+        grads["descriptor"], grads["conv_w"] = TorchKernels.conv_backward(
             g_conv, self.descriptor, self.conv_w, self.padding
         )
         return grads
@@ -335,10 +313,8 @@ class FusedCBAM(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         (x,) = ctx.saved_tensors
-        kernels, (channel, spatial), small = ctx.kernels, ctx.parts, ctx.small
+        kernels, (channel, spatial), small = TorchKernels, ctx.parts, ctx.small
         kd, pd = x.dtype, ctx.param_dtype  # map passes / small parts
-        if kernels is CppKernels:
-            g = g.contiguous()
         gc, gs = kernels.gate_backward(g, x, small["c"], small["s"])
         gc = gc.to(pd)
         spatial_grads: dict[str, Tensor | None] = {}
@@ -386,7 +362,7 @@ class FusedCBAM(torch.autograd.Function):
 
 
 def _forward(ctx: Any, module: CBAM, x: Tensor, residual: Tensor | None, params: tuple[Tensor | None, ...]) -> Tensor:
-    kernels = kernels_for(x)
+    kernels = TorchKernels
     w1, b1, w2, b2, compress_w, conv_w, bn_w, bn_b = params
     kd = x.dtype
     pd = next(p.dtype for p in params if p is not None)
@@ -408,10 +384,10 @@ def _forward(ctx: Any, module: CBAM, x: Tensor, residual: Tensor | None, params:
         dw, dmax, dcnt = kernels.spatial_stats(x, a, ce_k, compress_w is None)
         parts = [dw] if dmax is None else [dw, dmax]
         descriptor = torch.stack(parts, 1).view(n, len(parts), h, w).to(pd)
-        spatial = SpatialPart(module, kernels, descriptor, conv_w, bn_w, bn_b)
+        spatial = SpatialPart(module, descriptor, conv_w, bn_w, bn_b)
         s_k = spatial.s.to(kd)
     out = kernels.gate_forward(x, c_k, s_k, residual)
-    ctx.kernels, ctx.parts, ctx.param_dtype = kernels, (channel, spatial), pd
+    ctx.parts, ctx.param_dtype = (channel, spatial), pd
     ctx.sequential, ctx.compress_w = module.order == "channel-first", compress_w
     ctx.small = {
         "c": c_k,

@@ -16,6 +16,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cbam_cpu.h"
+
 #include <algorithm>
 #include <limits>
 #include <optional>
@@ -91,6 +93,10 @@ void check_small(const at::Tensor& t, int64_t rows, int64_t cols, at::ScalarType
                   t.scalar_type() == type,
               name, " must be a contiguous CPU tensor of shape (", rows, ", ", cols, ") and the map's dtype");
 }
+
+}  // namespace
+
+namespace cbam_cpu {
 
 // Per (n, c): mean and max over the HW positions, and how many positions equal the max (for the max's gradient,
 // shared among ties as PyTorch's amax does).
@@ -393,18 +399,20 @@ std::vector<at::Tensor> spatial_conv_backward(const at::Tensor& gout, const at::
   return {gd, gw_parts.sum(0, /*keepdim=*/true)};
 }
 
-}  // namespace
+}  // namespace cbam_cpu
 
+// The map passes one by one, for the tests; training calls the whole-module op of cbam_cpu_function.cpp.
 TORCH_LIBRARY(ablation_cbam, m) {
-  m.def("spatial_conv(Tensor d, Tensor w) -> Tensor", &spatial_conv);
-  m.def("spatial_conv_backward(Tensor gout, Tensor d, Tensor w) -> Tensor[]", &spatial_conv_backward);
-  m.def("channel_stats(Tensor x) -> Tensor[]", &channel_stats);
-  m.def("spatial_stats(Tensor x, Tensor a, Tensor ce) -> Tensor[]", &spatial_stats);
-  m.def("gate_forward(Tensor x, Tensor c, Tensor s, Tensor? residual) -> Tensor", &gate_forward);
-  m.def("gate_backward(Tensor g, Tensor x, Tensor c, Tensor s) -> Tensor[]", &gate_backward);
-  m.def("spatial_backward(Tensor x, Tensor ce, Tensor dmax, Tensor gdw, Tensor rd) -> Tensor[]", &spatial_backward);
+  m.def("spatial_conv(Tensor d, Tensor w) -> Tensor", &cbam_cpu::spatial_conv);
+  m.def("spatial_conv_backward(Tensor gout, Tensor d, Tensor w) -> Tensor[]", &cbam_cpu::spatial_conv_backward);
+  m.def("channel_stats(Tensor x) -> Tensor[]", &cbam_cpu::channel_stats);
+  m.def("spatial_stats(Tensor x, Tensor a, Tensor ce) -> Tensor[]", &cbam_cpu::spatial_stats);
+  m.def("gate_forward(Tensor x, Tensor c, Tensor s, Tensor? residual) -> Tensor", &cbam_cpu::gate_forward);
+  m.def("gate_backward(Tensor g, Tensor x, Tensor c, Tensor s) -> Tensor[]", &cbam_cpu::gate_backward);
+  m.def("spatial_backward(Tensor x, Tensor ce, Tensor dmax, Tensor gdw, Tensor rd) -> Tensor[]",
+        &cbam_cpu::spatial_backward);
   m.def(
       "input_grad(Tensor g, Tensor x, Tensor c, Tensor s, Tensor a, Tensor ce, Tensor dmax, Tensor gdw, Tensor rd, "
       "Tensor pa, Tensor pmax, Tensor rp) -> Tensor",
-      &input_grad);
+      &cbam_cpu::input_grad);
 }
