@@ -21,6 +21,7 @@ import yaml
 from ablation.attention.cpu_kernels import cpu_kernels_state
 from ablation.data.sources import load_arrays
 from ablation.grid import Cell, build_network
+from ablation.host_memory import host_memory_state
 from ablation.mlflow_store import MlflowTracker, SweepStore
 from ablation.train import resolve_device, seed_everything, train_job
 
@@ -155,9 +156,13 @@ def log_artifacts(
             "config": cell.config.model_dump(mode="json"),
         }
         (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        # The kernels' state is not cached with the rest: a sweep's first cell may be a plain arm that never
-        # needed them.
-        environment = {**_environment(device), "cbam_cpu_kernels": cpu_kernels_state()}
+        # The kernels' and malloc's states are not cached with the rest: a sweep's first cell may be a plain arm
+        # that never needed the kernels, and both are set by the first training job.
+        environment = {
+            **_environment(device),
+            "cbam_cpu_kernels": cpu_kernels_state(),
+            "host_memory": host_memory_state(),
+        }
         (folder / "environment.json").write_text(json.dumps(environment, indent=2, default=str))
         learning_curve(history, folder / "learning_curve.png", title=cell.name)
         for name in ("config.yaml", "environment.json", "learning_curve.png"):

@@ -38,6 +38,7 @@ from ablation.config import RunConfig, TrainConfig, config_hash
 from ablation.data.catalog import DatasetInfo
 from ablation.data.loaders import make_loaders
 from ablation.distributed import SINGLE, DistContext, all_reduce_sum, barrier, broadcast_buffers, broadcast_object
+from ablation.host_memory import keep_freed_memory
 from ablation.metrics import topk_correct
 from ablation.tracker import Tracker
 
@@ -205,6 +206,7 @@ def train_job(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     prepare_for(model, device)  # a first build of CBAM's CPU kernels must not count as training time
+    keep_freed_memory()  # no page faults for the maps freed and re-allocated every step (host_memory.py)
     train_loader, val_loader = make_loaders(
         config.data,
         info,

@@ -15,7 +15,10 @@ CUDA torch.cuda.max_memory_allocated over two steps; CPU the growth of the proce
 (ru_maxrss after - RSS before the first step; weights and optimiser state exist before). Also, per row, the bytes
 of the tensors autograd saves for backward (saved_tensors_hooks, each storage once), the part CBAM changes.
 
-    python benchmarks/cbam_overhead.py [--reps 15] [--warmup 2] [--compile] [--no-memory]
+Host malloc: by default the settings training runs with (ablation/host_memory.py: freed memory stays in the
+process); --malloc default shows glibc's own behaviour, and the "faults" column the page faults it costs.
+
+    python benchmarks/cbam_overhead.py [--reps 15] [--warmup 2] [--compile] [--no-memory] [--malloc default]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ablation.host_memory import keep_freed_memory
 from ablation.models import build_model
 
 TIMM_ROW = "timm cbam"
@@ -115,13 +119,23 @@ def saved_bytes(setup: Setup, model: nn.Module) -> int:
     return sum(seen.values())
 
 
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def peak_memory_child(name: str, batch: int | None, size: int | None) -> None:
+def set_malloc(mode: str) -> str:
+    """ "kept": what training processes run with (ablation/host_memory.py); "default": glibc's own thresholds."""
+    return keep_freed_memory() if mode == "kept" else "glibc defaults"
+
+
+def peak_memory_child(name: str, batch: int | None, size: int | None, malloc: str) -> None:
     """Run in a fresh process: two training steps of one row; print its peak memory growth as JSON."""
+    set_malloc(malloc)
     setup = Setup(batch, size)
     make = models()[name]
     assert not isinstance(make, str), make
@@ -147,6 +161,7 @@ def peak_memory(name: str, args: argparse.Namespace) -> int | None:
     command = [sys.executable, __file__, "--peak-memory-of", name]
     command += [f"--batch={args.batch}"] if args.batch else []
     command += [f"--size={args.size}"] if args.size else []
+    command += [f"--malloc={args.malloc}"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{"):
@@ -163,14 +178,21 @@ def main() -> None:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--size", type=int, default=None)
+    parser.add_argument(
+        "--malloc",
+        choices=["kept", "default"],
+        default="kept",
+        help="host malloc: freed memory kept in the process, as training runs (default), or glibc's defaults",
+    )
     parser.add_argument("--peak-memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory_of:
-        peak_memory_child(args.peak_memory_of, args.batch, args.size)
+        peak_memory_child(args.peak_memory_of, args.batch, args.size, args.malloc)
         return
 
+    malloc = set_malloc(args.malloc)
     setup = Setup(args.batch, args.size)
-    print(f"{setup.describe()}, reps {args.reps} (warm-up {args.warmup}), interleaved")
+    print(f"{setup.describe()}, reps {args.reps} (warm-up {args.warmup}), interleaved, host malloc: {malloc}")
     modes = ["eager", "compiled"] if args.compile else ["eager"]
     steps: dict[tuple[str, str], Callable[[], None]] = {}
     saved: dict[str, int] = {}
@@ -187,6 +209,7 @@ def main() -> None:
         peaks[name] = peak_memory(name, args) if args.memory else None
 
     times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    faults: dict[tuple[str, str], list[int]] = {key: [] for key in steps}
     for key, step in steps.items():  # warm-up (and compilation) outside the timed repetitions
         t0 = time.perf_counter()
         for _ in range(args.warmup):
@@ -196,10 +219,11 @@ def main() -> None:
     for _ in range(args.reps):
         for key, step in steps.items():
             setup.sync()
-            t0 = time.perf_counter()
+            f0, t0 = minor_faults(), time.perf_counter()
             step()
             setup.sync()
             times[key].append(time.perf_counter() - t0)
+            faults[key].append(minor_faults() - f0)
 
     def paired(key: tuple[str, str], base: tuple[str, str]) -> str:
         if base not in times:
@@ -208,7 +232,7 @@ def main() -> None:
 
     print(
         f"{'model':20s} {'mode':8s} {'step ms':>8s} {'x plain':>7s} {'x timm':>7s} "
-        f"{'peak MiB':>9s} {'saved MiB':>9s}   step ms min / max"
+        f"{'peak MiB':>9s} {'saved MiB':>9s} {'faults':>7s}   step ms min / max"
     )
     for (name, mode), ts in times.items():
         peak = peaks.get(name)
@@ -216,10 +240,12 @@ def main() -> None:
         print(
             f"{name:20s} {mode:8s} {statistics.median(ts) * 1e3:8.1f} {paired((name, mode), ('plain', mode))} "
             f"{paired((name, mode), (TIMM_ROW, mode))} {peak_text} {saved[name] / 2**20:9.0f}"
+            f" {statistics.median(faults[(name, mode)]):7.0f}"
             f"   {min(ts) * 1e3:.0f} / {max(ts) * 1e3:.0f}"
         )
     what = "CUDA max allocated" if setup.cuda else "peak RSS growth"
     print(f"peak = {what} over two steps in a fresh process; saved = tensors autograd keeps for backward")
+    print("faults = minor page faults per step (host memory handed back to the kernel and faulted in again)")
     print("targets: CBAM step <= 1.10x plain in the same mode; <= 0.80x timm's CBAM step")
 
 

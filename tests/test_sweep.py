@@ -71,7 +71,9 @@ def test_sweep_tracks_every_cell_and_the_table_equals_the_runs(tmp_path, tiny_np
         if run.data.params["model.attention.type"] == "cbam":
             # A reader comparing timings must see which CBAM implementation ran.
             local = client.download_artifacts(run.info.run_id, "environment.json", str(tmp_path / run.info.run_id))
-            assert json.loads(Path(local).read_text())["cbam_cpu_kernels"] == "loaded"
+            environment = json.loads(Path(local).read_text())
+            assert environment["cbam_cpu_kernels"] == "loaded"
+            assert environment["host_memory"] == "kept"
         assert run.inputs.dataset_inputs[0].dataset.name == "npz"
         last = client.get_metric_history(run.info.run_id, "val/top1_err")[-1].value
         assert run.data.metrics["final/top1_err_last"] == last

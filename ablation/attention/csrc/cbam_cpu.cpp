@@ -101,6 +101,7 @@ namespace cbam_cpu {
 // Per (n, c): mean and max over the HW positions, and how many positions equal the max (for the max's gradient,
 // shared among ties as PyTorch's amax does).
 std::vector<at::Tensor> channel_stats(const at::Tensor& x) {
+  CBAM_STAGE("cbam::channel_stats");
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   auto avg = at::empty({N, C}, x.options());
@@ -125,6 +126,7 @@ std::vector<at::Tensor> channel_stats(const at::Tensor& x) {
 
 // Per (n, position): dw = sum_c x * a[n, c]; dmax = max_c x * ce[n, c] and how many channels reach it.
 std::vector<at::Tensor> spatial_stats(const at::Tensor& x, const at::Tensor& a, const at::Tensor& ce) {
+  CBAM_STAGE("cbam::spatial_stats");
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   check_small(a, N, C, x.scalar_type(), "a");
@@ -173,6 +175,7 @@ std::vector<at::Tensor> spatial_stats(const at::Tensor& x, const at::Tensor& a, 
 // gated map it would otherwise have to write and read back.
 at::Tensor gate_forward(const at::Tensor& x, const at::Tensor& c, const at::Tensor& s,
                         const std::optional<at::Tensor>& residual) {
+  CBAM_STAGE("cbam::gate_forward");
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   check_small(c, N, C, x.scalar_type(), "c");
@@ -211,6 +214,7 @@ at::Tensor gate_forward(const at::Tensor& x, const at::Tensor& c, const at::Tens
 // Gradients of out = x * c * s reaching the two gates: gc = sum_positions g * x * s, gs = sum_c g * x * c.
 std::vector<at::Tensor> gate_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& c,
                                       const at::Tensor& s) {
+  CBAM_STAGE("cbam::gate_backward");
   check_map(x, "x");
   check_map(g, "grad");
   TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(), "grad must match x");
@@ -250,6 +254,7 @@ std::vector<at::Tensor> gate_backward(const at::Tensor& g, const at::Tensor& x, 
 //   ga = sum_positions x * gdw,   gm = sum_positions x * rd * [x * ce == dmax]   (rd = grad of dmax / tie count).
 std::vector<at::Tensor> spatial_backward(const at::Tensor& x, const at::Tensor& ce, const at::Tensor& dmax,
                                          const at::Tensor& gdw, const at::Tensor& rd) {
+  CBAM_STAGE("cbam::spatial_backward");
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
   check_small(ce, N, C, x.scalar_type(), "ce");
@@ -284,6 +289,7 @@ std::vector<at::Tensor> spatial_backward(const at::Tensor& x, const at::Tensor& 
 at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor& c, const at::Tensor& s,
                       const at::Tensor& a, const at::Tensor& ce, const at::Tensor& dmax, const at::Tensor& gdw,
                       const at::Tensor& rd, const at::Tensor& pa, const at::Tensor& pmax, const at::Tensor& rp) {
+  CBAM_STAGE("cbam::input_grad");
   check_map(x, "x");
   check_map(g, "grad");
   TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(), "grad must match x");
@@ -326,6 +332,7 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor
 // a few hundred MACs per position; general convolution kernels (im2col + GEMM, oneDNN) spend more than that on
 // set-up for the small maps of the later stages.
 at::Tensor spatial_conv(const at::Tensor& d, const at::Tensor& w) {
+  CBAM_STAGE("cbam::spatial_conv");
   TORCH_CHECK(d.device().is_cpu() && d.dim() == 4 && d.is_contiguous(), "descriptor must be contiguous (N, K, H, W)");
   TORCH_CHECK(w.dim() == 4 && w.size(0) == 1 && w.size(1) == d.size(1) && w.size(2) == w.size(3) &&
                   w.size(2) % 2 == 1 && w.scalar_type() == d.scalar_type(),
@@ -361,6 +368,7 @@ at::Tensor spatial_conv(const at::Tensor& d, const at::Tensor& w) {
 // gw[k, i, j] = sum_{n, y, x} gout[n, y, x] * d[n, k, y + i - p, x + j - p] (per-sample partial sums, then summed:
 // no two threads write the same place).
 std::vector<at::Tensor> spatial_conv_backward(const at::Tensor& gout, const at::Tensor& d, const at::Tensor& w) {
+  CBAM_STAGE("cbam::spatial_conv_backward");
   TORCH_CHECK(gout.is_contiguous() && d.is_contiguous() && gout.scalar_type() == d.scalar_type(),
               "grad and descriptor must be contiguous, of one dtype");
   const int64_t N = d.size(0), K = d.size(1), H = d.size(2), W = d.size(3), k = w.size(2), p = k / 2;

@@ -4,9 +4,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 
 #include <optional>
 #include <vector>
+
+// A named stage in torch.profiler's tables (free when no profiler is recording).
+#define CBAM_STAGE(name) RECORD_FUNCTION(name, std::vector<c10::IValue>())
 
 namespace cbam_cpu {
 

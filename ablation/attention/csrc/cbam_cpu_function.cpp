@@ -45,6 +45,7 @@ struct BnForward {
 BnForward bn_sigmoid_forward(const Tensor& v, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                              const Tensor& running_var, const Tensor& num_batches_tracked, bool training,
                              std::optional<double> momentum, double eps) {
+  CBAM_STAGE("cbam::spatial_bn_sigmoid");
   BnForward r;
   const int64_t M = v.numel();
   r.batch_stats = training || !running_mean.defined();
@@ -88,6 +89,7 @@ BnForward bn_sigmoid_forward(const Tensor& v, const Tensor& weight, const Tensor
 // Backward of bn_sigmoid_forward from dL/ds: {dL/dv (N, 1, H, W), dL/dweight, dL/dbias}.
 std::vector<Tensor> bn_sigmoid_backward(const Tensor& gs, const Tensor& s, const Tensor& v, const Tensor& weight,
                                         const Tensor& bias, double mean, double invstd, bool batch_stats) {
+  CBAM_STAGE("cbam::spatial_bn_sigmoid_backward");
   const int64_t M = v.numel();
   auto gv = at::empty_like(v);
   auto gw = weight.defined() ? at::empty_like(weight) : Tensor();
@@ -147,6 +149,7 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
       auto stats = cbam_cpu::channel_stats(x);
       pmax = stats[1];
       pcnt = stats[2];
+      CBAM_STAGE("cbam::channel_mlp");
       std::vector<Tensor> pooled_list;
       for (const int64_t p : pools) pooled_list.push_back(p == kAvg ? stats[0] : stats[1]);
       const auto P = static_cast<int64_t>(pools.size());
@@ -275,6 +278,7 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
 
     Tensor g_w1, g_b1, g_w2, g_b2, gpa, gpm;
     if (has_channel) {
+      CBAM_STAGE("cbam::channel_mlp_backward");
       const Tensor pooled = get("pooled"), hidden = get("hidden"), hidden_sum = get("hidden_sum");
       const Tensor w1 = get("w1"), w2 = get("w2");
       const int64_t P = pooled.size(0), R = hidden.size(2);
