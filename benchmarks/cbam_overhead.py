@@ -19,6 +19,7 @@ Host malloc: by default the settings training runs with (ablation/host_memory.py
 process); --malloc default shows glibc's own behaviour, and the "faults" column the page faults it costs.
 
     python benchmarks/cbam_overhead.py [--reps 15] [--warmup 2] [--compile] [--no-memory] [--malloc default]
+                                       [--size 224] [--order spatial-first]
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ from ablation.models import build_model
 TIMM_ROW = "timm cbam"
 
 
-def models() -> dict[str, Callable[[], nn.Module] | str]:
-    """name -> constructor, or a message why the row is skipped."""
+def models(order: str = "channel-first") -> dict[str, Callable[[], nn.Module] | str]:
+    """name -> constructor, or a message why the row is skipped. ``order``: our CBAM rows' arrangement (timm's
+    CBAM is channel-first whatever it is)."""
+    cbam = {"type": "cbam", "order": order}
     rows: dict[str, Callable[[], nn.Module] | str] = {
         "plain": lambda: build_model("resnet50", num_classes=1000, attention={"type": "none"}),
-        "cbam fast (default)": lambda: build_model("resnet50", num_classes=1000, attention={"type": "cbam"}),
-        "cbam reference": lambda: build_model(
-            "resnet50", num_classes=1000, attention={"type": "cbam", "impl": "reference"}
-        ),
+        "cbam fast (default)": lambda: build_model("resnet50", num_classes=1000, attention=cbam),
+        "cbam reference": lambda: build_model("resnet50", num_classes=1000, attention={**cbam, "impl": "reference"}),
     }
     try:
         import timm
@@ -133,11 +134,11 @@ def set_malloc(mode: str) -> str:
     return keep_freed_memory() if mode == "kept" else "glibc defaults"
 
 
-def peak_memory_child(name: str, batch: int | None, size: int | None, malloc: str) -> None:
+def peak_memory_child(name: str, args: argparse.Namespace) -> None:
     """Run in a fresh process: two training steps of one row; print its peak memory growth as JSON."""
-    set_malloc(malloc)
-    setup = Setup(batch, size)
-    make = models()[name]
+    set_malloc(args.malloc)
+    setup = Setup(args.batch, args.size)
+    make = models(args.order)[name]
     assert not isinstance(make, str), make
     model, opt = setup.model(make)
     step = setup.step_fn(model, opt)
@@ -161,7 +162,7 @@ def peak_memory(name: str, args: argparse.Namespace) -> int | None:
     command = [sys.executable, __file__, "--peak-memory-of", name]
     command += [f"--batch={args.batch}"] if args.batch else []
     command += [f"--size={args.size}"] if args.size else []
-    command += [f"--malloc={args.malloc}"]
+    command += [f"--malloc={args.malloc}", f"--order={args.order}"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{"):
@@ -177,6 +178,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models (slow to build)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument(
+        "--order",
+        choices=["channel-first", "spatial-first", "parallel"],
+        default="channel-first",
+        help="our CBAM rows' arrangement (paper Table 3); timm's row stays channel-first",
+    )
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument(
         "--malloc",
@@ -187,17 +194,20 @@ def main() -> None:
     parser.add_argument("--peak-memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory_of:
-        peak_memory_child(args.peak_memory_of, args.batch, args.size, args.malloc)
+        peak_memory_child(args.peak_memory_of, args)
         return
 
     malloc = set_malloc(args.malloc)
     setup = Setup(args.batch, args.size)
-    print(f"{setup.describe()}, reps {args.reps} (warm-up {args.warmup}), interleaved, host malloc: {malloc}")
+    print(
+        f"{setup.describe()}, reps {args.reps} (warm-up {args.warmup}), interleaved, host malloc: {malloc}, "
+        f"our CBAM {args.order}"
+    )
     modes = ["eager", "compiled"] if args.compile else ["eager"]
     steps: dict[tuple[str, str], Callable[[], None]] = {}
     saved: dict[str, int] = {}
     peaks: dict[str, int | None] = {}
-    for name, make in models().items():
+    for name, make in models(args.order).items():
         if isinstance(make, str):
             print(f"{name}: {make}")
             continue

@@ -135,7 +135,7 @@ def test_ties_share_the_max_gradient_like_amax(train: bool) -> None:
 
 FUSED_VARIANTS = [
     {"order": order, "channel_pool": pools, "spatial": descriptor, "spatial_bn": bn}
-    for order in fused.FUSED_ORDERS
+    for order in fused.FUSED_ORDERS + fused.CPP_ONLY_ORDERS
     for pools in (["avg"], ["max"], ["avg", "max"], ["max", "avg"])
     for descriptor in ("pool", "conv")
     for bn in (True, False)
@@ -154,7 +154,7 @@ def test_fused_variants_in_float64(options: dict, train: bool) -> None:
 
 @BACKENDS
 @MODES
-@pytest.mark.parametrize("order", fused.FUSED_ORDERS)
+@pytest.mark.parametrize("order", fused.FUSED_ORDERS + fused.CPP_ONLY_ORDERS)
 def test_fused_ties_in_both_maxima(order: str, train: bool) -> None:
     """Non-positive maps with many exact zeros: the channel max of x * c and the spatial max of x tie at many
     places at once; the gradient must be shared among the ties exactly as amax shares it."""
@@ -173,7 +173,7 @@ def test_cpu_kernels_are_built_and_used() -> None:
     assert not fused.uses_cpp_op(torch.randn(2, 4, 3, 3, dtype=torch.float64), params)  # map and weights differ
 
 
-@pytest.mark.parametrize("order", fused.FUSED_ORDERS)
+@pytest.mark.parametrize("order", fused.FUSED_ORDERS + fused.CPP_ONLY_ORDERS)
 def test_cpu_float32_training_runs_the_cpp_op(order: str, monkeypatch) -> None:
     """The speed is in the C++ op: every fused arrangement, forward and forward_add, must reach it on CPU."""
     calls: list[str] = []
@@ -357,8 +357,7 @@ def test_se_runs_fused_and_matches_its_reference() -> None:
 
 
 def test_variants_outside_the_fused_function_keep_the_per_op_fast_path() -> None:
-    for options in ({"order": "spatial-first"}, {"order": "parallel", "parallel_combine": "sum-logits"}):
-        assert not CBAM(C, **options).fused
+    assert not CBAM(C, order="parallel", parallel_combine="sum-logits").fused
     assert not CBAM(C, channel_pool=["avg", "lse"]).fused
     assert CBAM(C, channel_pool=["avg", "lse"]).channel.fast
 

@@ -89,15 +89,18 @@ class CBAM(nn.Module):
         for gate in (self.channel, self.spatial):
             if gate is not None:
                 gate.fast = impl == "fast"
-        # impl="fast" runs the variants FusedCBAM covers through it (ablation/attention/fused.py), and the others
-        # (spatial-first, sum-logits, lp/lse pools) through the gates' per-op fast path.
+        # impl="fast" runs the variants the fused path covers through it (ablation/attention/fused.py: the C++ op
+        # on CPU, FusedCBAM elsewhere; spatial-first only on the C++ op), and the others (sum-logits, lp/lse
+        # pools) through the gates' per-op fast path.
         self.fused = impl == "fast" and fused_supported(self)
 
     def forward_add(self, x: Tensor, residual: Tensor) -> Tensor:
         """``self(x) + residual`` (a new tensor), the residual block's addition. The fused path does the addition
         in its gating pass instead of writing CBAM's output and reading it back; same values, one map pass less."""
         if self._runs_fused(x) and residual.shape == x.shape and residual.dtype == x.dtype:
-            return fused_cbam(self, x, residual)
+            out = fused_cbam(self, x, residual)
+            if out is not None:
+                return out
         return self(x) + residual
 
     def _runs_fused(self, x: Tensor) -> bool:
@@ -108,7 +111,9 @@ class CBAM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._runs_fused(x):
-            return fused_cbam(self, x, None)
+            out = fused_cbam(self, x, None)
+            if out is not None:
+                return out
         if self.order == "channel-first":
             x = x * self.channel(x)
             return x * self.spatial(x)

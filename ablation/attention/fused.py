@@ -7,7 +7,9 @@ For a map x (N, C, H, W), channel gate c (N, C) and spatial gate s (N, H*W), eve
                        (s = 1 without a spatial gate),
 
 with Ms's descriptor D = [sum_c x * a; max_c x * ce], a = ce / C (the channel mean) or, for the learned 1x1 conv
-descriptor, a = ce * w (and no max). The big-map passes are six kernels:
+descriptor, a = ce * w (and no max). Spatial-first (the C++ op only) is s = Ms(x), c = Mc(x * s): the channel
+pools read the gated map, so their gradients reach s and x scaled by s (csrc/cbam_cpu.cpp, pool_grad_positions
+and input_grad). The big-map passes are six kernels:
 
     forward:  channel_stats (mean, max over positions)  spatial_stats (D)  gate_forward (out, + residual)
     backward: gate_backward (grads of c and s)  spatial_backward (grads of a and ce from D)  input_grad (grad x)
@@ -50,13 +52,16 @@ from ablation.attention.fast import small_conv
 if TYPE_CHECKING:
     from ablation.attention.cbam import CBAM
 
-FUSED_ORDERS = ("channel-first", "parallel", "channel-only", "spatial-only")
+FUSED_ORDERS = ("channel-first", "parallel", "channel-only", "spatial-only")  # both implementations
+CPP_ONLY_ORDERS = ("spatial-first",)  # the C++ op only; elsewhere the per-op path of the gates
 FUSED_POOLS = {"avg", "max"}
 
 
 def fused_supported(module: CBAM) -> bool:
-    """Whether ``module``'s variant is one ``FusedCBAM`` computes (others use the per-op fast path)."""
-    if module.order not in FUSED_ORDERS or (module.order == "parallel" and module.parallel_combine != "product"):
+    """Whether ``module``'s variant is one the fused path computes (others use the per-op fast path)."""
+    if module.order not in FUSED_ORDERS + CPP_ONLY_ORDERS:
+        return False
+    if module.order == "parallel" and module.parallel_combine != "product":
         return False
     return module.channel is None or set(module.channel.pools) <= FUSED_POOLS
 
@@ -129,7 +134,7 @@ class TorchKernels:
         return gx
 
 
-ORDER_CODES = {name: code for code, name in enumerate(FUSED_ORDERS)}  # as csrc/cbam_cpu_function.cpp numbers them
+ORDER_CODES = {name: code for code, name in enumerate(FUSED_ORDERS + CPP_ONLY_ORDERS)}  # as the C++ op numbers them
 POOL_CODES = {"avg": 0, "max": 1}
 
 
@@ -146,11 +151,14 @@ def uses_cpp_op(x: Tensor, params: list[Tensor | None]) -> bool:
     )
 
 
-def fused_cbam(module: CBAM, x: Tensor, residual: Tensor | None) -> Tensor:
-    """CBAM(x) (+ residual) for the variants of ``fused_supported``, on the C++ op where it applies."""
+def fused_cbam(module: CBAM, x: Tensor, residual: Tensor | None) -> Tensor | None:
+    """CBAM(x) (+ residual) for the variants of ``fused_supported``, on the C++ op where it applies; None where
+    neither implementation covers the call (spatial-first off the C++ op): the caller runs the per-op path."""
     params = module_params(module)
     if uses_cpp_op(x, params):
         return _cpp_op(module, x, residual, params)
+    if module.order in CPP_ONLY_ORDERS:
+        return None
     return FusedCBAM.apply(module, x, residual, *params)
 
 
@@ -324,20 +332,23 @@ class FusedCBAM(torch.autograd.Function):
             gdesc = spatial_grads["descriptor"].flatten(2).to(kd)  # (N, k, H*W)
             gdw = gdesc[:, 0]
             gdmax = gdesc[:, 1] if small["dmax"] is not None else None
-            ga, gm = kernels.spatial_backward(x, small["ce"], small["dmax"], small["dcnt"], gdw, gdmax)
-            ga = ga.to(pd)
-            # a = ce / C, or ce * w for the conv descriptor; dmax depends on ce too (through x * ce).
             compress_w = ctx.compress_w
-            channels = x.shape[1]
-            if compress_w is not None:
-                g_compress = (ga * small["ce_p"]).sum(0).view_as(compress_w)
-                g_ce = ga * compress_w.view(1, channels)
-            else:
-                g_ce = ga / channels
-            if gm is not None:
-                g_ce = g_ce + gm.to(pd)
-            if ctx.sequential:
-                gc = gc + g_ce
+            # Only channel-first's ce is a gate with a gradient; the others need this pass only for the 1x1
+            # conv descriptor's weight.
+            if ctx.sequential or compress_w is not None:
+                ga, gm = kernels.spatial_backward(x, small["ce"], small["dmax"], small["dcnt"], gdw, gdmax)
+                ga = ga.to(pd)
+                # a = ce / C, or ce * w for the conv descriptor; dmax depends on ce too (through x * ce).
+                channels = x.shape[1]
+                if compress_w is not None:
+                    g_compress = (ga * small["ce_p"]).sum(0).view_as(compress_w)
+                    g_ce = ga * compress_w.view(1, channels)
+                else:
+                    g_ce = ga / channels
+                if gm is not None:
+                    g_ce = g_ce + gm.to(pd)
+                if ctx.sequential:
+                    gc = gc + g_ce
         channel_grads: dict[str, Tensor | None] = channel.backward(gc) if channel is not None else {}
 
         gx = None

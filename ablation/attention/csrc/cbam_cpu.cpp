@@ -98,23 +98,36 @@ void check_small(const at::Tensor& t, int64_t rows, int64_t cols, at::ScalarType
 
 namespace cbam_cpu {
 
-// Per (n, c): mean and max over the HW positions, and how many positions equal the max (for the max's gradient,
-// shared among ties as PyTorch's amax does).
-std::vector<at::Tensor> channel_stats(const at::Tensor& x) {
+// Per (n, c): mean and max over the HW positions of x, or of x * s[n, position] when s is given (spatial-first
+// CBAM pools the spatially gated map), and how many positions equal the max (for the max's gradient, shared among
+// ties as PyTorch's amax does).
+std::vector<at::Tensor> channel_stats(const at::Tensor& x, const std::optional<at::Tensor>& s) {
   CBAM_STAGE("cbam::channel_stats");
   check_map(x, "x");
   const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
+  const bool scaled = s.has_value() && s->defined();
+  if (scaled) check_small(*s, N, HW, x.scalar_type(), "s");
   auto avg = at::empty({N, C}, x.options());
   auto mx = at::empty({N, C}, x.options());
   auto cnt = at::empty({N, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_stats", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* sp = scaled ? s->data_ptr<scalar_t>() : nullptr;
     scalar_t *ap = avg.data_ptr<scalar_t>(), *mp = mx.data_ptr<scalar_t>(), *cp = cnt.data_ptr<scalar_t>();
     at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t b, int64_t e) {
+      std::vector<scalar_t> gated(scaled ? HW : 0);  // one row of x * s, in L1 for the two reads below
       for (int64_t r = b; r < e; ++r) {
+        const scalar_t* row = xp + r * HW;
+        if (scaled) {
+          const scalar_t* srow = sp + (r / C) * HW;
+          scalar_t* gp = gated.data();
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < HW; ++j) gp[j] = row[j] * srow[j];
+          row = gp;
+        }
         scalar_t sum, m;
         int64_t count;
-        row_sum_max_count(xp + r * HW, HW, sum, m, count);
+        row_sum_max_count(row, HW, sum, m, count);
         ap[r] = sum / static_cast<scalar_t>(HW);
         mp[r] = m;
         cp[r] = static_cast<scalar_t>(count);
@@ -282,13 +295,54 @@ std::vector<at::Tensor> spatial_backward(const at::Tensor& x, const at::Tensor& 
   return {ga, gm};
 }
 
+// Spatial-first: the channel pools read y = x * s, so the spatial gate s also receives, per (n, position),
+//   sum_c x * (pa + [x * s == pmax] * rp)          (pa = grad of the mean / HW, rp = grad of the max / ties).
+at::Tensor pool_grad_positions(const at::Tensor& x, const at::Tensor& s, const at::Tensor& pa, const at::Tensor& pmax,
+                               const at::Tensor& rp) {
+  CBAM_STAGE("cbam::pool_grad_positions");
+  check_map(x, "x");
+  const int64_t N = x.size(0), C = x.size(1), HW = positions(x);
+  check_small(s, N, HW, x.scalar_type(), "s");
+  for (const auto* t : {&pa, &pmax, &rp}) check_small(*t, N, C, x.scalar_type(), "per-channel input");
+  auto gs = at::empty({N, HW}, x.options());
+  const int64_t B = position_block(C, HW);
+  const int64_t blocks = (HW + B - 1) / B;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_grad_positions", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>();
+    const scalar_t *pap = pa.data_ptr<scalar_t>(), *pmp = pmax.data_ptr<scalar_t>(), *rpp = rp.data_ptr<scalar_t>();
+    scalar_t* gp = gs.data_ptr<scalar_t>();
+    at::parallel_for(0, N * blocks, 1, [&](int64_t b, int64_t e) {
+      std::vector<scalar_t> acc(B);
+      for (int64_t task = b; task < e; ++task) {
+        const int64_t n = task / blocks, h0 = (task % blocks) * B, len = std::min(B, HW - h0);
+        std::fill(acc.begin(), acc.end(), scalar_t(0));
+        scalar_t* accp = acc.data();
+        const scalar_t* srow = sp + n * HW + h0;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* col = xp + (n * C + c) * HW + h0;
+          const scalar_t pav = pap[n * C + c], pmv = pmp[n * C + c], rpv = rpp[n * C + c];
+        _Pragma("omp simd")
+          for (int64_t j = 0; j < len; ++j) {
+            const scalar_t v = col[j];
+            accp[j] += v * (pav + ((v * srow[j] == pmv) ? rpv : scalar_t(0)));
+          }
+        }
+        std::copy(accp, accp + len, gp + n * HW + h0);
+      }
+    });
+  });
+  return gs;
+}
+
 // The whole gradient of the input in one pass:
 //   gx = g * c * s                          (through the gated product)
 //      + gdw * a + [x * ce == dmax] * ce * rd  (through the spatial descriptor: weighted sum and channel max)
-//      + pa + [x == pmax] * rp               (through the channel pools: pa = grad of mean / HW, rp = of max / ties)
+//      + pa + [x == pmax] * rp               (through the channel pools: pa = grad of mean / HW, rp = of max / ties;
+//                                             spatial-first: (pa + [x * s == pmax] * rp) * s, the pools read x * s)
 at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor& c, const at::Tensor& s,
                       const at::Tensor& a, const at::Tensor& ce, const at::Tensor& dmax, const at::Tensor& gdw,
-                      const at::Tensor& rd, const at::Tensor& pa, const at::Tensor& pmax, const at::Tensor& rp) {
+                      const at::Tensor& rd, const at::Tensor& pa, const at::Tensor& pmax, const at::Tensor& rp,
+                      bool pools_see_s) {
   CBAM_STAGE("cbam::input_grad");
   check_map(x, "x");
   check_map(g, "grad");
@@ -312,13 +366,25 @@ at::Tensor input_grad(const at::Tensor& g, const at::Tensor& x, const at::Tensor
         const scalar_t *srow = sp + n * HW, *mrow = mp + n * HW, *gwrow = gwp + n * HW, *rdrow = rdp + n * HW;
         const scalar_t cv = cp[r], av = apt[r], cev = cep[r], pav = pap[r], pmv = pmp[r], rpv = rpp[r];
         scalar_t* orow = op + r * HW;
-        _Pragma("omp simd")
-        for (int64_t j = 0; j < HW; ++j) {
-          const scalar_t v = xrow[j];
-          scalar_t out = grow[j] * cv * srow[j] + gwrow[j] * av + pav;
-          out += (v * cev == mrow[j]) ? cev * rdrow[j] : scalar_t(0);
-          out += (v == pmv) ? rpv : scalar_t(0);
-          orow[j] = out;
+        if (pools_see_s) {
+          // Spatial-first: the channel pools read y = x * s, so their terms reach x scaled by s.
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < HW; ++j) {
+            const scalar_t v = xrow[j], sv = srow[j];
+            scalar_t out = grow[j] * cv * sv + gwrow[j] * av;
+            out += (v * cev == mrow[j]) ? cev * rdrow[j] : scalar_t(0);
+            out += (pav + ((v * sv == pmv) ? rpv : scalar_t(0))) * sv;
+            orow[j] = out;
+          }
+        } else {
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < HW; ++j) {
+            const scalar_t v = xrow[j];
+            scalar_t out = grow[j] * cv * srow[j] + gwrow[j] * av + pav;
+            out += (v * cev == mrow[j]) ? cev * rdrow[j] : scalar_t(0);
+            out += (v == pmv) ? rpv : scalar_t(0);
+            orow[j] = out;
+          }
         }
       }
     });
@@ -413,7 +479,7 @@ std::vector<at::Tensor> spatial_conv_backward(const at::Tensor& gout, const at::
 TORCH_LIBRARY(ablation_cbam, m) {
   m.def("spatial_conv(Tensor d, Tensor w) -> Tensor", &cbam_cpu::spatial_conv);
   m.def("spatial_conv_backward(Tensor gout, Tensor d, Tensor w) -> Tensor[]", &cbam_cpu::spatial_conv_backward);
-  m.def("channel_stats(Tensor x) -> Tensor[]", &cbam_cpu::channel_stats);
+  m.def("channel_stats(Tensor x, Tensor? s=None) -> Tensor[]", &cbam_cpu::channel_stats);
   m.def("spatial_stats(Tensor x, Tensor a, Tensor ce) -> Tensor[]", &cbam_cpu::spatial_stats);
   m.def("gate_forward(Tensor x, Tensor c, Tensor s, Tensor? residual) -> Tensor", &cbam_cpu::gate_forward);
   m.def("gate_backward(Tensor g, Tensor x, Tensor c, Tensor s) -> Tensor[]", &cbam_cpu::gate_backward);
@@ -421,6 +487,8 @@ TORCH_LIBRARY(ablation_cbam, m) {
         &cbam_cpu::spatial_backward);
   m.def(
       "input_grad(Tensor g, Tensor x, Tensor c, Tensor s, Tensor a, Tensor ce, Tensor dmax, Tensor gdw, Tensor rd, "
-      "Tensor pa, Tensor pmax, Tensor rp) -> Tensor",
+      "Tensor pa, Tensor pmax, Tensor rp, bool pools_see_s=False) -> Tensor",
       &cbam_cpu::input_grad);
+  m.def("pool_grad_positions(Tensor x, Tensor s, Tensor pa, Tensor pmax, Tensor rp) -> Tensor",
+        &cbam_cpu::pool_grad_positions);
 }

@@ -27,8 +27,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using OptTensor = std::optional<Tensor>;
 
-// CBAM.order as fused.py passes it (FUSED_ORDERS' positions), and the channel pools.
-constexpr int64_t kChannelFirst = 0, kParallel = 1, kChannelOnly = 2, kSpatialOnly = 3;
+// CBAM.order as fused.py passes it (ORDER_CODES), and the channel pools.
+constexpr int64_t kChannelFirst = 0, kParallel = 1, kChannelOnly = 2, kSpatialOnly = 3, kSpatialFirst = 4;
 constexpr int64_t kAvg = 0, kMax = 1;
 
 Tensor value_or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
@@ -135,7 +135,7 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
     // the same dtype here), never autocast to a lower one.
     c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
     TORCH_CHECK(x_in.dim() == 4, "cbam: x must be (N, C, H, W)");
-    TORCH_CHECK(order >= kChannelFirst && order <= kSpatialOnly, "cbam: unknown order code ", order);
+    TORCH_CHECK(order >= kChannelFirst && order <= kSpatialFirst, "cbam: unknown order code ", order);
     const Tensor x = x_in.contiguous();
     const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
     const bool has_channel = order != kSpatialOnly, has_spatial = order != kChannelOnly;
@@ -143,10 +143,11 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
     auto& saved = ctx->saved_data;
     const auto ones_c = at::ones({N, C}, x.options());
 
+    // c = sigmoid(sum_p MLP(pool_p(y))), y = x, or x * s after a spatial gate (spatial-first).
     Tensor c = ones_c, pmax, pcnt;
-    if (has_channel) {
+    auto channel_gate = [&](const std::optional<Tensor>& s_first) {
       TORCH_CHECK(w1.has_value() && w2.has_value() && !pools.empty(), "cbam: the channel gate needs its MLP");
-      auto stats = cbam_cpu::channel_stats(x);
+      auto stats = cbam_cpu::channel_stats(x, s_first);
       pmax = stats[1];
       pcnt = stats[2];
       CBAM_STAGE("cbam::channel_mlp");
@@ -162,13 +163,12 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
       saved["pooled"] = pooled;
       saved["hidden"] = hidden;
       saved["hidden_sum"] = hidden_sum;
-    }
-    const Tensor ce = order == kChannelFirst ? c : ones_c;  // the channel gate the spatial gate sees
-
+    };
+    // s = sigmoid(BN(conv(D))), D = [sum_c x * a; max_c x * ce]: a = ce / C (the channel mean) or ce * w (the
+    // learned 1x1 conv, no max); ce = the channel gate the spatial gate sees (channel-first), else 1.
     Tensor s, a;
-    if (has_spatial) {
+    auto spatial_gate = [&](const Tensor& ce) {
       TORCH_CHECK(conv_w.has_value(), "cbam: the spatial gate needs its conv weight");
-      // D = [sum_c x * a; max_c x * ce], a = ce / C (the channel mean) or ce * w (the learned 1x1 conv, no max).
       a = compress_w.has_value() ? ce * compress_w->view({1, C}) : ce / static_cast<double>(C);
       auto stats = cbam_cpu::spatial_stats(x, a.contiguous(), ce.contiguous());
       const Tensor descriptor =
@@ -189,16 +189,23 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
       saved["conv"] = conv;
       saved["dmax"] = stats[1];
       saved["dcnt"] = stats[2];
+    };
+
+    if (order == kSpatialFirst) {
+      spatial_gate(ones_c);
+      channel_gate(s);
     } else {
-      s = at::ones({N, H * W}, x.options());
+      if (has_channel) channel_gate(std::nullopt);
+      if (has_spatial) spatial_gate(order == kChannelFirst ? c : ones_c);
     }
+    if (!has_spatial) s = at::ones({N, H * W}, x.options());
     const Tensor residual = residual_in.has_value() ? residual_in->contiguous() : Tensor();
     Tensor out = cbam_cpu::gate_forward(x, c, s, residual.defined() ? OptTensor(residual) : std::nullopt);
 
     ctx->save_for_backward({x});  // the only map kept: everything below is (N, C) or (N, H*W)
     saved["c"] = c;
     saved["s"] = s;
-    saved["ce"] = ce;
+    saved["ce"] = order == kChannelFirst ? c : ones_c;
     if (a.defined()) saved["a"] = a;
     if (pmax.defined()) {
       saved["pmax"] = pmax;
@@ -234,11 +241,41 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
     };
     const Tensor c = get("c"), s = get("s"), ce = get("ce"), a = get("a");
 
+    const bool spatial_first = order == kSpatialFirst;
+
     auto gate = cbam_cpu::gate_backward(g, x, c, s);
     Tensor gc = gate[0], gs = gate[1];
 
+    // The channel gate's MLP backward from dL/dc: parameter grads and the pools' grads, as pa (grad of the mean /
+    // HW) and, at the max's positions, rp (grad of the max / ties).
+    Tensor g_w1, g_b1, g_w2, g_b2, pa, rp;
+    auto channel_backward = [&] {
+      CBAM_STAGE("cbam::channel_mlp_backward");
+      const Tensor pooled = get("pooled"), hidden = get("hidden"), hidden_sum = get("hidden_sum");
+      const Tensor w1 = get("w1"), w2 = get("w2");
+      const int64_t P = pooled.size(0), R = hidden.size(2);
+      const Tensor g_out = gc * c * (1 - c);  // through the sigmoid; the same for every pool (they are summed)
+      const Tensor g_hidden = at::threshold_backward(at::mm(g_out, w2).unsqueeze(0).expand_as(hidden), hidden, 0);
+      const Tensor g_hidden_rows = g_hidden.reshape({P * N, R});
+      const Tensor g_pooled = at::mm(g_hidden_rows, w1).view({P, N, C});
+      g_w2 = at::mm(g_out.t(), hidden_sum);
+      if (saved.count("b2")) g_b2 = g_out.sum(0) * static_cast<double>(P);
+      g_w1 = at::mm(g_hidden_rows.t(), pooled.reshape({P * N, C}));
+      if (saved.count("b1")) g_b1 = g_hidden_rows.sum(0);
+      const auto pools = saved["pools"].toIntVector();
+      Tensor gpa, gpm;
+      for (int64_t i = 0; i < P; ++i) {
+        Tensor& target = pools[i] == kAvg ? gpa : gpm;
+        target = target.defined() ? target + g_pooled[i] : g_pooled[i];
+      }
+      if (gpa.defined()) pa = (gpa / static_cast<double>(HW)).contiguous();
+      if (gpm.defined()) rp = (gpm / get("pcnt")).contiguous();
+    };
+
+    // The spatial gate's backward from dL/ds: parameter grads, and the descriptor's grads as gdw (weighted sum)
+    // and rd (max / ties). Returns dL/dce through the descriptor (channel-first needs it).
     Tensor g_compress, g_conv_w, g_bn_w, g_bn_b, gdw, dmax, rd;
-    if (has_spatial) {
+    auto spatial_backward = [&]() -> Tensor {
       const Tensor descriptor = get("descriptor"), conv = get("conv"), conv_w = get("conv_w");
       Tensor g_conv;
       if (saved["batch_norm"].toBool()) {
@@ -262,51 +299,44 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
         dmax = at::zeros_like(gdw);
         rd = at::zeros_like(gdw);
       }
-      auto spatial = cbam_cpu::spatial_backward(x, ce, dmax, gdw, rd);
-      // a = ce / C, or ce * w for the conv descriptor; the descriptor's max depends on ce too (through x * ce).
       const Tensor compress_w = get("compress_w");
+      // Only channel-first's ce is a gate with a gradient; the others need this pass only for the 1x1 conv's weight.
+      if (order != kChannelFirst && !compress_w.defined()) return Tensor();
+      // a = ce / C, or ce * w for the conv descriptor; the descriptor's max depends on ce too (through x * ce).
+      auto grads = cbam_cpu::spatial_backward(x, ce, dmax, gdw, rd);
       Tensor g_ce;
       if (compress_w.defined()) {
-        g_compress = (spatial[0] * ce).sum(0).view_as(compress_w);
-        g_ce = spatial[0] * compress_w.view({1, C});
+        g_compress = (grads[0] * ce).sum(0).view_as(compress_w);
+        g_ce = grads[0] * compress_w.view({1, C});
       } else {
-        g_ce = spatial[0] / static_cast<double>(C);
+        g_ce = grads[0] / static_cast<double>(C);
       }
-      if (with_max) g_ce = g_ce + spatial[1];
-      if (order == kChannelFirst) gc = gc + g_ce;
-    }
+      return with_max ? g_ce + grads[1] : g_ce;
+    };
 
-    Tensor g_w1, g_b1, g_w2, g_b2, gpa, gpm;
-    if (has_channel) {
-      CBAM_STAGE("cbam::channel_mlp_backward");
-      const Tensor pooled = get("pooled"), hidden = get("hidden"), hidden_sum = get("hidden_sum");
-      const Tensor w1 = get("w1"), w2 = get("w2");
-      const int64_t P = pooled.size(0), R = hidden.size(2);
-      const Tensor g_out = gc * c * (1 - c);  // through the sigmoid; the same for every pool (they are summed)
-      const Tensor g_hidden = at::threshold_backward(at::mm(g_out, w2).unsqueeze(0).expand_as(hidden), hidden, 0);
-      const Tensor g_hidden_rows = g_hidden.reshape({P * N, R});
-      const Tensor g_pooled = at::mm(g_hidden_rows, w1).view({P, N, C});
-      g_w2 = at::mm(g_out.t(), hidden_sum);
-      if (saved.count("b2")) g_b2 = g_out.sum(0) * static_cast<double>(P);
-      g_w1 = at::mm(g_hidden_rows.t(), pooled.reshape({P * N, C}));
-      if (saved.count("b1")) g_b1 = g_hidden_rows.sum(0);
-      const auto pools = saved["pools"].toIntVector();
-      for (int64_t i = 0; i < P; ++i) {
-        Tensor& target = pools[i] == kAvg ? gpa : gpm;
-        target = target.defined() ? target + g_pooled[i] : g_pooled[i];
+    if (spatial_first) {
+      // c pools y = x * s: its pools' grads reach s too, before the spatial gate's own backward.
+      channel_backward();
+      const auto zeros_c = at::zeros({N, C}, x.options());
+      gs = gs + cbam_cpu::pool_grad_positions(x, s, pa.defined() ? pa : zeros_c, rp.defined() ? get("pmax") : zeros_c,
+                                              rp.defined() ? rp : zeros_c);
+      spatial_backward();
+    } else {
+      if (has_spatial) {
+        const Tensor g_ce = spatial_backward();
+        if (order == kChannelFirst) gc = gc + g_ce;
       }
+      if (has_channel) channel_backward();
     }
 
     Tensor gx;
     if (saved["x_grad"].toBool()) {
       const auto zeros_c = at::zeros({N, C}, x.options());
       const auto zeros_p = at::zeros({N, HW}, x.options());
-      const Tensor pa = gpa.defined() ? gpa / static_cast<double>(HW) : zeros_c;
-      const Tensor pmax = gpm.defined() ? get("pmax") : zeros_c;
-      const Tensor rp = gpm.defined() ? gpm / get("pcnt") : zeros_c;
       gx = cbam_cpu::input_grad(g, x, c, s, a.defined() ? a : zeros_c, ce, dmax.defined() ? dmax : zeros_p,
                                 gdw.defined() ? gdw : zeros_p, rd.defined() ? rd.contiguous() : zeros_p,
-                                pa.contiguous(), pmax, rp.contiguous());
+                                pa.defined() ? pa : zeros_c, rp.defined() ? get("pmax") : zeros_c,
+                                rp.defined() ? rp : zeros_c, spatial_first);
     }
     const Tensor g_residual = saved["residual_grad"].toBool() ? g : Tensor();  // d(out)/d(residual) = identity
     // One entry per forward argument (undefined for the non-tensor ones and the buffers).
