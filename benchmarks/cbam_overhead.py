@@ -130,7 +130,8 @@ def rss_bytes() -> int:
 
 
 def set_malloc(mode: str) -> str:
-    """ "kept": what training processes run with (ablation/host_memory.py); "default": glibc's own thresholds."""
+    """Set host malloc: "kept" is what training processes run with (ablation/host_memory.py), "default" glibc's
+    own thresholds. Returns the setting, for the header line."""
     return keep_freed_memory() if mode == "kept" else "glibc defaults"
 
 

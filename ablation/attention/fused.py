@@ -321,9 +321,9 @@ class FusedCBAM(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         (x,) = ctx.saved_tensors
-        kernels, (channel, spatial), small = TorchKernels, ctx.parts, ctx.small
+        (channel, spatial), small = ctx.parts, ctx.small
         kd, pd = x.dtype, ctx.param_dtype  # map passes / small parts
-        gc, gs = kernels.gate_backward(g, x, small["c"], small["s"])
+        gc, gs = TorchKernels.gate_backward(g, x, small["c"], small["s"])
         gc = gc.to(pd)
         spatial_grads: dict[str, Tensor | None] = {}
         g_compress = gdw = gdmax = None
@@ -336,7 +336,7 @@ class FusedCBAM(torch.autograd.Function):
             # Only channel-first's ce is a gate with a gradient; the others need this pass only for the 1x1
             # conv descriptor's weight.
             if ctx.sequential or compress_w is not None:
-                ga, gm = kernels.spatial_backward(x, small["ce"], small["dmax"], small["dcnt"], gdw, gdmax)
+                ga, gm = TorchKernels.spatial_backward(x, small["ce"], small["dmax"], small["dcnt"], gdw, gdmax)
                 ga = ga.to(pd)
                 # a = ce / C, or ce * w for the conv descriptor; dmax depends on ce too (through x * ce).
                 channels = x.shape[1]
@@ -364,7 +364,7 @@ class FusedCBAM(torch.autograd.Function):
             }
             if terms["gpm"] is None:
                 terms["pmax"] = None
-            gx = kernels.input_grad(g, x, terms)
+            gx = TorchKernels.input_grad(g, x, terms)
         ctx.parts = ctx.small = None  # free the small tensors now, not when the graph goes
         param_grads = [channel_grads.get(k) for k in ("w1", "b1", "w2", "b2")]
         param_grads += [g_compress, spatial_grads.get("conv_w"), spatial_grads.get("bn_w"), spatial_grads.get("bn_b")]
@@ -373,7 +373,6 @@ class FusedCBAM(torch.autograd.Function):
 
 
 def _forward(ctx: Any, module: CBAM, x: Tensor, residual: Tensor | None, params: tuple[Tensor | None, ...]) -> Tensor:
-    kernels = TorchKernels
     w1, b1, w2, b2, compress_w, conv_w, bn_w, bn_b = params
     kd = x.dtype
     pd = next(p.dtype for p in params if p is not None)
@@ -382,7 +381,7 @@ def _forward(ctx: Any, module: CBAM, x: Tensor, residual: Tensor | None, params:
     channel = spatial = None
     pmax = pcnt = dmax = dcnt = a = None
     if module.channel is not None:
-        avg, pmax, pcnt = kernels.channel_stats(x)
+        avg, pmax, pcnt = TorchKernels.channel_stats(x)
         channel = ChannelPart(module.channel.pools, avg.to(pd), pmax.to(pd), w1, b1, w2, b2)
     c = channel.c if channel is not None else ones_c
     ce = c if module.order == "channel-first" else ones_c
@@ -392,12 +391,12 @@ def _forward(ctx: Any, module: CBAM, x: Tensor, residual: Tensor | None, params:
         # D = [sum_c x * a; max_c x * ce] with a = ce / C (the channel mean), or the learned 1x1 conv's
         # sum_c w_c * x * ce (a = ce * w, no max).
         a = (ce * compress_w.view(1, channels) if compress_w is not None else ce / channels).to(kd)
-        dw, dmax, dcnt = kernels.spatial_stats(x, a, ce_k, compress_w is None)
+        dw, dmax, dcnt = TorchKernels.spatial_stats(x, a, ce_k, compress_w is None)
         parts = [dw] if dmax is None else [dw, dmax]
         descriptor = torch.stack(parts, 1).view(n, len(parts), h, w).to(pd)
         spatial = SpatialPart(module, descriptor, conv_w, bn_w, bn_b)
         s_k = spatial.s.to(kd)
-    out = kernels.gate_forward(x, c_k, s_k, residual)
+    out = TorchKernels.gate_forward(x, c_k, s_k, residual)
     ctx.parts, ctx.param_dtype = (channel, spatial), pd
     ctx.sequential, ctx.compress_w = module.order == "channel-first", compress_w
     ctx.small = {

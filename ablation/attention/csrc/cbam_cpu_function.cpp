@@ -314,29 +314,39 @@ class CBAMFunction : public torch::autograd::Function<CBAMFunction> {
       return with_max ? g_ce + grads[1] : g_ce;
     };
 
+    // The pools' terms for the kernels: zeros where a pool is absent (adding 0 is exact).
+    const auto zeros_c = at::zeros({N, C}, x.options());
+    Tensor pool_pa = zeros_c, pool_max = zeros_c, pool_rp = zeros_c;
+    auto resolve_pool_terms = [&] {
+      if (pa.defined()) pool_pa = pa;
+      if (rp.defined()) {
+        pool_max = get("pmax");
+        pool_rp = rp;
+      }
+    };
     if (spatial_first) {
       // c pools y = x * s: its pools' grads reach s too, before the spatial gate's own backward.
       channel_backward();
-      const auto zeros_c = at::zeros({N, C}, x.options());
-      gs = gs + cbam_cpu::pool_grad_positions(x, s, pa.defined() ? pa : zeros_c, rp.defined() ? get("pmax") : zeros_c,
-                                              rp.defined() ? rp : zeros_c);
+      resolve_pool_terms();
+      gs = gs + cbam_cpu::pool_grad_positions(x, s, pool_pa, pool_max, pool_rp);
       spatial_backward();
     } else {
       if (has_spatial) {
         const Tensor g_ce = spatial_backward();
         if (order == kChannelFirst) gc = gc + g_ce;
       }
-      if (has_channel) channel_backward();
+      if (has_channel) {
+        channel_backward();
+        resolve_pool_terms();
+      }
     }
 
     Tensor gx;
     if (saved["x_grad"].toBool()) {
-      const auto zeros_c = at::zeros({N, C}, x.options());
       const auto zeros_p = at::zeros({N, HW}, x.options());
       gx = cbam_cpu::input_grad(g, x, c, s, a.defined() ? a : zeros_c, ce, dmax.defined() ? dmax : zeros_p,
-                                gdw.defined() ? gdw : zeros_p, rd.defined() ? rd.contiguous() : zeros_p,
-                                pa.defined() ? pa : zeros_c, rp.defined() ? get("pmax") : zeros_c,
-                                rp.defined() ? rp : zeros_c, spatial_first);
+                                gdw.defined() ? gdw : zeros_p, rd.defined() ? rd.contiguous() : zeros_p, pool_pa,
+                                pool_max, pool_rp, spatial_first);
     }
     const Tensor g_residual = saved["residual_grad"].toBool() ? g : Tensor();  // d(out)/d(residual) = identity
     // One entry per forward argument (undefined for the non-tensor ones and the buffers).
@@ -357,8 +367,8 @@ Tensor cbam(const Tensor& x, const OptTensor& residual, const OptTensor& w1, con
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ablation_cbam, m) {
-  // order: 0 channel-first, 1 parallel (product), 2 channel-only, 3 spatial-only; pools: 0 avg, 1 max, in the
-  // module's order. The BN buffers are updated in place in training, as nn.BatchNorm2d would.
+  // order: 0 channel-first, 1 parallel (product), 2 channel-only, 3 spatial-only, 4 spatial-first; pools: 0 avg,
+  // 1 max, in the module's order. The BN buffers are updated in place in training, as nn.BatchNorm2d would.
   m.def(
       "cbam(Tensor x, Tensor? residual, Tensor? w1, Tensor? b1, Tensor? w2, Tensor? b2, Tensor? compress_w, "
       "Tensor? conv_w, bool batch_norm, Tensor? bn_w, Tensor? bn_b, Tensor(a!)? running_mean, "
