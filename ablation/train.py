@@ -25,6 +25,7 @@ import contextlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,7 +256,7 @@ def train_job(
     if train_cfg.compile == "on":
         # Training steps only (after DDP, as PyTorch recommends); evaluation and checkpoints use ``net``, so saved
         # state_dicts keep their plain keys. The first steps include the compilation time.
-        model = torch.compile(model)
+        model = compile_for_training(model)
 
     for epoch in range(start_epoch, train_cfg.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
@@ -336,6 +337,18 @@ def train_job(
     if dist.is_main:
         tracker.log_metrics(final)
     return TrainResult(history, True, train_time, resumed_from, final)
+
+
+def compile_for_training(model: nn.Module, backend: str | Callable = "inductor") -> nn.Module:
+    """torch.compile for one cell's training steps.
+
+    A worker runs its cells one after another in one process, all through the same code (torchvision's and our
+    forward methods). Dynamo counts each new model structure as a recompilation of that code and, past its
+    recompile limit (8), silently runs that code eagerly from then on: a sweep's later cells would train
+    uncompiled, and their time and throughput would not compare with the earlier cells'. Dropping the earlier
+    cells' compiled code first (nothing else in a worker is compiled) keeps every cell compiled."""
+    torch._dynamo.reset()
+    return torch.compile(model, backend=backend)
 
 
 def _sync(device: torch.device) -> None:

@@ -1,8 +1,9 @@
 """Training-step cost of CBAM-ResNet-50 against plain ResNet-50 (shared/SPEC.md, "The cost that FLOPs hide").
 
 Rows: plain ResNet-50, our CBAM on the default path (impl="fast": one C++ op per block on CPU), on the
-straightforward path (impl="reference"), and timm's CBAM (if timm is installed), each eager and, with --compile,
-torch.compile'd (there our CBAM traces its straightforward formulation and the compiler fuses it).
+straightforward path (impl="reference"), and timm's CBAM (if timm is installed), eager and/or torch.compile'd
+(--mode). Compiled, both of our CBAM rows trace the straightforward formulation, which the compiler fuses with
+the BN before it and the ReLU after it (an opaque C++ op in the graph measured slower: see the README).
 One step = forward + cross-entropy + backward + SGD step. CPU: batch 16, 112 px, float32, all cores.
 CUDA: batch 64, 224 px, AMP (bf16) + channels_last.
 
@@ -18,7 +19,8 @@ of the tensors autograd saves for backward (saved_tensors_hooks, each storage on
 Host malloc: by default the settings training runs with (ablation/host_memory.py: freed memory stays in the
 process); --malloc default shows glibc's own behaviour, and the "faults" column the page faults it costs.
 
-    python benchmarks/cbam_overhead.py [--reps 15] [--warmup 2] [--compile] [--no-memory] [--malloc default]
+    python benchmarks/cbam_overhead.py [--reps 15] [--warmup 2] [--mode eager|compiled|both] [--no-memory]
+                                       [--malloc default]
                                        [--size 224] [--order spatial-first]
 """
 
@@ -176,7 +178,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models (slow to build)")
+    parser.add_argument(
+        "--mode",
+        choices=["eager", "compiled", "both"],
+        default="eager",
+        help="eager models, torch.compile'd ones (slow to build), or both interleaved",
+    )
+    parser.add_argument("--compile", action="store_true", help="the same as --mode both")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory processes")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument(
@@ -204,7 +212,8 @@ def main() -> None:
         f"{setup.describe()}, reps {args.reps} (warm-up {args.warmup}), interleaved, host malloc: {malloc}, "
         f"our CBAM {args.order}"
     )
-    modes = ["eager", "compiled"] if args.compile else ["eager"]
+    mode = "both" if args.compile else args.mode
+    modes = ["eager", "compiled"] if mode == "both" else [mode]
     steps: dict[tuple[str, str], Callable[[], None]] = {}
     saved: dict[str, int] = {}
     peaks: dict[str, int | None] = {}
@@ -214,9 +223,12 @@ def main() -> None:
             continue
         model, opt = setup.model(make)
         saved[name] = saved_bytes(setup, model)
-        for mode in modes:
-            net = torch.compile(model) if mode == "compiled" else model
-            steps[(name, mode)] = setup.step_fn(net, opt)
+        for run_mode in modes:
+            # dynamic=False: the rows share code objects (torchvision's ResNet forward), so without it dynamo's
+            # automatic dynamic shapes would compile every row after the first for symbolic shapes (slower code;
+            # on this PyTorch sometimes a failing backward compilation), which made compiled rows incomparable.
+            net = torch.compile(model, dynamic=False) if run_mode == "compiled" else model
+            steps[(name, run_mode)] = setup.step_fn(net, opt)
         peaks[name] = peak_memory(name, args) if args.memory else None
 
     times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}

@@ -44,7 +44,7 @@ from ablation.data.memory import InMemoryLoader
 from ablation.distributed import DistContext, destroy, init_from_env
 from ablation.models import build_model
 from ablation.tracker import MemoryTracker
-from ablation.train import EPOCH_METRICS, TrainResult, _evaluate, seed_everything, train_job
+from ablation.train import EPOCH_METRICS, TrainResult, _evaluate, compile_for_training, seed_everything, train_job
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -399,3 +399,23 @@ def test_compiled_training_matches_eager_and_saves_plain_checkpoints(tiny_npz, t
     assert not any(key.startswith("_orig_mod") for key in states["on"])
     eager, compiled = results["off"].history[-1], results["on"].history[-1]
     assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-3)
+
+
+def test_every_cell_of_a_worker_process_is_compiled() -> None:
+    """A worker trains its cells one after another in one process. Past dynamo's recompile limit (8 model
+    structures through the same forward code) a plain torch.compile silently runs later models eagerly; every
+    cell must get its own compiled graph however many came before (a recording backend stands in for inductor)."""
+    graphs: list[int] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(len(gm.graph.nodes))
+        return gm.forward
+
+    x = torch.randn(2, 3, 32, 32)
+    structures = [(k, pools) for pools in (["avg"], ["max"], ["avg", "max"]) for k in (1, 3, 7)] + [(5, ["avg"])]
+    for cell, (k, pools) in enumerate(structures, 1):  # ten different CBAM networks, more than the limit
+        attention = {"type": "cbam", "reduction": 4, "kernel_size": k, "channel_pool": pools}
+        model = build_model("resnet18", width=0.125, stem="cifar", num_classes=10, attention=attention)
+        before = len(graphs)
+        compile_for_training(model, backend=record)(x)
+        assert len(graphs) == before + 1, f"cell {cell} ({k}x{k}, {pools}) ran uncompiled"

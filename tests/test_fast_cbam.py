@@ -260,7 +260,6 @@ def test_fused_path_keeps_only_the_input_for_backward(backend: str) -> None:
 
 
 @BACKENDS
-@BACKENDS
 @MODES
 @pytest.mark.parametrize("order", ["channel-first", "spatial-first"])
 def test_forward_add_is_cbam_plus_the_residual(order: str, train: bool) -> None:
@@ -334,17 +333,48 @@ def test_fused_under_autocast_is_as_close_to_float32_as_the_reference(order: str
     assert errors["fast"] <= 1.5 * errors["reference"] + 1e-3, errors
 
 
-def test_torch_compile_traces_the_straightforward_formulation_in_one_graph() -> None:
-    """torch.compile fuses the straightforward formulation itself: under it, CBAM must not enter the fused
-    Function or the per-op fast pieces (fullgraph=True fails on any graph break), and must give the same values.
-    Dynamo's "eager" backend keeps the test to seconds; what inductor then does with the graph is its business."""
-    module = randomize(CBAM(C, reduction=4)).train()
-    reference = CBAM(C, reduction=4, impl="reference").train()
+@pytest.mark.parametrize("descriptor", ["pool", "conv"])
+def test_torch_compile_traces_the_straightforward_formulation_in_one_graph(descriptor: str) -> None:
+    """torch.compile fuses the straightforward formulation itself: under it, CBAM must not enter the fused path or
+    the per-op fast pieces (fullgraph=True fails on any graph break), must run the spatial conv on the direct C++
+    kernel (the one op the compiler cannot fuse, and oneDNN's is slow for it: compiled_conv.py), and must give the
+    same values. A recording backend runs the captured graph as it is, in seconds."""
+    module = randomize(CBAM(C, reduction=4, spatial=descriptor)).train()
+    reference = CBAM(C, reduction=4, spatial=descriptor, impl="reference").train()
     reference.load_state_dict(module.state_dict())
-    x, residual = torch.randn(3, C, 7, 9), torch.randn(3, C, 7, 9)
+    ops: list = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        ops.extend(node.target for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    x, residual = torch.randn(3, C, 7, 9, requires_grad=True), torch.randn(3, C, 7, 9)
     torch._dynamo.reset()
-    compiled = torch.compile(lambda a, b: module.forward_add(a, b), backend="eager", fullgraph=True)
-    assert max_diff(compiled(x, residual), reference(x) + residual) < TOL
+    compiled = torch.compile(lambda a, b: module.forward_add(a, b), backend=record, fullgraph=True)
+    out = compiled(x, residual)
+    names = [str(op) for op in ops]
+    assert sum("ablation_cbam.spatial_conv" in name for name in names) == 1, names
+    # The one conv2d left is the conv descriptor's 1 x 1 compression (C -> 1), an ordinary conv.
+    assert sum("conv2d" in name for name in names) == (descriptor == "conv"), names
+    want = reference(x) + residual
+    assert max_diff(out, want) < TOL
+    weight = torch.randn_like(want)
+    got_grads = torch.autograd.grad(out, [x, *module.parameters()], weight)
+    want_grads = torch.autograd.grad(want, [x, *reference.parameters()], weight)
+    for got, expected in zip(got_grads, want_grads, strict=True):
+        assert max_diff(got, expected) < TOL
+
+
+def test_compiled_spatial_conv_passes_torch_library_opcheck() -> None:
+    """PyTorch's own checks of the conv op as the compiler sees it: schema, fake kernel against the real one,
+    autograd registration (gradients against its own backward op), and AOT dispatch."""
+    assert cpu_kernels_available()
+    d = torch.randn(3, 2, 7, 9, requires_grad=True)
+    w = torch.randn(1, 2, 7, 7, requires_grad=True)
+    torch.library.opcheck(torch.ops.ablation_cbam.spatial_conv.default, (d, w))
+    # The backward op is differentiable once (as the eager C++ op): checked on plain tensors.
+    backward_args = (torch.randn(3, 1, 7, 9), d.detach(), w.detach())
+    torch.library.opcheck(torch.ops.ablation_cbam.spatial_conv_backward.default, backward_args)
 
 
 def test_se_runs_fused_and_matches_its_reference() -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ablation.attention import compiled_conv
+
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("cbam_cpu.cpp", "cbam_cpu_function.cpp")]
 NAME = "ablation_cbam_cpu"
 _lock = threading.Lock()
@@ -33,8 +35,12 @@ def cpu_kernels_state() -> str:
     return "loaded" if _state["ok"] else f"unavailable: {_why_not[0] if _why_not else 'unknown'}"
 
 
+@torch.compiler.assume_constant_result
 def cpu_kernels_available() -> bool:
-    """True once the C++ kernels are loaded (building them first if needed); False if they cannot be."""
+    """True once the C++ kernels are loaded (building them first if needed); False if they cannot be.
+
+    A constant for torch.compile, evaluated while tracing: its lock (or a first build) inside a traced function
+    would break the graph at every CBAM block."""
     if "ok" in _state:
         return _state["ok"]
     with _lock:
@@ -55,6 +61,7 @@ def _load() -> bool:
         _why_not.append("ABLATION_CPU_KERNELS=0")
         return False
     if hasattr(torch.ops, "ablation_cbam") and hasattr(torch.ops.ablation_cbam, "cbam"):
+        compiled_conv.register()
         return True
     try:
         # Importing the builder logs a warning about CUDA_HOME on machines without CUDA; irrelevant for a CPU
@@ -86,6 +93,7 @@ def _load() -> bool:
             stacklevel=3,
         )
         return False
+    compiled_conv.register()  # what torch.compile needs to keep the spatial conv in its graph
     return True
 
 

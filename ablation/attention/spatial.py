@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ablation.attention import compiled_conv
+from ablation.attention.cpu_kernels import cpu_kernels_available
 from ablation.attention.fast import avg_max, small_conv
 from ablation.errors import ConfigError
 
@@ -61,7 +63,8 @@ class SpatialGate(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """BN(conv(D(x))), (B, 1, H, W), before the sigmoid."""
-        # Under torch.compile the straightforward ops: the compiler fuses them itself, and picks its own conv.
+        # Under torch.compile the straightforward ops, which the compiler fuses itself, and for the conv (which it
+        # cannot fuse) the direct C++ one on CPU (compiled_conv.py).
         fast = self.fast and not torch.compiler.is_compiling()
         if self.compress is None:
             # Paper order [avg; max] (the official code stacks [max; avg]: only the conv's inputs are permuted).
@@ -71,8 +74,13 @@ class SpatialGate(nn.Module):
                 descriptor = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
         else:
             descriptor = self.compress(x)
-        # fast: the same conv (same weight) on a CPU kernel that suits one output channel (fast.small_conv).
-        out = small_conv(descriptor, self.conv.weight, self.conv.padding[0]) if fast else self.conv(descriptor)
+        weight = self.conv.weight
+        if fast:  # the same conv (same weight) on a CPU kernel that suits one output channel (fast.small_conv)
+            out = small_conv(descriptor, weight, self.conv.padding[0])
+        elif self.fast and compiled_conv.applies(descriptor, weight) and cpu_kernels_available():
+            out = compiled_conv.spatial_conv(descriptor, weight)  # compiled, on CPU: the direct C++ conv
+        else:
+            out = self.conv(descriptor)
         return out if self.bn is None else self.bn(out)
 
     def forward(self, x: Tensor) -> Tensor:

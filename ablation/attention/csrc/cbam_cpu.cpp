@@ -477,8 +477,10 @@ std::vector<at::Tensor> spatial_conv_backward(const at::Tensor& gout, const at::
 
 // The map passes one by one, for the tests; training calls the whole-module op of cbam_cpu_function.cpp.
 TORCH_LIBRARY(ablation_cbam, m) {
-  m.def("spatial_conv(Tensor d, Tensor w) -> Tensor", &cbam_cpu::spatial_conv);
-  m.def("spatial_conv_backward(Tensor gout, Tensor d, Tensor w) -> Tensor[]", &cbam_cpu::spatial_conv_backward);
+  // The spatial conv's two ops have CPU kernels only (not catch-all ones), so that compiled_conv.py can give them
+  // the fake kernels and the autograd formula torch.compile needs to keep the conv as a node in its graph.
+  m.def("spatial_conv(Tensor d, Tensor w) -> Tensor");
+  m.def("spatial_conv_backward(Tensor gout, Tensor d, Tensor w) -> Tensor[]");
   m.def("channel_stats(Tensor x, Tensor? s=None) -> Tensor[]", &cbam_cpu::channel_stats);
   m.def("spatial_stats(Tensor x, Tensor a, Tensor ce) -> Tensor[]", &cbam_cpu::spatial_stats);
   m.def("gate_forward(Tensor x, Tensor c, Tensor s, Tensor? residual) -> Tensor", &cbam_cpu::gate_forward);
@@ -491,4 +493,9 @@ TORCH_LIBRARY(ablation_cbam, m) {
       &cbam_cpu::input_grad);
   m.def("pool_grad_positions(Tensor x, Tensor s, Tensor pa, Tensor pmax, Tensor rp) -> Tensor",
         &cbam_cpu::pool_grad_positions);
+}
+
+TORCH_LIBRARY_IMPL(ablation_cbam, CPU, m) {
+  m.impl("spatial_conv", &cbam_cpu::spatial_conv);
+  m.impl("spatial_conv_backward", &cbam_cpu::spatial_conv_backward);
 }
