@@ -2,10 +2,10 @@
 
 A compiled CBAM traces its straightforward formulation, which the compiler fuses with the surrounding BN and ReLU
 (better, measured, than keeping the whole C++ CBAM op opaque in the graph). The one thing it cannot fuse is the
-conv, and for this one-output-channel conv on a 2-channel map the oneDNN kernel it would call is slow: fwd+bwd on
-(16, 2, 28, 28) with a 7 x 7 kernel, 2.5 ms against 0.7 ms for the direct conv, 13 ms against 4 ms over a
-ResNet-50 step at 112 px (2 cores). So on CPU the compiled graph calls the direct conv, through the fake kernels
-and the autograd formula registered here.
+conv, and for this one-output-channel conv on a 2-channel map the oneDNN kernel it would call is slow
+(``benchmarks/spatial_conv.py``, 2 cores, forward + backward, 7 x 7: 2.3-4.6x the direct conv on ResNet-50's
+stages at 112 px; 13-21 ms against 4-7 ms per step over two runs). So on CPU the compiled graph calls the direct
+conv, through the fake kernels and the autograd formula registered here.
 """
 
 from __future__ import annotations
