@@ -2,7 +2,7 @@
 
 Three kernels compute the same convolution: oneDNN (what ``F.conv2d`` and a compiled graph's conv call on CPU),
 ATen's im2col + GEMM (``thnn_conv2d``: ``fast.small_conv``, the per-op fast path) and our direct C++ conv
-(``torch.ops.ablation_cbam.spatial_conv``: the C++ CBAM op, and compiled graphs through compiled_conv.py). Shapes
+(``torch.ops.ablation_cbam.spatial_conv``: the C++ CBAM op, and compiled graphs through direct_conv.py). Shapes
 are ResNet-50's four stages at 112 px, batch 16; the per-step column multiplies by the number of blocks per stage.
 Timing: repetitions interleaved across kernels, medians.
 

@@ -337,7 +337,7 @@ def test_fused_under_autocast_is_as_close_to_float32_as_the_reference(order: str
 def test_torch_compile_traces_the_straightforward_formulation_in_one_graph(descriptor: str) -> None:
     """torch.compile fuses the straightforward formulation itself: under it, CBAM must not enter the fused path or
     the per-op fast pieces (fullgraph=True fails on any graph break), must run the spatial conv on the direct C++
-    kernel (the one op the compiler cannot fuse, and oneDNN's is slow for it: compiled_conv.py), and must give the
+    kernel (the one op the compiler cannot fuse, and oneDNN's is slow for it: direct_conv.py), and must give the
     same values. A recording backend runs the captured graph as it is, in seconds."""
     module = randomize(CBAM(C, reduction=4, spatial=descriptor)).train()
     reference = CBAM(C, reduction=4, spatial=descriptor, impl="reference").train()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ablation.attention import compiled_conv
+from ablation.attention import direct_conv
 
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("cbam_cpu.cpp", "cbam_cpu_function.cpp")]
 NAME = "ablation_cbam_cpu"
@@ -61,7 +61,7 @@ def _load() -> bool:
         _why_not.append("ABLATION_CPU_KERNELS=0")
         return False
     if hasattr(torch.ops, "ablation_cbam") and hasattr(torch.ops.ablation_cbam, "cbam"):
-        compiled_conv.register()
+        direct_conv.register()
         return True
     try:
         # Importing the builder logs a warning about CUDA_HOME on machines without CUDA; irrelevant for a CPU
@@ -93,7 +93,7 @@ def _load() -> bool:
             stacklevel=3,
         )
         return False
-    compiled_conv.register()  # what torch.compile needs to keep the spatial conv in its graph
+    direct_conv.register()  # what torch.compile needs to keep the spatial conv in its graph
     return True
 
 

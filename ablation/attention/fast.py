@@ -10,9 +10,10 @@ not the pooling passes themselves but two pathological kernels:
    among tied maxima; of ``mean``: the gradient / n at every position) in one ``eq``, one bool count and one
    ``where`` that writes the summed avg + max gradient directly.
 2. The k x k convolution of the spatial gate, 2 (or 1) -> 1 channels: oneDNN (mkldnn), which ``F.conv2d`` picks on
-   CPU, is ~10x slower forward and backward for these one-output-channel convolutions on 28 x 28 maps than
-   ATen's plain im2col + GEMM convolution (``thnn_conv2d``, differentiable, same weight layout). On CUDA cuDNN is
-   used as before.
+   CPU, is slow for these one-output-channel convolutions. ``small_conv`` runs our direct C++ conv instead
+   (direct_conv.py; 2.3-4.6x faster than oneDNN forward + backward on ResNet-50's maps, benchmarks/spatial_conv.py),
+   or, where the C++ library cannot be built, ATen's im2col + GEMM convolution (``thnn_conv2d``, about half
+   oneDNN's time there). On CUDA cuDNN is used as before.
 
 Both keep the parameters, the state_dict and the result (up to float rounding: summation order) of the
 reference path; tests/test_fast_cbam.py checks forward and gradients of every ablation variant against it.
@@ -25,6 +26,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ablation.attention import direct_conv
+from ablation.attention.cpu_kernels import cpu_kernels_available
 
 
 class AvgMaxPool(torch.autograd.Function):
@@ -72,11 +76,19 @@ def avg_max(x: Tensor, dims: tuple[int, ...], want_avg: bool, want_max: bool) ->
 def small_conv(x: Tensor, weight: Tensor, padding: int) -> Tensor:
     """A stride-1, bias-free 'same' convolution for the spatial gate's few-channel maps.
 
-    On CPU it runs ATen's im2col + GEMM kernel (``thnn_conv2d``) instead of oneDNN's, which is far slower for a
-    one-output-channel conv; the function computed is identical (same weights, same padding), only the summation
-    order differs. Elsewhere (CUDA) it is ``F.conv2d``.
+    On CPU it runs our direct C++ conv where it applies (``uses_direct_conv``), else ATen's im2col + GEMM kernel
+    (``thnn_conv2d``), instead of oneDNN's, which is slower for a one-output-channel conv; the function computed is
+    identical (same weights, same padding), only the summation order differs. Elsewhere (CUDA) it is ``F.conv2d``.
     """
+    if uses_direct_conv(x, weight, padding):
+        return direct_conv.spatial_conv(x, weight)
     if x.device.type == "cpu" and hasattr(torch._C._nn, "thnn_conv2d"):
         k = weight.shape[-2:]
         return torch._C._nn.thnn_conv2d(x, weight, list(k), None, [1, 1], [padding, padding])
     return F.conv2d(x, weight, padding=padding)
+
+
+def uses_direct_conv(x: Tensor, weight: Tensor, padding: int) -> bool:
+    """Whether small_conv runs the direct C++ conv: a CPU float32/float64 map and weight of one dtype, an odd
+    kernel with 'same' padding, and the C++ library built."""
+    return padding == weight.shape[-1] // 2 and direct_conv.applies(x, weight) and cpu_kernels_available()

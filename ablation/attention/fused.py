@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ablation.attention.cpu_kernels import cpu_kernels_available
-from ablation.attention.fast import small_conv
+from ablation.attention.fast import small_conv, uses_direct_conv
 
 if TYPE_CHECKING:
     from ablation.attention.cbam import CBAM
@@ -196,6 +196,9 @@ def _cpp_op(module: CBAM, x: Tensor, residual: Tensor | None, params: list[Tenso
 
 def conv_backward(grad: Tensor, inp: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, Tensor]:
     """Gradients of small_conv(inp, weight, padding) w.r.t. inp and weight, on the kernel small_conv used."""
+    if uses_direct_conv(inp, weight, padding):
+        gi, gw = torch.ops.ablation_cbam.spatial_conv_backward(grad.contiguous(), inp.contiguous(), weight)
+        return gi, gw
     if inp.device.type == "cpu" and hasattr(torch._C._nn, "thnn_conv2d"):
         k = list(weight.shape[-2:])
         gi, gw, _ = torch.ops.aten._slow_conv2d_backward.output_mask(

@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ablation.attention import compiled_conv
-from ablation.attention.cpu_kernels import cpu_kernels_available
-from ablation.attention.fast import avg_max, small_conv
+from ablation.attention import direct_conv
+from ablation.attention.fast import avg_max, small_conv, uses_direct_conv
 from ablation.errors import ConfigError
 
 DESCRIPTORS = ("pool", "conv")
@@ -64,7 +63,7 @@ class SpatialGate(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """BN(conv(D(x))), (B, 1, H, W), before the sigmoid."""
         # Under torch.compile the straightforward ops, which the compiler fuses itself, and for the conv (which it
-        # cannot fuse) the direct C++ one on CPU (compiled_conv.py).
+        # cannot fuse) the direct C++ one on CPU (direct_conv.py).
         fast = self.fast and not torch.compiler.is_compiling()
         if self.compress is None:
             # Paper order [avg; max] (the official code stacks [max; avg]: only the conv's inputs are permuted).
@@ -74,11 +73,11 @@ class SpatialGate(nn.Module):
                 descriptor = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
         else:
             descriptor = self.compress(x)
-        weight = self.conv.weight
+        weight, padding = self.conv.weight, self.conv.padding[0]
         if fast:  # the same conv (same weight) on a CPU kernel that suits one output channel (fast.small_conv)
-            out = small_conv(descriptor, weight, self.conv.padding[0])
-        elif self.fast and compiled_conv.applies(descriptor, weight) and cpu_kernels_available():
-            out = compiled_conv.spatial_conv(descriptor, weight)  # compiled, on CPU: the direct C++ conv
+            out = small_conv(descriptor, weight, padding)
+        elif self.fast and uses_direct_conv(descriptor, weight, padding):
+            out = direct_conv.spatial_conv(descriptor, weight)  # compiled, on CPU: the direct C++ conv
         else:
             out = self.conv(descriptor)
         return out if self.bn is None else self.bn(out)

@@ -477,7 +477,7 @@ std::vector<at::Tensor> spatial_conv_backward(const at::Tensor& gout, const at::
 
 // The map passes one by one, for the tests; training calls the whole-module op of cbam_cpu_function.cpp.
 TORCH_LIBRARY(ablation_cbam, m) {
-  // The spatial conv's two ops have CPU kernels only (not catch-all ones), so that compiled_conv.py can give them
+  // The spatial conv's two ops have CPU kernels only (not catch-all ones), so that direct_conv.py can give them
   // the fake kernels and the autograd formula torch.compile needs to keep the conv as a node in its graph.
   m.def("spatial_conv(Tensor d, Tensor w) -> Tensor");
   m.def("spatial_conv_backward(Tensor gout, Tensor d, Tensor w) -> Tensor[]");

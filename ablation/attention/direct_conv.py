@@ -1,11 +1,13 @@
-"""The spatial gate's k x k conv as a node torch.compile keeps: the C++ direct conv (csrc/cbam_cpu.cpp).
+"""The spatial gate's k x k conv on our direct C++ kernel (csrc/cbam_cpu.cpp), as a differentiable op that
+torch.compile can keep in its graph.
 
-A compiled CBAM traces its straightforward formulation, which the compiler fuses with the surrounding BN and ReLU
-(better, measured, than keeping the whole C++ CBAM op opaque in the graph). The one thing it cannot fuse is the
-conv, and for this one-output-channel conv on a 2-channel map the oneDNN kernel it would call is slow
-(``benchmarks/spatial_conv.py``, 2 cores, forward + backward, 7 x 7: 2.3-4.6x the direct conv on ResNet-50's
-stages at 112 px; 13-21 ms against 4-7 ms per step over two runs). So on CPU the compiled graph calls the direct
-conv, through the fake kernels and the autograd formula registered here.
+For this one-output-channel conv on a 1- or 2-channel map, oneDNN's kernel (what ``F.conv2d`` and a compiled
+graph call on CPU) and ATen's im2col + GEMM are both slow (``benchmarks/spatial_conv.py``, 2 cores, forward +
+backward, 7 x 7, ResNet-50's stages at 112 px: oneDNN 2.3-4.6x the direct conv, im2col 1.9-2.3x; over a step
+21.1 / 14.7 / 7.2 ms in one run). The C++ CBAM op calls the kernel itself; this module registers the fake kernels
+and the autograd formula that let everything else use it: the per-op fast path and FusedCBAM on CPU
+(``fast.small_conv``), and compiled models, which trace CBAM's straightforward formulation for the compiler to
+fuse (better, measured, than keeping the whole C++ CBAM op opaque in the graph) but cannot fuse the conv.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ _registered: list[bool] = []
 
 
 def register() -> None:
-    """Give the loaded library's spatial_conv ops what torch.compile needs (once per process)."""
+    """Give the loaded library's spatial_conv ops their fake kernels and autograd formula (once per process)."""
     if _registered:
         return
     torch.library.register_fake("ablation_cbam::spatial_conv")(_conv_fake)
