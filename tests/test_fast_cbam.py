@@ -220,6 +220,16 @@ def test_cpp_op_refuses_higher_order_gradients() -> None:
         torch.autograd.grad(module(x).sum(), x, create_graph=True)
 
 
+def test_direct_spatial_conv_refuses_higher_order_gradients() -> None:
+    """The per-op fast path (here sum-logits) runs the spatial conv on the direct C++ kernel, differentiable once:
+    a second derivative through it must fail loudly, not come out as zero."""
+    module = CBAM(C, reduction=4, order="parallel", parallel_combine="sum-logits").train()
+    x = torch.randn(2, C, 5, 5, requires_grad=True)
+    (gx,) = torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        gx.sum().backward()
+
+
 @pytest.mark.parametrize("kernel_size", [1, 3, 7])
 @pytest.mark.parametrize("channels", [1, 2])
 @pytest.mark.parametrize("size", [(2, 3), (7, 9), (16, 12)], ids=str)

@@ -93,7 +93,7 @@ def _load() -> bool:
             stacklevel=3,
         )
         return False
-    direct_conv.register()  # what torch.compile needs to keep the spatial conv in its graph
+    direct_conv.register()  # the direct conv's fake kernels and autograd formula
     return True
 
 

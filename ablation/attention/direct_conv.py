@@ -27,6 +27,11 @@ def register() -> None:
     torch.library.register_fake("ablation_cbam::spatial_conv")(_conv_fake)
     torch.library.register_fake("ablation_cbam::spatial_conv_backward")(_conv_backward_fake)
     torch.library.register_autograd("ablation_cbam::spatial_conv", _backward, setup_context=_setup_context)
+    # Its backward is differentiable once, as the C++ CBAM op: a second derivative fails loudly instead of
+    # PyTorch's silent "no autograd kernel" fallback.
+    torch.library.register_autograd(
+        "ablation_cbam::spatial_conv_backward", _refuse_double_backward, setup_context=_no_context
+    )
     _registered.append(True)
 
 
@@ -62,3 +67,14 @@ def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
     d, w = ctx.saved_tensors
     gd, gw = torch.ops.ablation_cbam.spatial_conv_backward(grad.contiguous(), d, w)
     return gd, gw
+
+
+def _no_context(ctx: Any, inputs: tuple, output: list[Tensor]) -> None:
+    pass
+
+
+def _refuse_double_backward(ctx: Any, *grads: Any) -> None:
+    raise RuntimeError(
+        "CBAM's direct spatial conv is differentiable once; use attention impl='reference' for higher-order "
+        "gradients (create_graph=True)"
+    )
