@@ -46,7 +46,19 @@ def cpu_kernels_available() -> bool:
     with _lock:
         if "ok" not in _state:
             _state["ok"] = _load()
+            if _state["ok"]:
+                direct_conv.register()  # the direct conv's fake kernels and autograd formula
     return _state["ok"]
+
+
+def kernels_take(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether the C++ kernels' dtypes and device fit these tensors: CPU, float32 or float64, ``others`` (None
+    skipped) of x's dtype. (Layout and the library being built are checked by the callers.)"""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and all(t is None or t.dtype == x.dtype for t in others)
+    )
 
 
 def prepare_for(model: torch.nn.Module, device: torch.device) -> None:
@@ -61,7 +73,6 @@ def _load() -> bool:
         _why_not.append("ABLATION_CPU_KERNELS=0")
         return False
     if hasattr(torch.ops, "ablation_cbam") and hasattr(torch.ops.ablation_cbam, "cbam"):
-        direct_conv.register()
         return True
     try:
         # Importing the builder logs a warning about CUDA_HOME on machines without CUDA; irrelevant for a CPU
@@ -93,7 +104,6 @@ def _load() -> bool:
             stacklevel=3,
         )
         return False
-    direct_conv.register()  # the direct conv's fake kernels and autograd formula
     return True
 
 

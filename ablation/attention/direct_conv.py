@@ -35,20 +35,15 @@ def register() -> None:
     _registered.append(True)
 
 
-def applies(descriptor: Tensor, weight: Tensor) -> bool:
-    """Whether the direct conv can compute this call (given the C++ library is built): CPU, float32/float64 maps
-    and weights of one dtype, and an odd kernel (padding k // 2 on both sides)."""
-    return (
-        descriptor.device.type == "cpu"
-        and descriptor.dtype in (torch.float32, torch.float64)
-        and weight.dtype == descriptor.dtype
-        and weight.shape[-1] % 2 == 1
-    )
-
-
 def spatial_conv(descriptor: Tensor, weight: Tensor) -> Tensor:
     """conv2d(descriptor, weight, padding=k // 2) on the direct C++ kernel, differentiable and traceable."""
     return torch.ops.ablation_cbam.spatial_conv(descriptor.contiguous(), weight)
+
+
+def spatial_conv_backward(grad: Tensor, descriptor: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """The gradients of ``spatial_conv`` w.r.t. the descriptor and the weight, on the direct C++ kernel."""
+    gd, gw = torch.ops.ablation_cbam.spatial_conv_backward(grad.contiguous(), descriptor.contiguous(), weight)
+    return gd, gw
 
 
 def _conv_fake(d: Tensor, w: Tensor) -> Tensor:
@@ -64,9 +59,7 @@ def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> N
 
 
 def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-    d, w = ctx.saved_tensors
-    gd, gw = torch.ops.ablation_cbam.spatial_conv_backward(grad.contiguous(), d, w)
-    return gd, gw
+    return spatial_conv_backward(grad, *ctx.saved_tensors)
 
 
 def _no_context(ctx: Any, inputs: tuple, output: list[Tensor]) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ablation.attention import direct_conv
-from ablation.attention.cpu_kernels import cpu_kernels_available
+from ablation.attention.cpu_kernels import cpu_kernels_available, kernels_take
 
 
 class AvgMaxPool(torch.autograd.Function):
@@ -90,5 +90,6 @@ def small_conv(x: Tensor, weight: Tensor, padding: int) -> Tensor:
 
 def uses_direct_conv(x: Tensor, weight: Tensor, padding: int) -> bool:
     """Whether small_conv runs the direct C++ conv: a CPU float32/float64 map and weight of one dtype, an odd
-    kernel with 'same' padding, and the C++ library built."""
-    return padding == weight.shape[-1] // 2 and direct_conv.applies(x, weight) and cpu_kernels_available()
+    kernel with 'same' padding (k // 2 on both sides), and the C++ library built."""
+    k = weight.shape[-1]
+    return k % 2 == 1 and padding == k // 2 and kernels_take(x, weight) and cpu_kernels_available()

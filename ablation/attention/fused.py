@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ablation.attention.cpu_kernels import cpu_kernels_available
+from ablation.attention import direct_conv
+from ablation.attention.cpu_kernels import cpu_kernels_available, kernels_take
 from ablation.attention.fast import small_conv, uses_direct_conv
 
 if TYPE_CHECKING:
@@ -142,13 +143,7 @@ def uses_cpp_op(x: Tensor, params: list[Tensor | None]) -> bool:
     """Whether the whole-module C++ op runs this call: contiguous float32/float64 CPU maps with parameters of the
     same dtype, when the kernels build. Otherwise (CUDA, AMP's bfloat16/float16 maps, channels_last, no compiler)
     ``FusedCBAM`` runs the same math with its map passes in PyTorch ops."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and x.is_contiguous()
-        and all(p is None or p.dtype == x.dtype for p in params)
-        and cpu_kernels_available()
-    )
+    return kernels_take(x, *params) and x.is_contiguous() and cpu_kernels_available()
 
 
 def fused_cbam(module: CBAM, x: Tensor, residual: Tensor | None) -> Tensor | None:
@@ -197,8 +192,7 @@ def _cpp_op(module: CBAM, x: Tensor, residual: Tensor | None, params: list[Tenso
 def conv_backward(grad: Tensor, inp: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, Tensor]:
     """Gradients of small_conv(inp, weight, padding) w.r.t. inp and weight, on the kernel small_conv used."""
     if uses_direct_conv(inp, weight, padding):
-        gi, gw = torch.ops.ablation_cbam.spatial_conv_backward(grad.contiguous(), inp.contiguous(), weight)
-        return gi, gw
+        return direct_conv.spatial_conv_backward(grad, inp, weight)
     if inp.device.type == "cpu" and hasattr(torch._C._nn, "thnn_conv2d"):
         k = list(weight.shape[-2:])
         gi, gw, _ = torch.ops.aten._slow_conv2d_backward.output_mask(
