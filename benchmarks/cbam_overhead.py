@@ -224,9 +224,10 @@ def main() -> None:
         model, opt = setup.model(make)
         saved[name] = saved_bytes(setup, model)
         for run_mode in modes:
-            # dynamic=False: the rows share code objects (torchvision's ResNet forward), so without it dynamo's
-            # automatic dynamic shapes would compile every row after the first for symbolic shapes (slower code;
-            # on this PyTorch sometimes a failing backward compilation), which made compiled rows incomparable.
+            # dynamic=False: every row compiled for its static shapes, as training compiles them. Should a graph
+            # break ever split the blocks into frames of their own, dynamo's automatic dynamic shapes would
+            # otherwise recompile later blocks for symbolic shapes (seen while developing: slower code, and on
+            # this PyTorch a failing backward compilation); whole-model graphs were static either way.
             net = torch.compile(model, dynamic=False) if run_mode == "compiled" else model
             steps[(name, run_mode)] = setup.step_fn(net, opt)
         peaks[name] = peak_memory(name, args) if args.memory else None
