@@ -9,10 +9,11 @@ python runner.py profile experiments/table4_backbones.yaml --format md
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
-from ablation.errors import ConfigError
+from ablation.errors import ConfigError, StoreError
 
 # ---- shared arguments
 
@@ -67,9 +68,19 @@ def _experiment_args(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _prepare(args: argparse.Namespace):
     from ablation.config import load_experiment
-    from ablation.sweep import prepare_sweep
+    from ablation.prepared import prepare_sweep
+    from ablation.train import resolve_device
 
-    return prepare_sweep(load_experiment(args.experiment, args.overrides), _experiment_args(args))
+    experiment = load_experiment(args.experiment, args.overrides)
+    resolve_device(args.device)  # a device that does not exist here is an input error, like a bad config value
+    return prepare_sweep(experiment, _experiment_args(args))
+
+
+def _read_only(args: argparse.Namespace):
+    from ablation.config import load_experiment
+    from ablation.prepared import read_only_sweep
+
+    return read_only_sweep(load_experiment(args.experiment, args.overrides))
 
 
 def _worker_options(args: argparse.Namespace, progress: bool, name: str = "worker"):
@@ -112,12 +123,14 @@ def cmd_profile(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     import torch
 
-    from ablation.slots import parse_workers, plan_slots
+    from ablation.slots import parse_workers, plan_slots, user_thread_cap
     from ablation.sweep import run_sweep
 
     workers = parse_workers(args.workers)
     num_gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
-    slots = plan_slots(workers, num_gpus, jobs_per_gpu=args.jobs_per_gpu, gpus_per_job=args.gpus_per_job)
+    slots = plan_slots(
+        workers, num_gpus, jobs_per_gpu=args.jobs_per_gpu, gpus_per_job=args.gpus_per_job, thread_cap=user_thread_cap()
+    )
     prepared = _prepare(args)
     # Progress bars only when this process is the only worker (several would garble one terminal).
     only_here = len(slots) == 1 and args.gpus_per_job == 1
@@ -151,18 +164,18 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from ablation.config import load_experiment
-    from ablation.grid import expand_arms, expand_cells
+    from ablation.mlflow_store import resolve_tracking_uri
     from ablation.queue import DEFAULT_STORAGE
     from ablation.status import render_status, sweep_status
-    from ablation.sweep import PreparedSweep
+    from ablation.stores import probe_storage, probe_tracking
 
-    experiment = load_experiment(args.experiment, args.overrides)
-    arms = expand_arms(experiment, check_paths=False)
-    prepared = PreparedSweep(experiment, arms, expand_cells(experiment, arms))
-    frame = sweep_status(prepared, args.storage or DEFAULT_STORAGE)
+    prepared = _read_only(args)
+    storage, uri = args.storage or DEFAULT_STORAGE, resolve_tracking_uri(args.tracking_uri)
+    probe_storage(storage, write=False)
+    probe_tracking(uri, write=False)
+    frame = sweep_status(prepared, storage, uri)
     if frame is None:
-        print(f"{experiment.name}: not started in {args.storage or DEFAULT_STORAGE} ({len(prepared.cells)} cells)")
+        print(f"{prepared.experiment.name}: not started in {storage} for {uri} ({len(prepared.cells)} cells)")
         return
     sys.stdout.write(render_status(frame))
 
@@ -173,7 +186,7 @@ def cmd_slurm(args: argparse.Namespace) -> None:
     from ablation.slurm import slurm_script
 
     experiment = load_experiment(args.experiment, args.overrides)
-    cells = expand_cells(experiment, expand_arms(experiment, check_paths=False))
+    cells = expand_cells(experiment, expand_arms(experiment, check_paths=False))  # data lives on the cluster
     if not args.storage or args.storage.startswith("sqlite"):
         raise ConfigError("--storage", args.storage, "a Slurm array needs a database every node reaches (postgresql)")
     script = slurm_script(
@@ -235,8 +248,6 @@ def cmd_run_cell(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace, prepared=None) -> None:
-    from ablation.config import load_experiment
-    from ablation.grid import expand_arms, expand_cells
     from ablation.mlflow_store import resolve_tracking_uri
     from ablation.report import (
         collect_curves,
@@ -249,18 +260,21 @@ def cmd_table(args: argparse.Namespace, prepared=None) -> None:
         summarize,
         write_outputs,
     )
-    from ablation.sweep import PreparedSweep
+    from ablation.stores import probe_tracking
 
     if prepared is None:
-        experiment = load_experiment(args.experiment, args.overrides)
-        arms = expand_arms(experiment, check_paths=False)
-        prepared = PreparedSweep(experiment, arms, expand_cells(experiment, arms))
+        prepared = _read_only(args)
     uri = resolve_tracking_uri(args.tracking_uri)
+    probe_tracking(uri, write=False)
     runs = collect_runs(prepared, uri)
     summary = summarize(prepared, runs)
     out_dir = Path(args.out) if args.out else Path("results") / prepared.experiment.name
     written = write_outputs(summary, prepared, out_dir, collect_curves(runs, uri))
-    parent = log_to_parent(prepared, uri, written)
+    try:
+        parent = log_to_parent(prepared, uri, written)
+    except Exception as exc:  # a read-only store still gets its table, just not attached to the run
+        parent = None
+        print(f"not attached to the sweep's parent run ({str(exc).strip().splitlines()[0][:200]})", file=sys.stderr)
     render = {
         "md": lambda: render_markdown(summary, prepared),
         "latex": lambda: render_latex(summary, prepared),
@@ -273,20 +287,19 @@ def cmd_table(args: argparse.Namespace, prepared=None) -> None:
 
 
 def cmd_gradcam(args: argparse.Namespace) -> None:
-    from ablation.config import load_experiment
     from ablation.gradcam import gradcam_for_experiment, log_gradcam
-    from ablation.grid import expand_arms, expand_cells
     from ablation.mlflow_store import SweepStore, resolve_tracking_uri
-    from ablation.sweep import PreparedSweep
+    from ablation.stores import probe_tracking
 
-    experiment = load_experiment(args.experiment, args.overrides)
-    arms = expand_arms(experiment, check_paths=True)
-    prepared = PreparedSweep(experiment, arms, expand_cells(experiment, arms))
+    prepared = _read_only(args)
+    experiment = prepared.experiment
+    probe_tracking(resolve_tracking_uri(args.tracking_uri), write=False)
     out_dir = Path(args.out) if args.out else Path("results") / experiment.name
     paths = gradcam_for_experiment(
         prepared, Path(args.checkpoint_dir), out_dir, images=args.images, seed_index=args.seed_index, device=args.device
     )
-    parent = log_gradcam(SweepStore(resolve_tracking_uri(args.tracking_uri), experiment), prepared, paths)
+    store = SweepStore(resolve_tracking_uri(args.tracking_uri), experiment, create=False)
+    parent = log_gradcam(store, prepared, paths)
     print(f"written: {', '.join(map(str, paths))}" + (f"; logged to parent run {parent} (gradcam/)" if parent else ""))
 
 
@@ -339,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="cells pending / running / done / failed, with their MLflow run ids")
     _add_experiment_args(status)
+    _add_tracking_arg(status)
     _add_storage_arg(status)
     status.set_defaults(func=cmd_status)
 
@@ -405,13 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (a scheduler's stop, ``kill``) ends a command the way Ctrl-C does: cleanly, resumable."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -19,10 +19,14 @@ from pathlib import Path
 import yaml
 
 from ablation.attention.cpu_kernels import cpu_kernels_state
+from ablation.checkpoint import discard_previous
+from ablation.console import say
 from ablation.data.sources import load_arrays
+from ablation.faults import kill_point
 from ablation.grid import Cell, build_network
 from ablation.host_memory import host_memory_state
 from ablation.mlflow_store import MlflowTracker, SweepStore
+from ablation.tracker import Tracker
 from ablation.train import resolve_device, seed_everything, train_job
 
 
@@ -70,8 +74,9 @@ def run_cell(
     *,
     finalizer: ThreadPoolExecutor | None = None,
     on_run: Callable[[str], None] | None = None,
-    tracker_wrapper: Callable[[MlflowTracker], MlflowTracker] | None = None,
+    tracker_wrapper: Callable[[MlflowTracker], Tracker] | None = None,
     dist=None,
+    say: Callable[[str], None] = say,
 ) -> CellOutcome:
     """Train ``cell`` into its MLflow run: a new one, or ``run_id`` (an interrupted attempt's) reopened.
 
@@ -79,17 +84,19 @@ def run_cell(
     ``finalizer`` the final metrics, artifacts and the closing of the run happen on that executor
     (``CellOutcome.finalizing``) while the caller moves on.
     """
+    reopened = run_id is not None
     if run_id is None:
         run_id = store.start_cell(cell, parent_id, dataset_input(cell))
     else:
         store.reopen(run_id)
+    kill_point("cell.run_open")
     if on_run is not None:
         on_run(run_id)
     device = resolve_device(options.device)
     seed_everything(cell.seed, device)
     model = build_network(cell.arm)
     checkpoint = checkpoint_path(options, store.experiment.name, cell)
-    tracker = MlflowTracker(store.client, run_id)
+    tracker = MlflowTracker(store.client, run_id, reopened=reopened)
     try:
         result = train_job(
             cell.config,
@@ -102,6 +109,8 @@ def run_cell(
             progress=options.progress,
             workers=options.workers,
             description=cell.name,
+            run_id=run_id,
+            say=say,
             **({"dist": dist} if dist is not None else {}),
         )
     except KeyboardInterrupt:
@@ -120,8 +129,12 @@ def run_cell(
 
     def finalize() -> None:
         tracker.log_metrics(final)
+        kill_point("final.metrics")
         log_artifacts(cell, store.experiment.name, tracker, result.history, str(device), kept)
+        kill_point("final.artifacts")
         store.finish(run_id, "FINISHED")
+        kill_point("final.finished")
+        discard_previous(checkpoint)  # only the final checkpoint is read from now on (Grad-CAM)
 
     outcome = CellOutcome("finished", run_id, result.train_time_s, result.history[-1]["val/top1_err"])
     if finalizer is None:

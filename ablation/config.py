@@ -64,7 +64,7 @@ class DataConfig(StrictModel):
 
     dataset: Literal["cifar10-micro", "npz", "cifar10", "cifar100", "imagenet"] = "cifar10-micro"
     # A folder for cifar10 / cifar100 (torchvision's layout) and imagenet (train/ and val/ ImageFolders);
-    # the .npz file for npz. Not part of the config hash: moving the data does not change the experiment.
+    # the .npz file for npz. Not part of the config hash, the data's identity is: moving the data changes nothing.
     root: str | None = None
     # Training / evaluation resolution; None: 224 for imagenet, the stored size for the others.
     image_size: int | None = None
@@ -118,13 +118,19 @@ class RunConfig(StrictModel):
     seed: int = 0
 
 
-# Keys that locate or schedule a job without changing what it computes; left out of the config hash.
+# Keys that locate or schedule a job without changing what it computes; left out of the config hash. The data's
+# location is replaced by the data's identity (ablation.data.identity): moving the files changes nothing, other
+# files are another result.
 HASH_EXCLUDED = ("data.root", "model.attention.impl", "train.compile")
 
 
-def config_hash(config: RunConfig) -> str:
-    """A short stable digest of everything that determines a job's result (seed included)."""
+def config_hash(config: RunConfig, data_identity: str | None = None) -> str:
+    """A short stable digest of everything that determines a job's result: the config (seed included) and, for a
+    cell's key, the identity of the images it trains on. Without ``data_identity`` it is the config's digest
+    alone (the cell key before data identities were part of it)."""
     flat = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in HASH_EXCLUDED}
+    if data_identity is not None:
+        flat["data.identity"] = data_identity
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
 

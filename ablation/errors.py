@@ -1,7 +1,10 @@
-"""The one exception type users see for bad input.
+"""The exception types users see for bad input or unusable stores.
 
 Every check that rejects an experiment raises ``ConfigError`` with a single line that names the dotted key,
 the bad value and what is allowed, so the command line can print it and stop before any job starts.
+``StoreError`` is the same promise for a tracking store, sweep storage or checkpoint folder that cannot be used
+(unreachable, read-only, refusing a write): one line naming the URI and the cause, raised before anything is
+created in it.
 """
 
 
@@ -11,3 +14,12 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: object, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}: {value!r} is not allowed; {allowed}")
+
+
+class StoreError(RuntimeError):
+    """A store cannot be used; the message is one line: which option, which URI, and why."""
+
+    def __init__(self, option: str, uri: str, cause: str):
+        self.option, self.uri, self.cause = option, uri, cause
+        cause = " ".join(cause.split())  # whatever a driver said, on one line
+        super().__init__(f"{option} {uri}: {cause}")

@@ -33,7 +33,7 @@ from ablation.errors import ConfigError
 if TYPE_CHECKING:
     from ablation.grid import Arm
     from ablation.mlflow_store import SweepStore
-    from ablation.sweep import PreparedSweep
+    from ablation.prepared import PreparedSweep
 
 # Datasets held as uint8 arrays (ablation.data.sources.load_arrays): the only ones whose test images can be
 # picked by index and drawn as they are.
@@ -313,7 +313,7 @@ def gradcam_for_experiment(
     ImageNet experiment, arms on different datasets, a bad ``seed_index``, or no checkpoint at all.
     """
     from ablation.cell import CellOptions, checkpoint_path
-    from ablation.checkpoint import load_checkpoint
+    from ablation.checkpoint import load_checkpoint, load_error
     from ablation.data.memory import InMemoryLoader
     from ablation.data.sources import load_arrays, normalization
     from ablation.grid import Cell, build_network
@@ -345,11 +345,17 @@ def gradcam_for_experiment(
     for arm in arms:
         cell = Cell(arm, seed)
         path = checkpoint_path(options, experiment.name, cell)
-        state = load_checkpoint(path, map_location=device)
+        try:
+            state = load_checkpoint(path, map_location=device)
+        except Exception as exc:  # a damaged file: say which, draw the others
+            say(f"[gradcam] {arm.description}: the checkpoint {path} does not load ({load_error(exc)}); skipped")
+            continue
         if state is None:
             say(f"[gradcam] {arm.description}: no checkpoint for seed {seed} at {path}; skipped")
             continue
-        if state.get("config_hash", cell.hash) != cell.hash:
+        # A cell finished before data identities were part of its key keeps its old key (the sweep moved its
+        # checkpoint here only after matching its data's digest: ablation.sweep_state).
+        if state.get("config_hash", cell.hash) not in (cell.hash, cell.legacy_hash):
             raise RuntimeError(f"{path} belongs to config {state['config_hash']}, not {cell.name} ({cell.hash})")
         model = build_network(arm)
         try:

@@ -60,6 +60,12 @@ class Cell:
 
     @cached_property
     def hash(self) -> str:
+        """The cell's key: its config, seed and the identity of its data (``ablation.data.identity``)."""
+        return config_hash(self.config, self.arm.data.identity)
+
+    @cached_property
+    def legacy_hash(self) -> str:
+        """The key this cell had before data identities were part of it (runs logged then carry it)."""
         return config_hash(self.config)
 
     @property
@@ -103,7 +109,7 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
                 description = render_template(template, config.model_dump(mode="json"))
             else:
                 description = _describe(config, point)
-            key = config_hash(config)
+            key = config_hash(config, data.identity)
             if key in seen:
                 raise ConfigError(
                     f"grid[{block_index}]", point, f"resolves to the same config as arm {seen[key]}; drop one"

@@ -1,11 +1,14 @@
 """Where sweeps live in MLflow: one experiment per experiment file, a parent run per sweep, a child per cell.
 
 Layout (what the dashboard and ``runner.py table`` read):
-- MLflow experiment = the experiment file's ``name``; tags ``ablation.title``, ``ablation.source``.
+- MLflow experiment = the experiment file's ``name``; tags ``ablation.title``, ``ablation.source``. Its id and
+  creation time make the store's ``fingerprint``, which the sweep's state is bound to (``ablation.queue``): a
+  deleted and recreated store, or another one, is never mistaken for the one a sweep ran against.
 - parent run (``ablation.role=sweep``), named after the experiment, keyed by the set of its cells.
 - child run per cell (``ablation.role=cell``, ``mlflow.parentRunId``), named after its table row and seed;
   params: the flattened resolved config; tags: the grid axes (``axis.<key>``), ``ablation.seed``,
-  ``ablation.config_hash``, ``ablation.arm``, ``ablation.description``; per-epoch metrics from the trainer; final
+  ``ablation.config_hash`` (the cell's key: config, seed and data identity), ``ablation.data_identity``,
+  ``ablation.arm``, ``ablation.description``; per-epoch metrics from the trainer, one value per step; final
   metrics ``final/*``; artifacts: the resolved config, the environment, the learning curve, the checkpoint on
   request; the dataset as the run's input.
 A cell is identified by its config hash, so a rerun finds it whatever parent it ran under.
@@ -13,21 +16,27 @@ A cell is identified by its config hash, so a rerun finds it whatever parent it 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 from ablation.config import Experiment, flatten
+from ablation.errors import StoreError
 from ablation.grid import Cell, sweep_key
+from ablation.stores import exclusive, sqlite_path, with_busy_timeout
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE, HASH, FAILURE = "ablation.role", "ablation.config_hash", "ablation.failure"
+DATA_IDENTITY, LEGACY_HASH = "ablation.data_identity", "ablation.legacy_config_hash"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
@@ -37,39 +46,72 @@ def resolve_tracking_uri(cli_value: str | None = None) -> str:
 
 
 class MlflowTracker:
-    """The trainer's Tracker for one MLflow run."""
+    """The trainer's Tracker for one MLflow run: one value per (metric, step), whatever is logged again.
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    A reopened run (an interrupted cell resumed) already holds the steps its earlier attempts logged; they are
+    read once, and logging any of them again is skipped, so a resumed or replayed epoch never appears twice.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, reopened: bool = False) -> None:
         self.client, self.run_id = client, run_id
+        self.logged: set[tuple[str, int]] = set()
+        if reopened:
+            for key in client.get_run(run_id).data.metrics:
+                self.logged.update((key, m.step) for m in client.get_metric_history(run_id, key))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        now, step = int(time.time() * 1000), step or 0
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if (k, step) not in self.logged]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+            self.logged.update((m.key, step) for m in batch)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
 class SweepStore:
-    """The MLflow side of one experiment's sweeps."""
+    """The MLflow side of one experiment's sweeps.
 
-    def __init__(self, tracking_uri: str, experiment: Experiment) -> None:
-        self.client = MlflowClient(tracking_uri)
-        self.experiment = experiment
-        found = self.client.get_experiment_by_name(experiment.name)
-        if found is None:
-            self.experiment_id = self.client.create_experiment(
-                experiment.name,
-                tags={"ablation.title": experiment.title or experiment.name, "ablation.source": experiment.source},
+    ``create=False`` (``table``, ``status``, ``gradcam``) reads only: a SQLite store that does not exist is a
+    one-line StoreError instead of a new empty file, and a missing MLflow experiment means no runs.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: Experiment, create: bool = True) -> None:
+        self.tracking_uri, self.experiment = tracking_uri, experiment
+        path = sqlite_path(tracking_uri)
+        if not create and path is not None and not path.exists():
+            raise StoreError(
+                "--tracking-uri", tracking_uri, "holds no tracking store (no such file); is it the one the sweep used?"
             )
-        else:
-            self.experiment_id = found.experiment_id
+        # Creating the schema of a new store, and the experiment in it, is what concurrent first starts race for.
+        try:
+            with exclusive(tracking_uri, "mlflow-schema", "creating the tracking store's tables"):
+                self.client = MlflowClient(with_busy_timeout(tracking_uri))
+                found = self.client.get_experiment_by_name(experiment.name)
+                if found is None and create:
+                    found = self._create_experiment()
+        except MlflowException as exc:  # e.g. a store of an older MLflow: its message says how to upgrade it
+            raise StoreError("--tracking-uri", tracking_uri, exc.message.strip().splitlines()[0]) from None
+        self.experiment_id = found.experiment_id if found is not None else None
+        self.fingerprint = _fingerprint(found) if found is not None else None
+
+    def _create_experiment(self):
+        experiment = self.experiment
+        tags = {"ablation.title": experiment.title or experiment.name, "ablation.source": experiment.source}
+        try:
+            self.client.create_experiment(experiment.name, tags=tags)
+        except MlflowException as exc:  # another process (on another machine) created it first
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        return self.client.get_experiment_by_name(experiment.name)
 
     # ---- reading
 
     def runs(self, role: str) -> list[Run]:
         """Every run of this experiment with ``ablation.role = role`` (paginated)."""
+        if self.experiment_id is None:
+            return []
         out, token = [], None
         while True:
             page = self.client.search_runs(
@@ -82,6 +124,8 @@ class SweepStore:
 
     def find_cell(self, config_hash: str) -> Run | None:
         """The run of one cell: a finished one if any, else the newest attempt, else None."""
+        if self.experiment_id is None:
+            return None
         runs = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'cell' and tags.`{HASH}` = '{config_hash}'"
         )
@@ -97,6 +141,33 @@ class SweepStore:
                 best[key] = run
         return best
 
+    def adopt_legacy_runs(
+        self, cells: list[Cell], digest_of: Callable[[Cell], str | None], move_checkpoint: Callable[[Cell], None]
+    ) -> tuple[int, int]:
+        """Finished runs logged before the data's identity was part of a cell's key carry the config's key alone.
+        One whose logged dataset digest equals this data's (``digest_of``, None where it cannot be told) is this
+        cell's result: it is re-keyed (the old key kept in ``ablation.legacy_config_hash``) and its checkpoint
+        moved to the new key (``move_checkpoint``). Returns (adopted, left out because unverifiable)."""
+        by_legacy = {cell.legacy_hash: cell for cell in cells}
+        runs = self.runs("cell")
+        keyed = {run.data.tags.get(HASH) for run in runs}
+        adopted = unverified = 0
+        for run in runs:
+            tags = run.data.tags
+            cell = by_legacy.get(tags.get(HASH))
+            if DATA_IDENTITY in tags or cell is None or cell.hash in keyed or run.info.status != "FINISHED":
+                continue
+            digest = digest_of(cell)
+            if digest is None or digest not in {i.dataset.digest for i in run.inputs.dataset_inputs}:
+                unverified += 1
+                continue
+            retag = {HASH: cell.hash, DATA_IDENTITY: cell.arm.data.identity or "", LEGACY_HASH: cell.legacy_hash}
+            self.log_tags(run.info.run_id, retag)
+            move_checkpoint(cell)
+            keyed.add(cell.hash)
+            adopted += 1
+        return adopted, unverified
+
     # ---- writing
 
     def find_parent(self, cells: list[Cell]) -> Run | None:
@@ -104,6 +175,15 @@ class SweepStore:
         key = sweep_key(cells)
         runs = [run for run in self.runs("sweep") if run.data.tags.get("ablation.sweep_key") == key]
         return max(runs, key=lambda run: run.info.start_time or 0, default=None)
+
+    def parent_exists(self, run_id: str | None) -> bool:
+        """Whether ``run_id`` is a live run of this store (not deleted, not from another store)."""
+        if not run_id:
+            return False
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
 
     def parent_run(self, cells: list[Cell]) -> str:
         """The sweep's parent run, reopened: the same one again when the same set of cells is swept again."""
@@ -138,6 +218,7 @@ class SweepStore:
             "ablation.description": cell.arm.description,
             "ablation.seed": str(cell.seed),
             "ablation.attention": cell.config.model.attention.type,
+            DATA_IDENTITY: cell.arm.data.identity or "",
             **axes,
         }
         run = self.client.create_run(self.experiment_id, run_name=cell.name, tags=tags)
@@ -172,6 +253,11 @@ class SweepStore:
 
     def log_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in tags.items()])
+
+
+def _fingerprint(experiment) -> str:
+    """This store's MLflow experiment, told apart from a namesake in a deleted and recreated or another store."""
+    return hashlib.sha256(f"{experiment.experiment_id}:{experiment.creation_time}".encode()).hexdigest()[:8]
 
 
 def _rank(run: Run) -> tuple[int, int]:

@@ -5,11 +5,18 @@ claims a cell by moving its trial from WAITING to RUNNING, which Optuna's storag
 row update in a transaction): of several workers racing for one trial exactly one wins, on one machine or many.
 (Optuna's GridSampler alone can hand the same grid point to two workers; a queue of enqueued trials cannot.)
 
-A running worker records a heartbeat for its trial. When a worker dies (SIGKILL, preemption, a rebooted node)
-its heartbeat stops; after the grace period any worker marks the trial failed and Optuna's
-``RetryHeartbeatStaleTrialCallback`` enqueues a copy, which the next free worker claims and resumes from the
-cell's last epoch checkpoint, in the same MLflow run. A cell that fails by itself (an exception, a NaN loss) is
-told FAIL with its reason and is not retried unless ``--retry-failed`` asks.
+A running worker records a heartbeat for its trial and which process it is (host, boot, pid). When a worker dies
+(SIGKILL, preemption, a rebooted node) its heartbeat stops; after the grace period any worker marks the trial
+failed and Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues a copy, which the next free worker claims and
+resumes from the cell's last epoch checkpoint, in the same MLflow run. A worker on the same machine need not wait
+for the grace period: it sees that the process is gone and takes the cell up at once. A cell that fails by itself
+(an exception, a NaN loss) is told FAIL with its reason and is not retried unless ``--retry-failed`` asks.
+
+A sweep's state is bound to the tracking store its results go to: the study's name holds the sweep's key (its set
+of cells, data identities included) and the store's fingerprint (``SweepStore.fingerprint``), so another or a
+recreated store starts its own state instead of trusting one that describes runs it does not have. Setting a
+sweep up (the study, its cells, the parent run) happens under a lock in the storage (``ablation.stores``) and is
+idempotent: whoever finds it unfinished, because its creator died half-way, finishes it.
 
 Storage: a URL Optuna's RDBStorage accepts. The local default is a SQLite file (``sweeps.db``), which needs no
 server; several machines share PostgreSQL (``postgresql+psycopg2://user@host/db``).
@@ -18,11 +25,13 @@ server; several machines share PostgreSQL (``postgresql+psycopg2://user@host/db`
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
-import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +39,15 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from ablation.errors import ConfigError
+from ablation.errors import StoreError
+from ablation.faults import kill_point
 from ablation.grid import Cell, sweep_key
+from ablation.stores import exclusive, with_busy_timeout
 
 DEFAULT_STORAGE = "sqlite:///sweeps.db"
 HEARTBEAT_INTERVAL_S = 15
 GRACE_PERIOD_S = 60
-CELL, NAME, RUN_ID, FAILURE = "cell_hash", "cell_name", "mlflow_run_id", "failure"
+CELL, NAME, RUN_ID, FAILURE, OWNER = "cell_hash", "cell_name", "mlflow_run_id", "failure", "owner"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and their retry callback are marked experimental (stable since Optuna 2.9); the warning is noise here.
@@ -44,27 +55,28 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S):
-    """An RDBStorage with heartbeats, or a one-line ConfigError when ``url`` cannot be reached."""
+    """An RDBStorage with heartbeats (its schema created under a lock), or a one-line StoreError."""
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    if url.startswith("sqlite"):
-        # Several worker processes write one SQLite file: wait for the lock instead of failing at once.
-        engine_kwargs["connect_args"] = {"timeout": 60}
-    else:
+        Path(url.removeprefix("sqlite:///").partition("?")[0]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if not url.startswith("sqlite"):
         engine_kwargs["pool_pre_ping"] = True
         engine_kwargs["connect_args"] = {"connect_timeout": 10} if url.startswith("postgresql") else {}
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None),
-        )
+        # Several worker processes write one SQLite file: they wait for its lock instead of failing at once.
+        with exclusive(url, "optuna-schema", "creating the sweep storage's tables"):
+            return RDBStorage(
+                with_busy_timeout(url),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None),
+            )
+    except StoreError:
+        raise
     except Exception as exc:  # sqlalchemy.exc.OperationalError, ArgumentError, ImportError of a driver...
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError("--storage", url, f"cannot be reached or is not a database URL ({reason[:200]})") from None
+        raise StoreError("--storage", url, f"cannot be used as the sweep's storage ({reason[:300]})") from None
 
 
 @dataclass(frozen=True)
@@ -74,43 +86,53 @@ class Claim:
     cell_hash: str
 
 
-class SweepQueue:
-    """The Optuna study of one sweep (experiment x set of cells)."""
+def study_name(experiment_name: str, cells: list[Cell], store_fingerprint: str) -> str:
+    """The sweep's study: its experiment, its set of cells, and the tracking store its results go to."""
+    return f"{experiment_name}:{sweep_key(cells)}:{store_fingerprint}"
 
-    def __init__(self, storage: RDBStorage, study_name: str) -> None:
-        self.storage, self.study_name = storage, study_name
+
+class SweepQueue:
+    """The Optuna study of one sweep (experiment x set of cells x tracking store)."""
+
+    def __init__(self, storage: RDBStorage, study_name: str, say: Callable[[str], None] = print) -> None:
+        self.storage, self.study_name, self.say = storage, study_name, say
         self.study = optuna.load_study(study_name=study_name, storage=storage)
         self.study_id = storage.get_study_id_from_name(study_name)
 
     @classmethod
-    def create_or_join(cls, storage: RDBStorage, experiment_name: str, cells: list[Cell], setup=None) -> SweepQueue:
-        """Join the sweep of these cells, creating it (and enqueueing every cell once) if nobody has.
+    def create_or_join(
+        cls,
+        storage: RDBStorage,
+        storage_url: str,
+        name: str,
+        cells: list[Cell],
+        setup: Callable[[SweepQueue, bool], None] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> SweepQueue:
+        """Join the sweep ``name`` of these cells, creating it or finishing an interrupted creation.
 
-        Exactly one process creates the study (the name is unique in the storage); it enqueues the cells and runs
-        ``setup(queue)`` (e.g. creating the MLflow parent run), then marks the study ready. Everyone else waits
-        for that mark, so no cell is ever enqueued twice.
+        Under the storage's lock for this sweep: the study is created if missing; if it is not marked ready
+        (new, or its creator died half-way) every cell without a trial is enqueued once and ``setup(queue,
+        True)`` runs (the MLflow side: parent run, what the store already holds); then it is marked ready. A
+        ready sweep runs ``setup(queue, False)``, which checks that the state still agrees with the store.
         """
-        name = f"{experiment_name}:{sweep_key(cells)}"
-        try:
-            optuna.create_study(study_name=name, storage=storage, direction="minimize")
-        except optuna.exceptions.DuplicatedStudyError:
-            queue = cls(storage, name)
-            queue._wait_ready()
-            return queue
-        queue = cls(storage, name)
-        for cell in cells:
-            queue.study.enqueue_trial({}, user_attrs={CELL: cell.hash, NAME: cell.name})
-        if setup is not None:
-            setup(queue)
-        queue.study.set_user_attr("ready", len(cells))
+        with exclusive(storage_url, f"sweep:{name}", "setting up this sweep"):
+            with contextlib.suppress(optuna.exceptions.DuplicatedStudyError):
+                optuna.create_study(study_name=name, storage=storage, direction="minimize")
+            queue = cls(storage, name, say)
+            ready = queue.get_attr("ready") is not None
+            if not ready:
+                kill_point("setup.created")
+                queued = {t.user_attrs.get(CELL) for t in queue.trials()}
+                for cell in cells:
+                    if cell.hash not in queued:
+                        queue.study.enqueue_trial({}, user_attrs={CELL: cell.hash, NAME: cell.name})
+                kill_point("setup.enqueued")
+            if setup is not None:
+                setup(queue, not ready)
+            if not ready:
+                queue.set_attr("ready", len(cells))
         return queue
-
-    def _wait_ready(self, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        while "ready" not in self.storage.get_study_user_attrs(self.study_id):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sweep {self.study_name} was created but never made ready (its creator died?)")
-            time.sleep(0.5)
 
     # ---- attributes shared by the sweep
 
@@ -127,6 +149,7 @@ class SweepQueue:
 
     def claim(self) -> Claim | None:
         """Atomically take a waiting cell (after re-enqueueing those whose worker died), or None."""
+        self.take_back_orphans()
         fail_stale_trials(self.study)
         for trial in self.trials((TrialState.WAITING,)):
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
@@ -135,9 +158,57 @@ class SweepQueue:
             except optuna.exceptions.UpdateFinishedTrialError:
                 won = False
             if won:
+                kill_point("claim.won")
                 self.storage.record_heartbeat(trial_id)
+                self.storage.set_trial_user_attr(trial_id, OWNER, this_process())
                 return Claim(trial_id, trial.number, trial.user_attrs[CELL])
         return None
+
+    def take_back_orphans(self) -> int:
+        """Running cells that nobody runs, taken back without waiting for their heartbeat to go stale: those
+        whose worker was a process on this machine that is gone, and those claimed by a worker that died before
+        it could say who it was (no owner, no heartbeat) longer than the grace period ago."""
+        me, grace = this_process(), self._grace()
+        taken = 0
+        for trial in self.trials((TrialState.RUNNING,)):
+            owner = trial.user_attrs.get(OWNER)
+            if owner is None:  # a heartbeat, if any, goes stale by itself (fail_stale_trials); none ever would
+                started = trial.datetime_start or datetime.now()
+                gone = datetime.now() - started > timedelta(seconds=grace) and not self._has_heartbeat(trial)
+                who = "a worker that died while claiming it"
+            else:
+                gone = same_machine(owner, me) and not process_alive(owner)
+                who = f"process {owner.split('|')[3]} on this machine, which is gone"
+            if gone and self._fail_and_requeue(trial):
+                taken += 1
+                name = trial.user_attrs.get(NAME) or trial.user_attrs.get(CELL)
+                self.say(f"[sweep] {name} was left running by {who}; taken up again")
+        return taken
+
+    def _has_heartbeat(self, trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether the trial ever had a heartbeat (Optuna has no public reader for it; when it cannot be told,
+        say yes and leave the trial to the heartbeat's own staleness check)."""
+        try:
+            from optuna.storages._rdb.models import TrialHeartbeatModel
+
+            with self.storage.scoped_session() as session:
+                return TrialHeartbeatModel.where_trial_id(trial._trial_id, session) is not None
+        except Exception:
+            return True
+
+    def _grace(self) -> int:
+        return self.storage.grace_period or GRACE_PERIOD_S
+
+    def _fail_and_requeue(self, trial: optuna.trial.FrozenTrial) -> bool:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        try:
+            self.storage.set_trial_user_attr(trial_id, FAILURE, "released: its worker is gone")
+            won = self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # another worker took it back first
+        if won:
+            self.retry([trial.user_attrs[CELL]])
+        return won
 
     def unfinished(self) -> int:
         """Cells waiting or running anywhere: a worker with nothing to claim waits while this is > 0, because
@@ -149,6 +220,16 @@ class SweepQueue:
 
     def complete(self, claim: Claim, top1_err: float) -> None:
         self.storage.set_trial_state_values(claim.trial_id, TrialState.COMPLETE, values=[top1_err])
+
+    def mark_done(self, trial: optuna.trial.FrozenTrial, top1_err: float, run_id: str) -> bool:
+        """Record a waiting cell as done without running it (the tracking store holds its finished run)."""
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+            return False
+        claim = Claim(trial_id, trial.number, trial.user_attrs[CELL])
+        self.set_run_id(claim, run_id)
+        self.complete(claim, top1_err)
+        return True
 
     def fail(self, claim: Claim, reason: str) -> None:
         self.storage.set_trial_user_attr(claim.trial_id, FAILURE, reason[:2000])
@@ -179,6 +260,51 @@ class SweepQueue:
 
     def failed_cells(self) -> list[str]:
         return [key for key, trial in self.latest().items() if trial.state == TrialState.FAIL]
+
+
+# ---- which process runs a cell
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None when it is gone or a
+    zombie: together with the pid it names one process, never a later one that reuses the pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def this_process() -> str:
+    """host|boot id|pid namespace|pid|start ticks: enough for another process on the same machine (same boot, same
+    pid namespace: not another container) to tell whether this one still lives."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}|{_boot_id()}|{_pid_namespace()}|{pid}|{_start_ticks(pid) or ''}"
+
+
+def same_machine(owner: str, me: str) -> bool:
+    mine, theirs = me.split("|"), owner.split("|")
+    return len(theirs) == 5 and all(theirs[:3]) and theirs[:3] == mine[:3]
+
+
+def process_alive(owner: str) -> bool:
+    pid, ticks = owner.split("|")[3:5]
+    return pid.isdigit() and _start_ticks(int(pid)) == ticks
 
 
 class Heartbeat:

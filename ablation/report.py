@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from ablation.mlflow_store import HASH, SweepStore
+from ablation.prepared import PreparedSweep
 from ablation.stats import describe_test, mean_std, welch
-from ablation.sweep import PreparedSweep
 
 RUN_METRICS = {
     "top1_err": "final/top1_err_last",
@@ -31,7 +31,7 @@ RUN_METRICS = {
 
 def collect_runs(prepared: PreparedSweep, tracking_uri: str) -> pd.DataFrame:
     """One row per finished cell of the experiment (matched by config hash), with its final metrics."""
-    store = SweepStore(tracking_uri, prepared.experiment)
+    store = SweepStore(tracking_uri, prepared.experiment, create=False)
     by_hash = {cell.hash: cell for cell in prepared.cells}
     rows = []
     for run in store.runs("cell"):
@@ -146,8 +146,10 @@ def table_note(prepared: PreparedSweep) -> str:
     train, data = config.train, config.data
     seeds = prepared.experiment.seeds
     base = prepared.arms[baseline_arm(prepared)].description
+    identities = sorted({arm.data.identity for arm in prepared.arms if arm.data.identity})
+    identity = f", {', '.join(identities)}" if identities else ""
     note = (
-        f"Dataset {data.dataset} ({prepared.arms[0].data.image_size} px); SGD lr {train.lr:g}, momentum "
+        f"Dataset {data.dataset} ({prepared.arms[0].data.image_size} px{identity}); SGD lr {train.lr:g}, momentum "
         f"{train.momentum:g}, weight decay {train.weight_decay:g}, batch {train.batch_size}, {train.epochs} epochs, "
         f"{train.schedule} schedule; seeds {', '.join(map(str, seeds))}. Errors: last epoch, mean ± sample std over "
         "the n seeds that finished ('-': n = 1 has no spread); bold: the lowest mean. 'vs baseline': difference "
@@ -271,7 +273,7 @@ def write_outputs(
 
 def log_to_parent(prepared: PreparedSweep, tracking_uri: str, paths: list[Path]) -> str | None:
     """Attach the table and figures to the sweep's parent run (under results/); its run id, or None."""
-    store = SweepStore(tracking_uri, prepared.experiment)
+    store = SweepStore(tracking_uri, prepared.experiment, create=False)
     parent = store.find_parent(prepared.cells)
     if parent is None:
         return None

@@ -26,6 +26,12 @@ class Slot:
         return env
 
 
+def user_thread_cap() -> int | None:
+    """A positive ``OMP_NUM_THREADS`` set by the user, else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def parse_workers(value: str) -> int | None:
     """--workers: "auto" (None) or a positive integer."""
     if value == "auto":
@@ -41,9 +47,14 @@ def plan_slots(
     cpu_count: int | None = None,
     jobs_per_gpu: int = 1,
     gpus_per_job: int = 1,
+    thread_cap: int | None = None,
 ) -> list[Slot]:
-    """The worker slots of a sweep; ``workers=None`` ("auto") fills every GPU slot (one CPU worker without GPUs)."""
+    """The worker slots of a sweep; ``workers=None`` ("auto") fills every GPU slot (one CPU worker without GPUs).
+
+    ``thread_cap`` (a user's own ``OMP_NUM_THREADS``, see ``user_thread_cap``) caps each worker's threads: on a
+    machine shared with other jobs, the user decides how many cores a worker may take."""
     cpu_count = cpu_count or os.cpu_count() or 1
+    cap = thread_cap or cpu_count
     if jobs_per_gpu < 1:
         raise ConfigError("--jobs-per-gpu", jobs_per_gpu, "allowed: an integer >= 1")
     if gpus_per_job < 1:
@@ -54,7 +65,7 @@ def plan_slots(
         count = workers or 1
         if count > cpu_count:
             raise ConfigError("--workers", count, f"exceeds the {cpu_count} CPU cores; allowed: 1..{cpu_count}")
-        return [Slot(i, (), max(1, cpu_count // count)) for i in range(count)]
+        return [Slot(i, (), max(1, min(cap, cpu_count // count))) for i in range(count)]
     if gpus_per_job > num_gpus:
         raise ConfigError(
             "--gpus-per-job", gpus_per_job, f"exceeds the {num_gpus} visible GPUs; allowed: 1..{num_gpus}"
@@ -70,5 +81,5 @@ def plan_slots(
             f"exceeds the {len(available)} slots ({num_gpus} GPUs x {jobs_per_gpu} jobs per GPU / {gpus_per_job} GPUs "
             f"per job); allowed: 1..{len(available)} or auto",
         )
-    threads = max(1, cpu_count // count)
+    threads = max(1, min(cap, cpu_count // count))
     return [Slot(i, available[i], threads) for i in range(count)]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 from optuna.trial import TrialState
 
-from ablation.grid import sweep_key
-from ablation.queue import CELL, FAILURE, RUN_ID, SweepQueue, open_storage
-from ablation.sweep import PreparedSweep
+from ablation.mlflow_store import SweepStore
+from ablation.prepared import PreparedSweep
+from ablation.queue import CELL, FAILURE, RUN_ID, SweepQueue, open_storage, study_name
+from ablation.stores import sqlite_path
 
 STATE_NAMES = {
     TrialState.WAITING: "pending",
@@ -17,10 +18,16 @@ STATE_NAMES = {
 }
 
 
-def sweep_status(prepared: PreparedSweep, storage_url: str) -> pd.DataFrame | None:
-    """One row per cell: description, seed, state, attempts, MLflow run id, failure reason; None if not started."""
+def sweep_status(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -> pd.DataFrame | None:
+    """One row per cell: description, seed, state, attempts, MLflow run id, failure reason; None if this sweep
+    has no state in ``storage_url`` for the tracking store ``tracking_uri`` (its state is bound to that store)."""
+    if any(path is not None and not path.exists() for path in map(sqlite_path, (storage_url, tracking_uri))):
+        return None  # reading must not create an empty store
+    store = SweepStore(tracking_uri, prepared.experiment, create=False)
+    if store.fingerprint is None:
+        return None
     storage = open_storage(storage_url)
-    name = f"{prepared.experiment.name}:{sweep_key(prepared.cells)}"
+    name = study_name(prepared.experiment.name, prepared.cells, store.fingerprint)
     try:
         queue = SweepQueue(storage, name)
     except KeyError:

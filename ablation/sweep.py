@@ -18,33 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from optuna.trial import TrialState
-from tqdm import tqdm
 
-from ablation.config import Experiment
-from ablation.data.sources import check_data
-from ablation.grid import Arm, Cell, build_network, expand_arms, expand_cells
-from ablation.measure import measure
+from ablation.console import say
+from ablation.prepared import PreparedSweep, prepare_sweep
+
+__all__ = ["PreparedSweep", "SweepReport", "prepare_sweep", "run_sweep"]
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class PreparedSweep:
-    experiment: Experiment
-    arms: list[Arm]
-    cells: list[Cell]
-    costs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arm index -> (params, MACs)
-    # The experiment file and its --set overrides, to start worker processes on the very same experiment.
-    command_args: tuple[str, ...] = ()
-
-
-def prepare_sweep(experiment: Experiment, command_args: tuple[str, ...] = ()) -> PreparedSweep:
-    """Validate everything before any job: configs, networks, data."""
-    arms = expand_arms(experiment, check_paths=True)
-    costs = {arm.index: measure(lambda arm=arm: build_network(arm), arm.data.image_size) for arm in arms}
-    for data in {arm.config.data for arm in arms}:
-        check_data(data)
-    return PreparedSweep(experiment, arms, expand_cells(experiment, arms), costs, tuple(command_args))
 
 
 @dataclass
@@ -59,10 +39,6 @@ class SweepReport:
     parent_run_id: str = ""
 
 
-def say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
-
-
 def duration(seconds: float) -> str:
     seconds = round(seconds)
     if seconds >= 3600:
@@ -72,7 +48,7 @@ def duration(seconds: float) -> str:
 
 def run_sweep(prepared: PreparedSweep, options, slots=None, retry_failed: bool = False) -> SweepReport:
     """Run the sweep with ``options`` (a ``WorkerOptions``) on ``slots`` (default: one in-process worker)."""
-    from ablation.worker import join_sweep
+    from ablation.sweep_state import join_sweep
 
     began = time.perf_counter()
     queue, store = join_sweep(prepared, options)
@@ -89,15 +65,20 @@ def run_sweep(prepared: PreparedSweep, options, slots=None, retry_failed: bool =
     )
     report = SweepReport(total=len(prepared.cells), parent_run_id=queue.get_attr("parent_run_id"))
     slots = slots or []
-    if options.gpus_per_job > 1:
-        # Every cell is a torchrun launch confined to its slot's GPUs: all workers are processes.
-        _wait_for(_start_workers(prepared, options, slots), prepared, queue, began)
-    else:
-        # This process, already warm (imports, validation), is the first slot's worker; the others are processes.
-        others = _start_workers(prepared, options, slots[1:])
-        worker = _run_here(prepared, options, slots[0] if slots else None, queue, store, counts, began, len(slots))
-        report.trained_now, report.train_s = worker.finished, worker.train_s
-        _wait_for(others, prepared, queue, began)
+    try:
+        if options.gpus_per_job > 1:
+            # Every cell is a torchrun launch confined to its slot's GPUs: all workers are processes.
+            _wait_for(_start_workers(prepared, options, slots), prepared, queue, began)
+        else:
+            # This process, already warm (imports, validation), is the first slot's worker; others are processes.
+            others = _start_workers(prepared, options, slots[1:])
+            worker = _run_here(prepared, options, slots[0] if slots else None, queue, store, counts, began, len(slots))
+            report.trained_now, report.train_s = worker.finished, worker.train_s
+            _wait_for(others, prepared, queue, began)
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGTERM): the cells in flight were marked KILLED and given back; so is the sweep's parent run.
+        store.finish(report.parent_run_id, "KILLED", "interrupted; run the same command to resume")
+        raise
     counts = _counts(queue)
     report.done, report.pending = counts["done"], counts["pending"]
     report.failed = {
@@ -215,6 +196,12 @@ def _wait_for(processes: list[subprocess.Popen], prepared, queue, began: float) 
                     f"{counts['failed']} failed | elapsed {duration(elapsed)} | ETA {eta}"
                 )
     except KeyboardInterrupt:
+        # Each worker marks its cell KILLED and gives it back when terminated; wait for that before returning.
         for process in processes:
             process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
         raise

@@ -11,6 +11,9 @@ from typing import Protocol
 
 
 class Tracker(Protocol):
+    """A tracker keeps one value per (metric, step): logging a step again (a resumed job replays the epochs of its
+    checkpoint, in case a kill cut their logging off) leaves the first value."""
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
@@ -24,7 +27,10 @@ class MemoryTracker:
         self.artifacts: list[tuple[Path, str | None]] = []
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
+        logged = {(key, s) for s, m in self.metrics for key in m}
+        fresh = {key: value for key, value in metrics.items() if (key, step) not in logged}
+        if fresh:
+            self.metrics.append((step, fresh))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))

@@ -34,11 +34,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ablation.attention.cpu_kernels import prepare_for
-from ablation.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from ablation.checkpoint import load_checkpoint, load_resumable, restore_rng_state, rng_state, save_checkpoint
 from ablation.config import RunConfig, TrainConfig, config_hash
+from ablation.console import say
 from ablation.data.catalog import DatasetInfo
 from ablation.data.loaders import make_loaders
 from ablation.distributed import SINGLE, DistContext, all_reduce_sum, barrier, broadcast_buffers, broadcast_object
+from ablation.faults import kill_point
 from ablation.host_memory import keep_freed_memory
 from ablation.metrics import topk_correct
 from ablation.tracker import Tracker
@@ -69,13 +71,24 @@ class TrainResult:
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
+    """The device ``--device`` names, or a one-line ConfigError when it does not exist here (checked before any
+    store is touched: a sweep must not create runs that no device can train)."""
+    from ablation.errors import ConfigError
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from ablation.errors import ConfigError
-
-        raise ConfigError("--device", spec, "CUDA is not available here; allowed: auto, cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    allowed = "auto, cpu" + (f", cuda, cuda:0..cuda:{gpus - 1}" if gpus else "")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError("--device", spec, f"is not a device name; allowed here: {allowed}") from None
+    if device.type == "cuda" and not gpus:
+        raise ConfigError("--device", spec, f"CUDA is not available here; allowed: {allowed}")
+    if device.type == "cuda" and device.index is not None and device.index >= gpus:
+        raise ConfigError("--device", spec, f"this machine has {gpus} GPU(s); allowed: {allowed}")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError("--device", spec, f"the harness trains on CPU or CUDA devices; allowed here: {allowed}")
     return device
 
 
@@ -177,11 +190,19 @@ def train_job(
     workers: int = 4,
     description: str = "",
     dist: DistContext | None = None,
+    run_id: str | None = None,
+    say: Callable[[str], None] = say,
 ) -> TrainResult:
     """Train ``model`` (freshly built under ``seed_everything(config.seed)``) as ``config`` says.
 
-    Resumes from ``checkpoint_path`` if it holds a checkpoint of this config. ``stop_after_epochs`` ends the
-    call once that many epochs are done in total (an interruption, for tests and for time-sliced workers).
+    Resumes from ``checkpoint_path`` if it holds a checkpoint of this job (its config and data) written for
+    ``run_id``, the MLflow run this attempt logs to (None: any); a checkpoint that does not load or is not this
+    job's is moved aside with a line to ``say`` (``ablation.checkpoint.load_resumable``). ``stop_after_epochs``
+    ends the call once that many epochs are done in total (an interruption, for tests and time-sliced workers).
+
+    Each epoch is checkpointed, then logged. A resumed job first logs the epochs of its checkpoint's history, so
+    an epoch whose logging a kill cut off is logged now; trackers keep one value per (metric, step), so nothing
+    that was logged before is logged twice.
 
     ``dist`` (from ``ablation.distributed.init_from_env``) with world_size K > 1: this process is one of K
     that train the job together; every rank must make the same call (same config, same checkpoint path on a
@@ -234,20 +255,34 @@ def train_job(
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=dtype)
 
-    history: list[dict[str, float]] = []
-    start_epoch, train_time = 0, 0.0
-    # Every rank loads the checkpoint (into the unwrapped network, before DDP copies rank 0's weights): each
-    # rank steps its own optimizer, so each needs the momentum buffers, the scheduler and the RNG state.
-    state = load_checkpoint(checkpoint_path, map_location=device)
-    if state is not None:
-        if state["config_hash"] != config_hash(config):
-            raise RuntimeError(f"{checkpoint_path} belongs to config {state['config_hash']}, not this job")
+    key = config_hash(config, info.identity)
+
+    def restore(state: dict) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
+
+    # Every rank restores the checkpoint (into the unwrapped network, before DDP copies rank 0's weights): each
+    # rank steps its own optimizer, so each needs the momentum buffers, the scheduler and the RNG state. Rank 0
+    # alone vets it (and moves a bad one aside) before the others read what it left.
+    state = None
+    if dist.is_main:
+        resume = {"key": key, "run_id": run_id, "apply": restore, "map_location": device, "say": say}
+        state = load_resumable(checkpoint_path, **resume)
+    barrier(dist)
+    if not dist.is_main:
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state is not None:
+            restore(state)
+    history: list[dict[str, float]] = []
+    start_epoch, train_time = 0, 0.0
+    if state is not None:
         history, start_epoch, train_time = list(state["history"]), state["epoch"], state["train_time_s"]
+        if dist.is_main:
+            for done in history:  # epochs whose logging a kill cut off; the tracker skips those it has
+                tracker.log_metrics({k: done[k] for k in EPOCH_METRICS}, step=int(done["epoch"]))
     resumed_from = start_epoch
     net = model  # the unwrapped network: evaluated, and saved, so checkpoints do not depend on K
     if dist.distributed:
@@ -290,6 +325,7 @@ def train_job(
             totals[0] += loss.detach().double() * len(labels)
             totals[1] += topk_correct(logits.detach().float(), labels, (1,))[0].double()
             totals[2] += len(labels)
+            kill_point("train.batch")
         bar.close()
         # The sums over all ranks: the global epoch's numbers, and a NaN on any rank raises on every rank (a
         # rank raising alone would leave the others waiting in the next collective).
@@ -317,11 +353,12 @@ def train_job(
         history.append(metrics)
         if not dist.is_main:
             continue
-        tracker.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=epoch + 1)
+        # Checkpoint first: a kill between the two leaves an epoch that the resumed job logs from the history.
         save_checkpoint(
             checkpoint_path,
             {
-                "config_hash": config_hash(config),
+                "config_hash": key,
+                "run_id": run_id,
                 "epoch": epoch + 1,
                 "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -332,6 +369,9 @@ def train_job(
                 "train_time_s": train_time,
             },
         )
+        kill_point("epoch.checkpointed")
+        tracker.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=epoch + 1)
+        kill_point("epoch.logged")
     barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
     final = final_metrics(history)
     if dist.is_main:

@@ -17,10 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optuna.trial import TrialState
+
 from ablation.cell import CellOptions, CellOutcome, run_cell
-from ablation.mlflow_store import MlflowTracker, SweepStore
-from ablation.queue import Claim, Heartbeat, SweepQueue, open_storage
-from ablation.sweep import PreparedSweep
+from ablation.console import say
+from ablation.mlflow_store import SweepStore
+from ablation.prepared import PreparedSweep
+from ablation.queue import NAME, Claim, Heartbeat, SweepQueue
+from ablation.sweep_state import join_sweep
+from ablation.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,28 +52,20 @@ class WorkerReport:
     train_s: float = 0.0
 
 
-def join_sweep(prepared: PreparedSweep, options: WorkerOptions) -> tuple[SweepQueue, SweepStore]:
-    """Open the storage and MLflow, and create the sweep (cells enqueued, parent run made) or join it."""
-    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
-    store = SweepStore(options.tracking_uri, prepared.experiment)
+class _EpochLines:
+    """A Tracker that prints one line per epoch beside what it passes on: a worker process's visible progress."""
 
-    def setup(queue: SweepQueue) -> None:
-        queue.set_attr("parent_run_id", store.parent_run(prepared.cells))
+    def __init__(self, inner: Tracker, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
 
-    queue = SweepQueue.create_or_join(storage, prepared.experiment.name, prepared.cells, setup)
-    return queue, store
-
-
-class _EpochLines(MlflowTracker):
-    """An MlflowTracker that also prints one line per epoch: a worker process's visible progress."""
-
-    def __init__(self, inner: MlflowTracker, prefix: str) -> None:
-        super().__init__(inner.client, inner.run_id)
-        self.prefix = prefix
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.inner.log_artifact(path, artifact_path)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        super().log_metrics(metrics, step)
-        if step is not None and "val/top1_err" in metrics:
+        # A resumed cell replays its checkpoint's epochs into the tracker, which keeps what it has: no line for those.
+        known = (("val/top1_err", step) in self.inner.logged) if hasattr(self.inner, "logged") else False
+        self.inner.log_metrics(metrics, step)
+        if step is not None and "val/top1_err" in metrics and not known:
             print(
                 f"{self.prefix} epoch {step}: train loss {metrics['train/loss']:.3f}, val top-1 err "
                 f"{metrics['val/top1_err']:.2f}% ({metrics['time/epoch_s']:.1f}s)",
@@ -89,14 +86,19 @@ def run_worker(
     parent_id = queue.get_attr("parent_run_id")
     cells = {cell.hash: cell for cell in prepared.cells}
     report = WorkerReport()
+    waiting, finalizing = False, set()  # trials of ours whose results are still being logged
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
         while True:
             claim = queue.claim()
             if claim is None:
                 if queue.unfinished() == 0:
                     break
+                if not waiting and (reason := _waiting_for(queue, options.grace_period, finalizing)):
+                    say(f"[{options.name}] {reason}")
+                    waiting = True
                 time.sleep(options.poll_s)  # others still run cells; one may die and its cell come back
                 continue
+            waiting = False
             cell = cells[claim.cell_hash]
             beat = Heartbeat(queue.storage, claim.trial_id, options.heartbeat_interval).start()
             try:
@@ -114,7 +116,8 @@ def run_worker(
                 on_cell(cell.name, outcome.reason or outcome.status)
             if outcome.status == "finished":
                 report.finished += 1
-                _complete_when_logged(queue, claim, beat, outcome, report, cell.name)
+                finalizing.add(claim.trial_id)
+                _complete_when_logged(queue, claim, beat, outcome, report, cell.name, finalizing)
                 continue
             beat.stop()
             if outcome.status == "interrupted":
@@ -126,7 +129,21 @@ def run_worker(
     return report
 
 
-def _complete_when_logged(queue, claim: Claim, beat: Heartbeat, outcome: CellOutcome, report, name: str) -> None:
+def _waiting_for(queue: SweepQueue, grace_period: int, mine: set[int]) -> str:
+    """Why a worker with nothing to claim waits ("" when it only waits for its own results to be logged)."""
+    running = [t.user_attrs.get(NAME, "?") for t in queue.trials((TrialState.RUNNING,)) if t._trial_id not in mine]
+    if not running:
+        return ""
+    shown = ", ".join(running[:3]) + (f" and {len(running) - 3} more" if len(running) > 3 else "")
+    return (
+        f"no cell to claim; waiting for {len(running)} running elsewhere ({shown}): a cell whose worker falls silent "
+        f"for {grace_period}s is taken up again"
+    )
+
+
+def _complete_when_logged(
+    queue, claim: Claim, beat: Heartbeat, outcome: CellOutcome, report, name: str, finalizing: set[int]
+) -> None:
     """Tell the storage the cell is complete once its results are in MLflow (heartbeat kept until then)."""
 
     def done(future) -> None:
@@ -140,6 +157,7 @@ def _complete_when_logged(queue, claim: Claim, beat: Heartbeat, outcome: CellOut
                 queue.fail(claim, report.failed[name])
         finally:
             beat.stop()
+            finalizing.discard(claim.trial_id)
 
     if outcome.finalizing is None:
         done(None)

@@ -1,4 +1,9 @@
+import atexit
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -6,6 +11,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 sys.path.insert(0, str(ROOT))  # runner.py lives at the top level, beside the package
+
+# Data identities are cached (ablation.data.identity); tests keep that cache in a folder of their own, which every
+# process they start inherits, and which goes when they end.
+_CACHE = tempfile.mkdtemp(prefix="ablation-test-cache-")
+os.environ["ABLATION_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
+
+
+@contextlib.contextmanager
+def in_folder(folder: Path):
+    """Work in ``folder`` for a while: MLflow puts a new store's artifacts under ``./mlruns`` of the working folder,
+    and tests write only into temporary folders."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +92,42 @@ def tiny_npz(tmp_path_factory) -> Path:
         classes=arrays["classes"],
     )
     return path
+
+
+def tiny_config(npz: Path, epochs: int, batch_size: int = 25, seed: int = 0):
+    """One job's RunConfig on the tiny set: the CBAM eighth-width ResNet-18 of ``tiny_experiment``."""
+    from ablation.config import parse_run_config
+
+    return parse_run_config(
+        {
+            "model": {
+                "arch": "resnet18",
+                "width": 0.125,
+                "stem": "cifar",
+                "attention": {"type": "cbam", "reduction": 4},
+            },
+            "data": {"dataset": "npz", "root": str(npz)},
+            "train": {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "schedule": "cosine"},
+            "seed": seed,
+        }
+    )
+
+
+def sweep_in(folder: Path, prepared, tracking="mlflow.db", storage="sweeps.db", retry_failed=False, **cell_options):
+    """Run a sweep in this process on SQLite stores and a checkpoint folder inside ``folder``, working there;
+    returns (report, options)."""
+    from ablation.cell import CellOptions
+    from ablation.sweep import run_sweep
+    from ablation.worker import WorkerOptions
+
+    options = WorkerOptions(
+        tracking_uri=f"sqlite:///{folder / tracking}",
+        storage_url=f"sqlite:///{folder / storage}",
+        cell=CellOptions(checkpoint_dir=folder / "checkpoints", progress=False, **cell_options),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    with in_folder(folder):
+        return run_sweep(prepared, options, retry_failed=retry_failed), options
 
 
 def tiny_experiment(root: Path, grid: str, seeds: str = "[0, 1]", epochs: int = 2, extra_train: str = "") -> str:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ablation.attention import build_attention
-from ablation.config import RunConfig, parse_run_config
+from ablation.config import RunConfig
 from ablation.data.catalog import BUNDLED, dataset_info
 from ablation.data.loaders import make_loaders
 from ablation.data.memory import InMemoryLoader
@@ -45,6 +45,7 @@ from ablation.distributed import DistContext, destroy, init_from_env
 from ablation.models import build_model
 from ablation.tracker import MemoryTracker
 from ablation.train import EPOCH_METRICS, TrainResult, _evaluate, compile_for_training, seed_everything, train_job
+from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -249,19 +250,7 @@ class _RaisingTracker:
 
 
 def _job_config(npz: Path, epochs: int) -> RunConfig:
-    return parse_run_config(
-        {
-            "model": {
-                "arch": "resnet18",
-                "width": 0.125,
-                "stem": "cifar",
-                "attention": {"type": "cbam", "reduction": 4},
-            },
-            "data": {"dataset": "npz", "root": str(npz)},
-            "train": {"epochs": epochs, "batch_size": 20, "lr": 0.05, "schedule": "cosine"},
-            "seed": 0,
-        }
-    )
+    return tiny_config(npz, epochs, batch_size=20)
 
 
 def _run_job(
@@ -368,7 +357,9 @@ def test_train_job_under_torchrun_reports_from_rank0_and_resumes_on_one_process(
     tracker = MemoryTracker()
     result = _run_job(config, "resnet", resume, tracker)
     assert result.completed and result.resumed_from_epoch == 1
-    assert result.history[0] == epoch1 and [step for step, _ in tracker.metrics] == [2, None]
+    # The resumed job logs its checkpoint's epoch too (a kill may have cut that logging off), then epoch 2.
+    assert result.history[0] == epoch1 and [step for step, _ in tracker.metrics] == [1, 2, None]
+    assert tracker.metrics[0][1] == {k: epoch1[k] for k in EPOCH_METRICS}
 
     # Without BN, 2 processes train exactly what 1 does (up to float32 summation order).
     reference = _run_job(_job_config(tiny_npz, epochs=1), "bn_free", tmp_path / "bn_free1" / "last.pt", MemoryTracker())

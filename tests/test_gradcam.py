@@ -174,6 +174,14 @@ def test_gradcam_for_experiment_end_to_end(tmp_path: Path) -> None:
     paths = gradcam_for_experiment(prepared, options.checkpoint_dir, out, images=4, seed_index=1, formats=("png",))
     assert paths == [out / "gradcam.png"] and paths[0].read_bytes()[:8] == PNG_MAGIC
 
+    # A damaged checkpoint is named and skipped; the other arms are still drawn.
+    damaged = checkpoint_path(options, experiment.name, Cell(arms[0], 5))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    skipped.clear()
+    paths = gradcam_for_experiment(prepared, options.checkpoint_dir, out, images=4, seed_index=1, say=skipped.append)
+    assert len(paths) == 2 and len(skipped) == 1
+    assert str(damaged) in skipped[0] and "does not load" in skipped[0] and "weights_only" not in skipped[0]
+
 
 def test_gradcam_for_experiment_rejects_imagenet(tmp_path: Path) -> None:
     from ablation.sweep import PreparedSweep

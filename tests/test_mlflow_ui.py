@@ -18,11 +18,9 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from ablation.cell import CellOptions
 from ablation.config import load_experiment
-from ablation.sweep import prepare_sweep, run_sweep
-from ablation.worker import WorkerOptions
-from tests.conftest import ROOT, tiny_experiment
+from ablation.sweep import prepare_sweep
+from tests.conftest import ROOT, sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -86,13 +84,8 @@ def test_the_mlflow_ui_shows_the_sweep_and_a_cells_final_error(tmp_path, tiny_np
 
     path = tmp_path / "tiny.yaml"
     path.write_text(tiny_experiment(tiny_npz, GRID, "[0]", epochs=1))
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    options = WorkerOptions(
-        tracking_uri=tracking_uri,
-        storage_url=f"sqlite:///{tmp_path / 'sweeps.db'}",
-        cell=CellOptions(checkpoint_dir=tmp_path / "checkpoints", progress=False),
-    )
-    report = run_sweep(prepare_sweep(load_experiment(path)), options)
+    report, options = sweep_in(tmp_path, prepare_sweep(load_experiment(path)))
+    tracking_uri = options.tracking_uri
     assert report.done == 2
 
     client = MlflowClient(tracking_uri)

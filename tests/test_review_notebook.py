@@ -5,11 +5,9 @@ import pytest
 from mlflow import MlflowClient
 from nbclient import NotebookClient
 
-from ablation.cell import CellOptions
 from ablation.config import load_experiment
-from ablation.sweep import prepare_sweep, run_sweep
-from ablation.worker import WorkerOptions
-from tests.conftest import ROOT, tiny_experiment
+from ablation.sweep import prepare_sweep
+from tests.conftest import ROOT, sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +47,7 @@ def test_the_review_notebook_runs_headless_on_a_finished_sweep(tmp_path, tiny_np
     path = tmp_path / "tiny.yaml"
     path.write_text(tiny_experiment(tiny_npz, GRID, "[0, 1]", epochs=1))
     prepared = prepare_sweep(load_experiment(path))
-    options = WorkerOptions(
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        storage_url=f"sqlite:///{tmp_path / 'sweeps.db'}",
-        cell=CellOptions(checkpoint_dir=tmp_path / "checkpoints", progress=False),
-    )
-    report = run_sweep(prepared, options)
+    report, options = sweep_in(tmp_path, prepared)
     assert report.done == 4
 
     outputs = execute(monkeypatch, path, options.tracking_uri, options.storage_url)

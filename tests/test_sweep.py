@@ -2,20 +2,18 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from ablation.cell import CellOptions
+import runner
 from ablation.config import load_experiment
 from ablation.report import collect_runs, summarize
-from ablation.sweep import prepare_sweep, run_sweep
-from ablation.worker import WorkerOptions
-from tests.conftest import ROOT, tiny_experiment
+from ablation.sweep import prepare_sweep
+from tests import processes
+from tests.conftest import sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +21,9 @@ GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel
 
 
 def sweep(path, tmp_path, retry_failed=False, **cell_options):
-    tmp_path.mkdir(parents=True, exist_ok=True)
     prepared = prepare_sweep(load_experiment(path))
-    options = WorkerOptions(
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        storage_url=f"sqlite:///{tmp_path / 'sweeps.db'}",
-        cell=CellOptions(checkpoint_dir=tmp_path / "checkpoints", progress=False, **cell_options),
-    )
-    return prepared, run_sweep(prepared, options, retry_failed=retry_failed), options.tracking_uri
+    report, options = sweep_in(tmp_path, prepared, retry_failed=retry_failed, **cell_options)
+    return prepared, report, options.tracking_uri
 
 
 def cell_runs(uri):
@@ -149,40 +142,42 @@ def test_a_diverging_cell_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, 
 
 
 def run_cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "runner.py"), *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+    """``runner.py`` as a separate process (forked from a process that imported everything once)."""
+    done = processes.run(list(args), cwd, cwd / "runner.log")
+    return done.exitcode, done.log
 
 
-def test_bad_data_or_file_fails_before_any_run(tmp_path, tiny_npz, write_experiment):
+def test_bad_data_or_file_fails_before_any_run(tmp_path, tiny_npz, write_experiment, capsys, monkeypatch):
     good = tiny_experiment(tiny_npz, GRID)
     cases = {
         "missing-data": good.replace(str(tiny_npz), str(tmp_path / "nowhere.npz")),
         "malformed": good + "grid: [\n",
         "bad-value": good.replace("lr: 0.05", "lr: fast"),
     }
+    monkeypatch.chdir(tmp_path)
     for name, text in cases.items():
         path = write_experiment(text, name)
-        result = run_cli("sweep", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
-        assert result.returncode == 2, (name, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
-        assert result.stderr.startswith("error: ")
+        capsys.readouterr()
+        assert runner.main(["sweep", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2, name
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, (name, err)
+        assert err.startswith("error: ")
         assert not (tmp_path / "mlflow.db").exists(), name  # no store, so certainly no run
-    result = run_cli("sweep", str(write_experiment(cases["missing-data"], "x")), cwd=tmp_path)
-    assert "data.root" in result.stderr and "nowhere.npz" in result.stderr
+        if name == "missing-data":
+            assert "data.root" in err and "nowhere.npz" in err
 
 
-def test_cli_sweep_then_table_formats(tmp_path, tiny_npz, write_experiment):
+def test_cli_sweep_then_table_formats(tmp_path, tiny_npz, write_experiment, capsys):
     path = write_experiment(tiny_experiment(tiny_npz, GRID, "[0]", epochs=1))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_cli("sweep", str(path), "--tracking-uri", uri, "--no-progress", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "2/2 cells done" in result.stderr
-    result = run_cli("table", str(path), "--tracking-uri", uri, "--format", "csv", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    code, log = run_cli("sweep", str(path), "--tracking-uri", uri, "--no-progress", cwd=tmp_path)
+    assert code == 0, log
+    assert "2/2 cells done" in log
+    table_args = ["table", str(path), "--tracking-uri", uri, "--format", "csv", "--out", str(tmp_path / "csv")]
+    assert runner.main(table_args) == 0
     from io import StringIO
 
-    table = pd.read_csv(StringIO(result.stdout))
+    table = pd.read_csv(StringIO(capsys.readouterr().out))
     assert {"description", "n", "top1_err_mean", "top1_err_std", "top5_err_mean", "top5_err_std"} <= set(table)
     assert table["n"].tolist() == [1, 1]
     assert table["top1_err_std"].isna().all()  # one seed: no spread, not a made-up one

@@ -1,17 +1,20 @@
-"""What a dataset is (classes, image size, channels) without loading it, and where it lives.
+"""What a dataset is (classes, image size, channels, identity) without loading it, and where it lives.
 
-Every check here runs before any job starts, so a missing path is a one-line error, not a crash in epoch 1.
+Every check here runs before any job starts, so a missing path or a corrupt file is a one-line error, not a crash
+in epoch 1 after the sweep's runs exist.
 """
 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ablation.config import DataConfig
+from ablation.data.identity import file_identity, file_is_verified, folder_identity, mark_verified
 from ablation.errors import ConfigError
 
 BUNDLED = {"cifar10-micro": Path(__file__).with_name("cifar10-micro.npz")}
@@ -25,6 +28,9 @@ class DatasetInfo:
     image_size: int  # the resolution the network sees (after crops)
     in_channels: int
     path: Path | None  # the file or folder read, None for a torchvision download target not yet present
+    # What the images are (``ablation.data.identity``), part of every cell's key; None when only the shape of the
+    # data was asked for (profiling, which reads no images).
+    identity: str | None = None
 
 
 def npz_path(data: DataConfig) -> Path:
@@ -53,7 +59,7 @@ def npz_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     )
                     shape, _, dtype = read_header(f)
                 out[name.removesuffix(".npy")] = (shape, dtype)
-    except (zipfile.BadZipFile, ValueError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
         raise ConfigError("data.root", str(path), f"is not a readable .npz archive ({exc})") from None
     missing = [k for k in NPZ_KEYS if k not in out]
     if missing:
@@ -61,11 +67,60 @@ def npz_header(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return out
 
 
-def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
-    """Classes, resolution and channels of ``data``.
+def verify_npz(path: Path, identity: str) -> None:
+    """Read every byte of an .npz once and check what training relies on, so that a corrupt or malformed file
+    fails now, in one line, and not inside a cell: every member's CRC, uint8 N x H x W x C images (H == W, 1 or 3
+    channels, the same size in both splits), one integer label per image within the classes. Remembered per
+    identity, so an unchanged file is read once."""
+    if file_is_verified(path, identity):
+        return
 
-    With ``check_paths`` a path that does not exist is a ConfigError; without it (profiling a network, which
-    needs no images) torchvision datasets and ImageNet fall back to their standard class counts.
+    def bad(problem: str) -> ConfigError:
+        return ConfigError("data.root", str(path), problem)
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            corrupt = archive.testzip()
+        if corrupt is not None:
+            raise bad(f"its member {corrupt} is corrupt (CRC mismatch); the file is damaged, write it again")
+        with np.load(path, allow_pickle=False) as f:
+            y = {split: f[f"y_{split}"] for split in ("train", "test")}
+            classes = f["classes"]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:
+        raise bad(f"cannot be read as an .npz archive ({exc})") from None
+    if classes.ndim != 1 or len(classes) < 2:
+        raise bad(f"classes has shape {classes.shape}; it must list at least 2 class names")
+    header = npz_header(path)
+    train_shape = header["x_train"][0]
+    for split in ("train", "test"):
+        shape, dtype = header[f"x_{split}"]
+        if dtype != np.uint8:
+            raise bad(f"x_{split} has dtype {dtype}; images must be uint8 (0-255)")
+        if len(shape) != 4 or shape[1] != shape[2] or shape[3] not in (1, 3):
+            raise bad(f"x_{split} has shape {shape}; images must be N x H x W x C with H == W and C 1 or 3")
+        if shape[1:] != train_shape[1:]:
+            raise bad(f"x_{split} images are {shape[1:]} but x_train images are {train_shape[1:]}; mixed sizes")
+        if shape[0] == 0:
+            raise bad(f"x_{split} holds no images")
+        labels = y[split]
+        if labels.ndim != 1 or len(labels) != shape[0]:
+            raise bad(f"y_{split} has shape {labels.shape}; it needs one label per image ({shape[0]})")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise bad(f"y_{split} has dtype {labels.dtype}; labels must be integers")
+        outside = labels[(labels < 0) | (labels >= len(classes))]
+        if len(outside):
+            raise bad(
+                f"y_{split} holds label {int(outside[0])}, outside the {len(classes)} classes (0..{len(classes) - 1})"
+            )
+    mark_verified(path, identity)
+
+
+def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
+    """Classes, resolution, channels and identity of ``data``.
+
+    With ``check_paths`` a path that does not exist, or an .npz that is corrupt or malformed, is a ConfigError, and
+    the data's identity is computed; without it (profiling a network, which needs no images) torchvision datasets
+    and ImageNet fall back to their standard class counts and there is no identity.
     """
     if data.dataset in ("npz", *BUNDLED):
         path = npz_path(data)
@@ -73,14 +128,21 @@ def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
         shape = header["x_train"][0]
         if len(shape) != 4 or shape[1] != shape[2]:
             raise ConfigError("data.root", str(path), f"x_train must be N x H x W x C with H == W, got {shape}")
+        if len(header["classes"][0]) != 1:
+            raise ConfigError("data.root", str(path), "classes must be a 1-D array of class names")
         num_classes = header["classes"][0][0]
-        return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path)
+        identity = None
+        if check_paths:
+            identity = file_identity(path)
+            verify_npz(path, identity)
+        return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity)
     if data.dataset in ("cifar10", "cifar100"):
         root = Path(data.root).expanduser() if data.root else None
         if root is None and check_paths:
             raise ConfigError("data.root", None, f"dataset {data.dataset} needs data.root = a folder for torchvision")
         classes = 10 if data.dataset == "cifar10" else 100
-        return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root)
+        identity = f"torchvision:{data.dataset}:train+test" if check_paths else None
+        return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root, identity)
     # imagenet: train/ and val/ ImageFolders under root.
     if not check_paths:
         return DatasetInfo("imagenet", 1000, data.image_size or 224, 3, None)
@@ -91,4 +153,4 @@ def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
         if not (root / split).is_dir():
             raise ConfigError("data.root", data.root, f"has no {split}/ folder; imagenet needs root/train and root/val")
     num_classes = sum(1 for p in (root / "train").iterdir() if p.is_dir())
-    return DatasetInfo("imagenet", num_classes, data.image_size or 224, 3, root)
+    return DatasetInfo("imagenet", num_classes, data.image_size or 224, 3, root, folder_identity(root))

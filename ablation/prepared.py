@@ -1,0 +1,42 @@
+"""A sweep ready to run: its experiment validated, its arms and cells expanded, its networks measured.
+
+``prepare_sweep`` is everything that can be checked before a store is touched: the config of every arm, that every
+network builds (on the meta device, which also counts its params and MACs) and that the data is there, readable
+and what it claims (its identity is part of each cell's key). Both the ``sweep`` command and every worker start
+from a ``PreparedSweep``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ablation.config import Experiment
+from ablation.data.sources import check_data
+from ablation.grid import Arm, Cell, build_network, expand_arms, expand_cells
+from ablation.measure import measure
+
+
+@dataclass(frozen=True)
+class PreparedSweep:
+    experiment: Experiment
+    arms: list[Arm]
+    cells: list[Cell]
+    costs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arm index -> (params, MACs)
+    # The experiment file and its --set overrides, to start worker processes on the very same experiment.
+    command_args: tuple[str, ...] = ()
+
+
+def prepare_sweep(experiment: Experiment, command_args: tuple[str, ...] = ()) -> PreparedSweep:
+    """Validate everything before any job: configs, networks, data."""
+    arms = expand_arms(experiment, check_paths=True)
+    costs = {arm.index: measure(lambda arm=arm: build_network(arm), arm.data.image_size) for arm in arms}
+    for data in {arm.config.data for arm in arms}:
+        check_data(data)
+    return PreparedSweep(experiment, arms, expand_cells(experiment, arms), costs, tuple(command_args))
+
+
+def read_only_sweep(experiment: Experiment) -> PreparedSweep:
+    """The arms and cells of an experiment for commands that read results (``table``, ``status``, ``gradcam``):
+    the data must be here, because its identity is part of every cell's key, but nothing is measured."""
+    arms = expand_arms(experiment, check_paths=True)
+    return PreparedSweep(experiment, arms, expand_cells(experiment, arms))

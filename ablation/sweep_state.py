@@ -1,0 +1,141 @@
+"""Joining a sweep: its state in the Optuna storage, bound to the tracking store and checked against it.
+
+The two stores have one job each. The tracking store (MLflow) holds the results: a cell is done when it has a
+FINISHED run there. The storage (Optuna) schedules: which cell waits, runs, is done or failed. Its state is
+keyed by the tracking store it was made for (``ablation.queue.study_name``), and whenever a process joins a sweep
+it is checked against the tracking store under the sweep's lock. Where they disagree the tracking store wins,
+and one line says what was found and what happens now:
+
+- the storage has no state for this sweep and this store (a new or deleted ``sweeps.db``, another ``--storage``,
+  another ``--tracking-uri``): the state is made afresh, and cells whose finished runs the store already holds
+  count as done;
+- the storage marks cells done whose finished runs the store no longer has (deleted there): they run again;
+- the sweep's parent run is gone from the store: a new one takes its place;
+- finished runs logged before data identities were part of cell keys, whose dataset digest matches this data:
+  re-keyed and counted (``SweepStore.adopt_legacy_runs``).
+
+Both stores are probed first (``ablation.stores``): an unreachable or read-only one is a one-line error before
+anything is created in either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from ablation.console import say
+from ablation.faults import kill_point
+from ablation.grid import Cell, sweep_key
+from ablation.mlflow_store import SweepStore
+from ablation.prepared import PreparedSweep
+from ablation.queue import CELL, SweepQueue, open_storage, study_name
+from ablation.stores import probe_storage, probe_tracking
+
+
+def join_sweep(prepared: PreparedSweep, options, say: Callable[[str], None] = say) -> tuple[SweepQueue, SweepStore]:
+    """Probe both stores, open them, and create, finish setting up, or join (and check) the sweep."""
+    probe_storage(options.storage_url)
+    probe_tracking(options.tracking_uri)
+    storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
+    store = SweepStore(options.tracking_uri, prepared.experiment)
+    name = study_name(prepared.experiment.name, prepared.cells, store.fingerprint)
+    checkpoint_dir = Path(options.cell.checkpoint_dir)
+
+    def setup(queue: SweepQueue, new: bool) -> None:
+        if new:
+            _set_up(queue, store, prepared, options, checkpoint_dir, say)
+        else:
+            _check(queue, store, prepared, options, say)
+
+    queue = SweepQueue.create_or_join(storage, options.storage_url, name, prepared.cells, setup, say)
+    return queue, store
+
+
+def _set_up(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, options, checkpoint_dir: Path, say) -> None:
+    cells, uri = prepared.cells, options.tracking_uri
+    prefix = f"{prepared.experiment.name}:{sweep_key(cells)}:"
+    others = [
+        s.study_name
+        for s in queue.storage.get_all_studies()
+        if s.study_name.startswith(prefix) and s.study_name != queue.study_name
+    ]
+    if others:
+        say(
+            f"[sweep] {options.storage_url} holds this sweep's state for another tracking store, not for {uri}; "
+            "a state for this store starts here, and this store's own runs decide what is done"
+        )
+    adopted, unverified = store.adopt_legacy_runs(
+        cells, _array_digest, lambda cell: _move_legacy_checkpoint(checkpoint_dir / prepared.experiment.name, cell)
+    )
+    if adopted or unverified:
+        parts = [f"{adopted} hold this data (same image digest) and count as this sweep's results"] if adopted else []
+        if unverified:
+            parts.append(f"{unverified} cannot be matched to this data and are left out (their cells train again)")
+        say(f"[sweep] of the finished runs logged before cell keys held the data's identity, {'; '.join(parts)}")
+    done = _mark_finished(queue, store.cell_runs())
+    if done:
+        say(f"[sweep] {uri} already holds finished runs of {done} of these {len(cells)} cells; they count as done")
+    queue.set_attr("parent_run_id", store.parent_run(cells))
+    kill_point("setup.parent")
+
+
+def _check(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, options, say) -> None:
+    uri = options.tracking_uri
+    parent = queue.get_attr("parent_run_id")
+    runs = store.cell_runs()
+    if not store.parent_exists(parent):
+        replacement = store.parent_run(prepared.cells)
+        queue.set_attr("parent_run_id", replacement)
+        for run in runs.values():
+            if run.data.tags.get("mlflow.parentRunId") == parent:
+                store.log_tags(run.info.run_id, {"mlflow.parentRunId": replacement})
+        say(f"[sweep] the sweep's parent run {parent} is not in {uri} (deleted?); its cells go under {replacement}")
+    finished = {key for key, run in runs.items() if run.info.status == "FINISHED"}
+    ours = {cell.hash for cell in prepared.cells}
+    lost = [
+        key
+        for key, trial in queue.latest().items()
+        if trial.state == TrialState.COMPLETE and key not in finished and key in ours
+    ]
+    if lost:
+        queue.retry(lost)
+        say(
+            f"[sweep] {options.storage_url} marks {len(lost)} cells done that have no finished run in {uri} "
+            "(deleted there?); they run again"
+        )
+    _mark_finished(queue, runs)
+
+
+def _mark_finished(queue: SweepQueue, runs: dict) -> int:
+    """Waiting cells whose finished run the tracking store holds (``runs``: key -> run) are recorded done; returns
+    how many."""
+    runs = {key: run for key, run in runs.items() if run.info.status == "FINISHED"}
+    done = 0
+    for trial in queue.trials((TrialState.WAITING,)):
+        run = runs.get(trial.user_attrs.get(CELL))
+        if run is not None:
+            top1 = run.data.metrics.get("final/top1_err_last", math.nan)
+            done += queue.mark_done(trial, top1, run.info.run_id)
+    return done
+
+
+def _array_digest(cell: Cell) -> str | None:
+    """What the runs of the old keys logged as their dataset's digest: the arrays' content hash (None for
+    ImageNet folders, which were logged without one)."""
+    if cell.arm.config.data.dataset == "imagenet":
+        return None
+    from ablation.cell import dataset_input
+
+    return dataset_input(cell)["digest"]
+
+
+def _move_legacy_checkpoint(folder: Path, cell: Cell) -> None:
+    old, new = folder / cell.legacy_hash, folder / cell.hash
+    if old.is_dir() and not new.exists():
+        with contextlib.suppress(OSError):
+            os.replace(old, new)

@@ -1,0 +1,60 @@
+"""Real processes for kill and race tests, without paying the imports for each.
+
+A test that SIGKILLs a sweep, or starts four workers in the same second, needs separate processes; starting each
+with ``python runner.py`` costs ~5 s of imports (torch, MLflow, Optuna) on the 2-core machines. Here they are
+forked from a multiprocessing *forkserver* that imported those once: each child is a fresh process that never ran
+a thread pool (forking the test process itself, after training, could deadlock OpenMP), runs ``runner.main`` with
+its own working folder and environment, and writes its output to a file.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(
+    [
+        *("runner", "torch", "mlflow", "optuna", "pandas", "scipy.stats", "matplotlib.pyplot", "ablation.sweep"),
+        *("ablation.worker", "ablation.cell", "ablation.train", "ablation.report", "ablation.plots"),
+        *("ablation.environment", "ablation.status", "mlflow.store.tracking.sqlalchemy_store"),
+    ]
+)
+
+
+@dataclass
+class Finished:
+    exitcode: int
+    log: str
+
+
+def _main(argv: list[str], cwd: str, env: dict[str, str], log: str) -> None:
+    os.chdir(cwd)
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    import runner
+
+    sys.exit(runner.main(argv))
+
+
+def start(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
+    """``runner.py <argv>`` in a forked process; returns the multiprocessing Process (already started)."""
+    process = _CONTEXT.Process(target=_main, args=(argv, str(cwd), dict(env or {}), str(log)))
+    process.start()
+    return process
+
+
+def run(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 600) -> Finished:
+    """Run to the end (or to a kill); the exit code is -9 for a SIGKILL."""
+    process = start(argv, cwd, log, env)
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        raise TimeoutError(f"runner.py {' '.join(argv)} ran past {timeout}s; log: {log.read_text()[-3000:]}")
+    return Finished(process.exitcode, log.read_text() if log.exists() else "")

@@ -1,0 +1,134 @@
+"""One truth for a sweep's state: whatever happened to the stores between two runs (deleted, swapped, edited in the
+dashboard), the next sweep says in one line what it found and ends with exactly one FINISHED run per cell, each
+epoch logged once, in the tracking store it writes to. All on real stores (SQLite files, MLflow), in-process."""
+
+import shutil
+
+import pytest
+from mlflow import MlflowClient
+
+from ablation.config import load_experiment
+from ablation.sweep import prepare_sweep
+from tests.conftest import sweep_in, tiny_experiment
+
+pytestmark = pytest.mark.slow
+
+GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
+EPOCH_KEYS = ("train/loss", "val/top1_err", "val/top5_err", "lr")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_npz, tmp_path_factory):
+    """One finished tiny sweep (2 cells, 2 epochs): its stores and checkpoints are copied by every case."""
+    folder = tmp_path_factory.mktemp("trained")
+    path = folder / "exp.yaml"
+    path.write_text(tiny_experiment(tiny_npz, GRID, "[0]", epochs=2))
+    report = _sweep(path, folder)
+    assert report.done == 2
+    return path, folder
+
+
+def _sweep(path, folder, tracking="mlflow.db", storage="sweeps.db"):
+    return sweep_in(folder, prepare_sweep(load_experiment(path)), tracking, storage)[0]
+
+
+def _copy(trained, tmp_path, *drop):
+    path, folder = trained
+    case = tmp_path / "case"
+    shutil.copytree(folder, case)
+    for name in drop:
+        (case / name).unlink()
+    return path, case
+
+
+def _assert_one_finished_run_per_cell(uri, cells=2):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len({r.data.tags["ablation.config_hash"] for r in finished}) == len(finished) == cells
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for run in finished:
+        for key in EPOCH_KEYS:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in finished} <= {parent.info.run_id}
+
+
+def _lines(err):
+    return [line for line in err.splitlines() if line.startswith("[sweep]") or line.startswith("[checkpoint]")]
+
+
+def test_deleted_tracking_store(trained, tmp_path, capsys):
+    path, case = _copy(trained, tmp_path, "mlflow.db")
+    capsys.readouterr()
+    report = _sweep(path, case)
+    err = capsys.readouterr().err
+    assert "holds this sweep's state for another tracking store" in err, err
+    # The old checkpoints belong to runs of the deleted store: set aside, not resumed into the new runs.
+    assert sum("belongs to MLflow run" in line for line in _lines(err)) == 2, err
+    assert (report.trained_now, report.done) == (2, 2)
+    _assert_one_finished_run_per_cell(f"sqlite:///{case / 'mlflow.db'}")
+    assert "Traceback" not in err
+
+
+def test_deleted_sweep_state(trained, tmp_path, capsys):
+    path, case = _copy(trained, tmp_path, "sweeps.db")
+    capsys.readouterr()
+    report = _sweep(path, case)
+    err = capsys.readouterr().err
+    assert "already holds finished runs of 2 of these 2 cells; they count as done" in err, err
+    assert (report.trained_now, report.done) == (0, 2)
+    _assert_one_finished_run_per_cell(f"sqlite:///{case / 'mlflow.db'}")
+
+
+def test_both_stores_deleted(trained, tmp_path, capsys):
+    path, case = _copy(trained, tmp_path, "sweeps.db", "mlflow.db")
+    capsys.readouterr()
+    report = _sweep(path, case)
+    err = capsys.readouterr().err
+    assert (report.trained_now, report.done) == (2, 2)
+    assert sum("belongs to MLflow run" in line for line in _lines(err)) == 2, err
+    _assert_one_finished_run_per_cell(f"sqlite:///{case / 'mlflow.db'}")
+    assert len(list((case / "checkpoints").rglob("set-aside/last.pt.*"))) == 2  # kept, not deleted
+
+
+def test_another_tracking_store_and_back(trained, tmp_path, capsys):
+    path, case = _copy(trained, tmp_path)
+    capsys.readouterr()
+    elsewhere = _sweep(path, case, tracking="other-mlflow.db")
+    assert "holds this sweep's state for another tracking store" in capsys.readouterr().err
+    assert (elsewhere.trained_now, elsewhere.done) == (2, 2)
+    _assert_one_finished_run_per_cell(f"sqlite:///{case / 'other-mlflow.db'}")
+    # Back to the first store: its own state and runs are still there, untouched by the other one.
+    back = _sweep(path, case)
+    assert (back.trained_now, back.done) == (0, 2)
+    _assert_one_finished_run_per_cell(f"sqlite:///{case / 'mlflow.db'}")
+
+
+def test_another_sweep_storage(trained, tmp_path, capsys):
+    path, case = _copy(trained, tmp_path)
+    capsys.readouterr()
+    report = _sweep(path, case, storage="other-sweeps.db")
+    assert "already holds finished runs of 2 of these 2 cells" in capsys.readouterr().err
+    assert (report.trained_now, report.done) == (0, 2)
+
+
+def test_runs_deleted_in_the_dashboard(trained, tmp_path, capsys):
+    """The storage says done; the tracking store no longer has the parent or one cell's run."""
+    path, case = _copy(trained, tmp_path)
+    uri = f"sqlite:///{case / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'sweep'")
+    first, _ = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'")
+    client.delete_run(parent.info.run_id)
+    client.delete_run(first.info.run_id)
+    capsys.readouterr()
+    report = _sweep(path, case)
+    err = capsys.readouterr().err
+    assert f"the sweep's parent run {parent.info.run_id} is not in" in err, err
+    assert "marks 1 cells done that have no finished run" in err, err
+    assert (report.trained_now, report.done) == (1, 2)
+    _assert_one_finished_run_per_cell(uri)
