@@ -5,10 +5,17 @@ attention and its options, ImageNet stem, 1000 classes). Numbers are printed as 
 where they disagree with each other (Tables 1-3 list 25.92M params for a reduction-16 channel MLP on ResNet-50,
 which adds 2.53M: Table 4 says 28.09M); ``note`` says so instead of correcting anything silently.
 
-Transcribed from SPEC.md (itself transcribed from the paper and two reproductions). Table 5's SE / CBAM params
-and all of Table 5's GFLOPs are not in SPEC.md: they are recalled from the paper and agree with what this
-project measures for attention after every depthwise and pointwise conv (``ablation.models.mobilenet``);
-they are marked ``unconfirmed``.
+Every number says where it came from (``PaperRow.sources``, ``SOURCES``), and the tables and the profile mark it
+and say so in a footnote, because no copy of the paper's PDF was reachable here to check any of them against:
+
+- transcribed: from shared/SPEC.md, which was itself transcribed from memory of the paper and two blog
+  reproductions; most numbers.
+- recalled: not written in any source here; recalled from the paper. Table 5's SE / CBAM params and all of its
+  GFLOPs (they agree with what this project measures for attention after every depthwise and pointwise conv,
+  ``ablation.models.mobilenet``, which is not a confirmation of the printed numbers).
+- disputed: readers recall the number two ways. Table 3's first row reads "channel (SE-like, avg & max)" at
+  22.80 / 6.52 (as Table 1's avg & max arm) to some and "ResNet50 + channel (SE)" at 23.14 / 6.70 (the avg-pool
+  arm of Tables 1 and 4) to others; the row matches the avg & max arm and shows both readings.
 """
 
 from __future__ import annotations
@@ -29,7 +36,18 @@ TABLE_TITLES = {
 TABLE13_PARAMS_NOTE = (
     "paper's Tables 1-3 params/GFLOPs disagree with its Table 4 (the r=16 MLP adds 2.53M params to ResNet-50)"
 )
-UNCONFIRMED_NOTE = "paper's Table 5 SE/CBAM params and GFLOPs recalled, not in SPEC.md: unconfirmed"
+
+# Where a printed number comes from: (mark beside the number, footnote). Nothing here was checked against the PDF.
+SOURCES = {
+    "transcribed": (
+        "†",
+        "transcribed from SPEC.md, itself transcribed from memory of the paper and two blog reproductions; "
+        "not checked against the PDF",
+    ),
+    "recalled": ("‡", "recalled from the paper, written in no source here; unverified"),
+    "disputed": ("§", "disputed: read two ways by different readers of the paper; both readings shown"),
+}
+FIELDS = ("top1", "top5", "params_m", "gflops")
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,26 @@ class PaperRow:
     free: tuple[str, ...] = ()
     note: str = ""
     baseline: bool = False
+    # Where each number comes from (a key of SOURCES), per field; fields not named are "transcribed".
+    sources: tuple[tuple[str, str], ...] = ()
+    # A disputed row's other reading, e.g. {"top1": 23.14, "top5": 6.70} and who reads it so.
+    other_reading: tuple[tuple[str, float], ...] = ()
+    other_label: str = ""
+
+    def source(self, field: str) -> str:
+        return dict(self.sources).get(field, "transcribed")
+
+    def shown(self, field: str, fmt: str, unit: str = "") -> str:
+        """A printed number as a table shows it: formatted, the other reading of a disputed one beside it, and the
+        mark of its source ("-" when the paper prints none)."""
+        value = getattr(self, field)
+        if value is None:
+            return "-"
+        text = format(value, fmt) + unit
+        other = dict(self.other_reading).get(field)
+        if other is not None:
+            text += f" or {format(other, fmt)}{unit}"
+        return text + SOURCES[self.source(field)][0]
 
     def matches(self, arch: str, width: float, attention: dict[str, Any], stem: str, num_classes: int) -> bool:
         if (arch, width, stem, num_classes) != (self.arch, self.width, "imagenet", 1000):
@@ -130,6 +168,10 @@ _ROWS: list[PaperRow] = [
         22.80,
         6.52,
         baseline=True,
+        sources=(("top1", "disputed"), ("top5", "disputed")),
+        other_reading=(("top1", 23.14), ("top5", 6.70)),
+        other_label="ResNet50 + channel (SE), the avg-pool arm of Tables 1 and 4",
+        note="disputed row: also read as 'ResNet50 + channel (SE)' at 23.14 / 6.70",
     ),
     PaperRow("table3", "ResNet50 + channel + spatial", "resnet50", _cbam(order="channel-first"), 22.66, 6.31),
     PaperRow("table3", "ResNet50 + spatial + channel", "resnet50", _cbam(order="spatial-first"), 22.78, 6.42),
@@ -228,11 +270,30 @@ for _table, _entries in (("table4", _TABLE4), ("table5", _TABLE5)):
                     _gflops,
                     width=_width,
                     baseline=not _suffix,
-                    note=UNCONFIRMED_NOTE if _table == "table5" and _suffix else "",
+                    # SPEC.md gives Table 5's errors and plain params; the rest of its costs are recalled.
+                    sources=(
+                        (("gflops", "recalled"),) + ((("params_m", "recalled"),) if _suffix else ())
+                        if _table == "table5"
+                        else ()
+                    ),
                 )
             )
 
 PAPER_ROWS: tuple[PaperRow, ...] = tuple(_ROWS)
+
+
+def sources_footnote(rows: list[PaperRow | None], fields: tuple[str, ...] = FIELDS) -> str:
+    """The footnote for the marks a table shows: one sentence per source used by ``rows``' ``fields``."""
+    used = dict.fromkeys(
+        row.source(f) for row in rows if row is not None for f in fields if getattr(row, f) is not None
+    )
+    lines = [f"{SOURCES[key][0]} {SOURCES[key][1]}" for key in SOURCES if key in used]
+    lines += [
+        f"{SOURCES['disputed'][0]} {row.label}: other reading {row.other_label}"
+        for row in rows
+        if row and row.other_label
+    ]
+    return "Paper numbers: " + "; ".join(dict.fromkeys(lines)) + "." if lines else ""
 
 
 def find_row(

@@ -9,6 +9,7 @@ Type 3 fonts are rejected by many conference submission checkers and do not stay
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,14 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 DPI = 150
-ERROR_NOTE = "error bars: ±1 std over seeds (n per bar)"
+ERROR_NOTE = "whiskers: ±1 std over seeds (n per row)"
 ERRORBAR_LABEL = "±1 std"
+MEAN_LABEL = "mean over seeds"
 PAPER_LABEL = "paper"
+AXIS_NOTE = "axis range chosen from the data, not from 0"
+TITLE_SIZE = 10
 _SOFTWARE = "cbam-ablation"
-# Room to the right of the widest bar for its "n=…" label, as a fraction of the data range (on top of the 10% pad).
+# Room right of the rightmost whisker for its "n=…" label, as a fraction of the data range (on top of the 10% pad).
 _LABEL_ROOM = 0.12
 
 
@@ -51,6 +55,17 @@ def save_figure(fig: Figure, path: Path, formats: Iterable[str] = ("png",)) -> l
             fig.savefig(target, format=fmt, dpi=DPI, metadata=metadata or None)
             written.append(target)
     return written
+
+
+def fit_title(fig: Figure, title: str, fontsize: float = TITLE_SIZE) -> None:
+    """The figure's title, wrapped to its width: a constrained layout makes room above the axes for a title's
+    height but never shrinks a line that is wider than the figure, which is then cut off at both edges."""
+    if not title:
+        return
+    # ~0.6 em per character of DejaVu Sans on average, with a margin on both sides.
+    per_line = max(20, int((fig.get_figwidth() * 72 - 24) / (0.6 * fontsize)))
+    lines = [textwrap.fill(part, per_line, break_long_words=True) for part in title.splitlines() or [title]]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -100,8 +115,7 @@ def learning_curve_figure(history: Sequence[Mapping[str, Any]], title: str = "")
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(frameon=False)
-    if title:
-        fig.suptitle(title)
+    fit_title(fig, title)
     return fig
 
 
@@ -131,7 +145,7 @@ _REQUIRED = ("description", "mean", "std", "n")
 
 
 def _x_limits(means: np.ndarray, stds: np.ndarray, paper: np.ndarray) -> tuple[float, float]:
-    """The data range (bar ends ± std, paper markers) padded by 10%, plus room on the right for the n labels.
+    """The data range (means ± std, paper markers) padded by 10%, plus room on the right for the n labels.
 
     Arms differ by tenths of a percent: an axis from 0 would draw them all the same length.
     """
@@ -140,19 +154,22 @@ def _x_limits(means: np.ndarray, stds: np.ndarray, paper: np.ndarray) -> tuple[f
     values = values[np.isfinite(values)]
     lo, hi = float(values.min()), float(values.max())
     span = hi - lo
-    if span <= 0:  # one bar, or identical bars without spread: pick a visible window around the value
+    if span <= 0:  # one row, or identical means without spread: pick a visible window around the value
         span = max(abs(hi) * 0.05, 0.5)
         lo, hi = lo - span / 2, hi + span / 2
     return lo - 0.1 * span, hi + (0.1 + _LABEL_ROOM) * span
 
 
 def error_bar_figure(frame: pd.DataFrame, *, metric_label: str = "Top-1 error (%)", title: str = "") -> Figure:
-    """Horizontal bars of ``mean`` per row (first row at the top), ±1 std error bars, n at each bar's end.
+    """A dot at each row's ``mean`` (first row at the top) with ±1 std whiskers and n at its end: a dot-and-whisker
+    chart, not bars. Arms differ by tenths of a percent, so the axis is fitted to the data; a bar's length would
+    then exaggerate every difference (a bar is read from 0), a dot's position does not, and the axis label says
+    that its range was chosen from the data.
 
-    Rows with one seed (std NaN) get no error bar at all: drawing a zero-width one would claim a spread of 0 that
+    Rows with one seed (std NaN) get no whisker at all: drawing a zero-width one would claim a spread of 0 that
     was never measured. The figure's axes hold exactly one ``ErrorbarContainer`` (label ``"±1 std"``) whose
     segments are those of the rows with a finite std, in frame order. The paper's number, when the frame has a
-    ``paper`` column and the row has a value, is drawn as a hollow diamond on the bar's row.
+    ``paper`` column and the row has a value, is drawn as a hollow diamond on the row.
     """
     missing = [c for c in _REQUIRED if c not in frame.columns]
     if missing:
@@ -175,14 +192,16 @@ def error_bar_figure(frame: pd.DataFrame, *, metric_label: str = "Top-1 error (%
     y = np.arange(rows, dtype=float)
     longest = max(len(label) for label in labels)
     # Width grows with the longest label (≈0.065 in per character at 9 pt) so a 60-character label leaves the
-    # plotting area its 5 inches; height grows with the rows so 35 bars stay legible.
+    # plotting area its 5 inches; height grows with the rows so 35 rows stay legible.
     width = min(6.0 + 0.065 * longest, 14.0)
     height = 1.6 + 0.28 * rows
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.add_subplot()
 
     finite = np.isfinite(means)
-    ax.barh(y[finite], means[finite], height=0.6, color="C0", alpha=0.75, zorder=2)
+    ax.plot(
+        means[finite], y[finite], linestyle="none", marker="o", markersize=6, color="C0", zorder=3, label=MEAN_LABEL
+    )
 
     has_spread = finite & np.isfinite(stds) & ~(counts <= 1)  # NaN n: trust the std
     ax.errorbar(
@@ -231,8 +250,8 @@ def error_bar_figure(frame: pd.DataFrame, *, metric_label: str = "Top-1 error (%
     ax.set_xlim(*_x_limits(means[finite], stds[finite], paper))
     ax.set_ylim(rows - 0.5, -0.5)  # first row at the top
     ax.set_yticks(y, labels, fontsize=9)
-    ax.set_xlabel(metric_label)
-    ax.grid(True, axis="x", alpha=0.3, zorder=0)
+    ax.set_xlabel(f"{metric_label}; {AXIS_NOTE}")
+    ax.grid(True, axis="both", alpha=0.3, zorder=0)
     ax.set_axisbelow(True)
     ax.annotate(
         ERROR_NOTE,
@@ -246,11 +265,9 @@ def error_bar_figure(frame: pd.DataFrame, *, metric_label: str = "Top-1 error (%
         style="italic",
         color="0.35",
     )
-    if has_paper.any():
-        # Outside the axes: inside, it would hide a bar's end or its n label whichever corner it took.
-        fig.legend(loc="outside lower left", ncols=2, fontsize=8, frameon=False)
-    if title:
-        ax.set_title(title)
+    # Outside the axes: inside, it would hide a whisker's end or its n label whichever corner it took.
+    fig.legend(loc="outside lower left", ncols=3, fontsize=8, frameon=False)
+    fit_title(fig, title)
     return fig
 
 
@@ -304,7 +321,7 @@ def arm_curves_figure(curves: Mapping[str, Sequence[Sequence[float]]], *, title:
     ax.set_ylabel("validation top-1 error (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(title or "Learning curves: mean ± 1 std over seeds", fontsize=10)
+    fit_title(fig, title or "Learning curves: mean ± 1 std over seeds")
     return fig
 
 
@@ -344,7 +361,7 @@ def cost_figure(frame: pd.DataFrame, *, title: str = "") -> Figure:
         ax.set_ylabel("top-1 error (%)")
         ax.grid(True, alpha=0.3)
     fig.legend(fontsize=7, loc="outside lower center", ncols=2)
-    fig.suptitle(title or "Cost against error (bars: ±1 std over seeds where n > 1)", fontsize=10)
+    fit_title(fig, title or "Cost against error (bars: ±1 std over seeds where n > 1)")
     return fig
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 
 from ablation.grid import Arm, build_network
 from ablation.measure import measure
+from ablation.paper import SOURCES
 
 PARAMS_TOLERANCE_M = 0.01  # the paper prints params to 0.01M
 GMACS_TOLERANCE = 0.005  # relative; the paper prints 3-4 significant digits
@@ -32,6 +33,9 @@ def profile_arms(arms: list[Arm]) -> pd.DataFrame:
                 "gmacs": round(gmacs, 4),
                 "paper_params_m": row.params_m if row else None,
                 "paper_gflops": row.gflops if row else None,
+                # Where the paper's numbers come from (ablation.paper.SOURCES): none is checked against the PDF.
+                "paper_params_source": row.source("params_m") if row and row.params_m else "",
+                "paper_gflops_source": row.source("gflops") if row and row.gflops else "",
                 "note": _mismatch_note(arm, params, gmacs),
             }
         )
@@ -61,17 +65,30 @@ def _mismatch_note(arm: Arm, params: int, gmacs: float) -> str:
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:
-    """The profile as an aligned text table, CSV or Markdown."""
+    """The profile as an aligned text table, CSV or Markdown; the paper's numbers carry their source's mark, and a
+    footnote says what the marks mean."""
     if fmt == "csv":
         return frame.to_csv(index=False)
     shown = frame.copy()
+
+    def marked(value, source: str, text: str) -> str:
+        return "" if pd.isna(value) else text + (SOURCES[source][0] if source else "")
+
     shown["params"] = shown["params"].map(lambda p: f"{p / 1e6:.2f}M ({p:,})")
-    shown["paper_params_m"] = shown["paper_params_m"].map(lambda p: "" if pd.isna(p) else f"{p:.2f}M")
-    shown["paper_gflops"] = shown["paper_gflops"].map(lambda g: "" if pd.isna(g) else f"{g:.3f}")
+    shown["paper_params_m"] = [
+        marked(p, s, f"{p:.2f}M") for p, s in zip(frame["paper_params_m"], frame["paper_params_source"], strict=True)
+    ]
+    shown["paper_gflops"] = [
+        marked(g, s, f"{g:.3f}") for g, s in zip(frame["paper_gflops"], frame["paper_gflops_source"], strict=True)
+    ]
     shown["gmacs"] = shown["gmacs"].map(lambda g: f"{g:.3f}")
+    shown = shown.drop(columns=["paper_params_source", "paper_gflops_source"])
+    used = set(frame["paper_params_source"]) | set(frame["paper_gflops_source"])
+    footnote = "; ".join(f"{mark} {text}" for key, (mark, text) in SOURCES.items() if key in used)
+    footnote = f"\nPaper numbers: {footnote}.\n" if footnote else ""
     if fmt == "md":
         header = "| " + " | ".join(shown.columns) + " |"
         rule = "|" + "|".join("---" for _ in shown.columns) + "|"
         lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-        return "\n".join([header, rule, *lines]) + "\n"
-    return shown.to_string(index=False) + "\n"
+        return "\n".join([header, rule, *lines]) + "\n" + footnote
+    return shown.to_string(index=False) + "\n" + footnote

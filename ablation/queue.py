@@ -165,36 +165,48 @@ class SweepQueue:
         return None
 
     def take_back_orphans(self) -> int:
-        """Running cells that nobody runs, taken back without waiting for their heartbeat to go stale: those
-        whose worker was a process on this machine that is gone, and those claimed by a worker that died before
-        it could say who it was (no owner, no heartbeat) longer than the grace period ago."""
+        """Running cells that nobody runs any more, taken back (failed and enqueued again, once, whichever worker
+        gets there first) with a line saying why: those whose worker was a process on this machine that is gone
+        (at once), those whose heartbeat is older than the grace period (a worker elsewhere that died), and those
+        claimed by a worker that died before it could beat or say who it was, longer than the grace period ago."""
         me, grace = this_process(), self._grace()
         taken = 0
         for trial in self.trials((TrialState.RUNNING,)):
             owner = trial.user_attrs.get(OWNER)
-            if owner is None:  # a heartbeat, if any, goes stale by itself (fail_stale_trials); none ever would
+            known, age = self.heartbeat_age(trial)
+            if owner is not None and same_machine(owner, me) and not process_alive(owner):
+                why = f"process {owner.split('|')[3]} on this machine, which is gone"
+            elif known and age is not None and age > grace:
+                host = owner.split("|")[0] if owner else "an unknown host"
+                why = f"a worker on {host} that has been silent for {age:.0f}s (grace period {grace}s)"
+            elif owner is None and known and age is None:
                 started = trial.datetime_start or datetime.now()
-                gone = datetime.now() - started > timedelta(seconds=grace) and not self._has_heartbeat(trial)
-                who = "a worker that died while claiming it"
+                if datetime.now() - started <= timedelta(seconds=grace):
+                    continue
+                why = "a worker that died while claiming it"
             else:
-                gone = same_machine(owner, me) and not process_alive(owner)
-                who = f"process {owner.split('|')[3]} on this machine, which is gone"
-            if gone and self._fail_and_requeue(trial):
+                continue
+            if self._fail_and_requeue(trial):
                 taken += 1
                 name = trial.user_attrs.get(NAME) or trial.user_attrs.get(CELL)
-                self.say(f"[sweep] {name} was left running by {who}; taken up again")
+                self.say(f"[sweep] {name} was left running by {why}; taken up again")
         return taken
 
-    def _has_heartbeat(self, trial: optuna.trial.FrozenTrial) -> bool:
-        """Whether the trial ever had a heartbeat (Optuna has no public reader for it; when it cannot be told,
-        say yes and leave the trial to the heartbeat's own staleness check)."""
+    def heartbeat_age(self, trial: optuna.trial.FrozenTrial) -> tuple[bool, float | None]:
+        """(whether it could be told, seconds since the trial's last heartbeat or None if it never had one), by
+        the database's clock as Optuna's own staleness check. Optuna has no public reader for heartbeats."""
         try:
+            import sqlalchemy
             from optuna.storages._rdb.models import TrialHeartbeatModel
 
             with self.storage.scoped_session() as session:
-                return TrialHeartbeatModel.where_trial_id(trial._trial_id, session) is not None
+                beat = TrialHeartbeatModel.where_trial_id(trial._trial_id, session)
+                if beat is None:
+                    return True, None
+                now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)  # as Optuna does
+                return True, (now - beat.heartbeat).total_seconds()
         except Exception:
-            return True
+            return False, None
 
     def _grace(self) -> int:
         return self.storage.grace_period or GRACE_PERIOD_S

@@ -143,21 +143,23 @@ def _run_here(prepared, options, slot, queue, store, counts, began: float, worke
         options = replace(options, cell=replace(options.cell, device=f"cuda:{slot.gpus[0]}"))
     elif slot is not None:
         torch.set_num_threads(slot.threads)
-    to_run, times, tally = counts["pending"], [], {"finished": counts["done"], "failed": counts["failed"]}
+    to_run, times = counts["pending"], []
 
-    def on_cell(name: str, outcome: str) -> None:
+    def on_cell(name: str, outcome: str, logging: set[int]) -> None:
+        # The sweep's totals, read back from its state: other processes, here or on other machines, finish cells
+        # too. A cell of ours whose results are still being logged counts as done already.
         times.append(time.perf_counter())
+        latest = queue.latest().values()
+        finished = len({t._trial_id for t in latest if t.state == TrialState.COMPLETE} | logging)
+        failed = sum(t.state == TrialState.FAIL for t in latest)
+        left = max(len(prepared.cells) - finished - failed, 0)
         if workers <= 1:
-            # Counted here rather than read back: a finished cell is marked done once its artifacts are logged.
-            tally["finished" if outcome == "finished" else "failed"] += outcome != "interrupted"
-            eta = (times[-1] - began) / len(times) * max(to_run - len(times), 0)
+            eta = (times[-1] - began) / len(times) * min(left, max(to_run - len(times), 0))
         else:
-            now = _counts(queue)
-            tally.update(finished=now["done"] + (outcome == "finished"), failed=now["failed"])
-            rate = (tally["finished"] - counts["done"]) / (times[-1] - began)
-            eta = (to_run - (tally["finished"] - counts["done"])) / rate if rate > 0 else 0.0
+            rate = (finished - counts["done"]) / (times[-1] - began)
+            eta = left / rate if rate > 0 else 0.0
         say(
-            f"[sweep] {tally['finished']}/{len(prepared.cells)} cells done, {tally['failed']} failed | elapsed "
+            f"[sweep] {finished}/{len(prepared.cells)} cells done, {failed} failed | elapsed "
             f"{duration(times[-1] - began)} | ETA {duration(eta)} | last: {name} -> {outcome.splitlines()[0][:80]}"
         )
 

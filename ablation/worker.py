@@ -78,27 +78,29 @@ def run_worker(
     options: WorkerOptions,
     queue: SweepQueue | None = None,
     store: SweepStore | None = None,
-    on_cell: Callable[[str, str], None] | None = None,
+    on_cell: Callable[[str, str, set[int]], None] | None = None,
 ) -> WorkerReport:
-    """Claim and run cells until none is waiting or running; ``on_cell(name, outcome)`` after each one."""
+    """Claim and run cells until none is waiting or running; ``on_cell(name, outcome, logging)`` after each one,
+    ``logging`` being the trial ids of this worker's finished cells whose results are still being logged."""
     if queue is None or store is None:
         queue, store = join_sweep(prepared, options)
     parent_id = queue.get_attr("parent_run_id")
     cells = {cell.hash: cell for cell in prepared.cells}
     report = WorkerReport()
-    waiting, finalizing = False, set()  # trials of ours whose results are still being logged
+    waiting, finalizing = "", set()  # what it last said it waits for; trials of ours whose results are being logged
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
         while True:
             claim = queue.claim()
             if claim is None:
                 if queue.unfinished() == 0:
                     break
-                if not waiting and (reason := _waiting_for(queue, options.grace_period, finalizing)):
+                reason = _waiting_for(queue, options.grace_period, finalizing)
+                if reason and reason.partition(":")[0] != waiting:  # a line when what it waits for changes
                     say(f"[{options.name}] {reason}")
-                    waiting = True
+                    waiting = reason.partition(":")[0]
                 time.sleep(options.poll_s)  # others still run cells; one may die and its cell come back
                 continue
-            waiting = False
+            waiting = ""
             cell = cells[claim.cell_hash]
             beat = Heartbeat(queue.storage, claim.trial_id, options.heartbeat_interval).start()
             try:
@@ -112,32 +114,41 @@ def run_worker(
                 report.already_done += 1
                 continue
             report.train_s += outcome.train_s
-            if on_cell is not None:
-                on_cell(cell.name, outcome.reason or outcome.status)
             if outcome.status == "finished":
                 report.finished += 1
                 finalizing.add(claim.trial_id)
                 _complete_when_logged(queue, claim, beat, outcome, report, cell.name, finalizing)
-                continue
-            beat.stop()
+            else:
+                beat.stop()
+                if outcome.status == "interrupted":
+                    report.interrupted += 1
+                    queue.release(claim, "interrupted on request")
+                else:
+                    report.failed[cell.name] = outcome.reason
+                    queue.fail(claim, outcome.reason)
+            if on_cell is not None:
+                on_cell(cell.name, outcome.reason or outcome.status, set(finalizing))
             if outcome.status == "interrupted":
-                report.interrupted += 1
-                queue.release(claim, "interrupted on request")
                 break  # a stop was asked for: do not pick up more work
-            report.failed[cell.name] = outcome.reason
-            queue.fail(claim, outcome.reason)
     return report
 
 
 def _waiting_for(queue: SweepQueue, grace_period: int, mine: set[int]) -> str:
-    """Why a worker with nothing to claim waits ("" when it only waits for its own results to be logged)."""
-    running = [t.user_attrs.get(NAME, "?") for t in queue.trials((TrialState.RUNNING,)) if t._trial_id not in mine]
+    """Why a worker with nothing to claim waits: the cells running elsewhere, how long since each one's worker
+    last beat, and when such a cell is taken up ("" when it only waits for its own results to be logged)."""
+    running = [t for t in queue.trials((TrialState.RUNNING,)) if t._trial_id not in mine]
     if not running:
         return ""
-    shown = ", ".join(running[:3]) + (f" and {len(running) - 3} more" if len(running) > 3 else "")
+
+    def beat(trial) -> str:
+        known, age = queue.heartbeat_age(trial)
+        return f"last heartbeat {age:.0f}s ago" if known and age is not None else "no heartbeat yet"
+
+    shown = "; ".join(f"{t.user_attrs.get(NAME, '?')} ({beat(t)})" for t in running[:3])
+    more = f"; and {len(running) - 3} more" if len(running) > 3 else ""
     return (
-        f"no cell to claim; waiting for {len(running)} running elsewhere ({shown}): a cell whose worker falls silent "
-        f"for {grace_period}s is taken up again"
+        f"no cell to claim; waiting for {len(running)} running elsewhere: {shown}{more}. A cell whose worker is "
+        f"silent for {grace_period}s is taken up again"
     )
 
 

@@ -2,6 +2,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +18,47 @@ sys.path.insert(0, str(ROOT))  # runner.py lives at the top level, beside the pa
 _CACHE = tempfile.mkdtemp(prefix="ablation-test-cache-")
 os.environ["ABLATION_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
+
+
+# ---- tests write only into temporary folders: the checkout is the same after the session as before it
+
+_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")
+
+
+def _checkout_files() -> dict[str, tuple[int, int] | None] | None:
+    """Every file git reports in the checkout (changed, untracked or ignored, caches aside) with its size and
+    mtime; None outside a git checkout."""
+    command = ["git", "status", "--porcelain", "-z", "--ignored=matching", "--untracked-files=all", "--no-renames"]
+    try:
+        listing = subprocess.run(command, cwd=ROOT, capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    files: dict[str, tuple[int, int] | None] = {}
+    for entry in filter(None, listing.decode(errors="replace").split("\0")):
+        path = entry[3:]
+        if any(part in _CACHES or part.endswith(".egg-info") for part in Path(path).parts):
+            continue
+        stat = (ROOT / path).stat() if (ROOT / path).exists() else None
+        files[path] = (stat.st_size, stat.st_mtime_ns) if stat else None
+    return files
+
+
+def pytest_sessionstart(session):
+    session.config._checkout_before = _checkout_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A test that wrote into the checkout (a result, a store, a screenshot) fails the session, by name of file."""
+    before = getattr(session.config, "_checkout_before", None)
+    after = _checkout_files()
+    if before is None or after is None:
+        return
+    written = sorted(path for path, stamp in after.items() if before.get(path, "absent") != stamp)
+    if written:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", f"the tests wrote into the checkout: {', '.join(written[:20])}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The MLflow dashboard as a review tool: a real `mlflow ui` on a tiny sweep, read in Debian's headless Chromium.
 
-Playwright's Python package drives /usr/bin/chromium (no browser is downloaded). The page's screenshot is kept at
-results/screenshots/mlflow_ui.png for a reviewer to look at.
+Playwright's Python package drives /usr/bin/chromium (no browser is downloaded). The page's screenshot is written
+to the test's temporary folder; ``ABLATION_SCREENSHOT_TO=results/examples/mlflow_ui.png`` also copies it there
+(how the committed example is refreshed; a test never writes into the checkout otherwise).
 """
 
 import contextlib
@@ -20,7 +21,7 @@ from PIL import Image
 
 from ablation.config import load_experiment
 from ablation.sweep import prepare_sweep
-from tests.conftest import ROOT, sweep_in, tiny_experiment
+from tests.conftest import sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ BROWSER_ARGS = [
 ]
 GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
 WAIT_MS = 30_000  # the UI is a React app that loads its data after the page: wait for what it renders
-KEPT = ROOT / "results" / "screenshots" / "mlflow_ui.png"
+KEPT = Path(os.environ["ABLATION_SCREENSHOT_TO"]) if os.environ.get("ABLATION_SCREENSHOT_TO") else None
 
 
 def missing(reason: str):
@@ -143,9 +144,10 @@ def test_the_mlflow_ui_shows_the_sweep_and_a_cells_final_error(tmp_path, tiny_np
     name_at = lines.index("final/top1_err_last")
     assert lines[name_at + 1] == ui_number(top1), lines[name_at : name_at + 2]
 
-    KEPT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(screenshot, KEPT)
-    for png in (screenshot, KEPT):
+    if KEPT is not None:
+        KEPT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(screenshot, KEPT)
+    for png in (screenshot, *([KEPT] if KEPT else [])):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(png) as image:
             image.verify()  # the whole file decodes

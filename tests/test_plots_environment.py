@@ -123,14 +123,18 @@ def test_all_single_seed_draws_no_error_bar_at_all():
     assert segments == []
 
 
-def test_bars_in_frame_order_first_row_on_top():
+def test_means_are_dots_in_frame_order_first_row_on_top_and_no_bars():
     df = frame().iloc[[3, 0, 2, 1]].reset_index(drop=True)
     fig = error_bar_figure(df)
     assert bar_labels(fig) == list(df["description"])
-    # the bar rectangles, top to bottom on screen, carry the means in frame order
     ax = fig.axes[0]
-    bars = sorted(ax.patches, key=lambda p: ax.transData.transform((0, p.get_y() + p.get_height() / 2))[1])
-    assert [p.get_width() for p in reversed(bars)] == pytest.approx(list(df["mean"]))
+    assert len(ax.patches) == 0  # no bar: on an axis fitted to the data a bar's length would exaggerate differences
+    (dots,) = [line for line in ax.lines if line.get_marker() == "o"]
+    # the dots, top to bottom on screen, carry the means in frame order
+    screen_y = [ax.transData.transform((x, y))[1] for x, y in zip(dots.get_xdata(), dots.get_ydata(), strict=True)]
+    order = np.argsort(screen_y)[::-1]
+    assert list(np.asarray(dots.get_xdata())[order]) == pytest.approx(list(df["mean"]))
+    assert "axis range chosen from the data" in ax.get_xlabel()
 
 
 def test_axis_is_zoomed_to_the_data_and_paper_markers_drawn():
@@ -144,6 +148,35 @@ def test_axis_is_zoomed_to_the_data_and_paper_markers_drawn():
     texts = [t.get_text() for t in ax.texts]
     assert sum(t.startswith("n=") for t in texts) == 4
     assert any("±1 std over seeds" in t for t in texts)
+
+
+def _title_inside(fig) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    title = fig._suptitle
+    assert title is not None and title.get_text()
+    box, frame_box = title.get_window_extent(canvas.get_renderer()), fig.bbox
+    assert frame_box.x0 <= box.x0 and box.x1 <= frame_box.x1, (box, frame_box)
+    assert frame_box.y0 <= box.y0 and box.y1 <= frame_box.y1, (box, frame_box)
+
+
+LONG_TITLE = (
+    "Table 1: channel attention pooling with AvgPool, MaxPool and both (ResNet-50, ImageNet-1K, 90 epochs, "
+    "the official recipe), every arm with three seeds"
+)
+
+
+def test_no_figure_clips_its_title():
+    from ablation.plots import arm_curves_figure, cost_figure, learning_curve_figure
+
+    _title_inside(error_bar_figure(frame(), title=LONG_TITLE))
+    _title_inside(error_bar_figure(frame().iloc[:1], title=LONG_TITLE))  # one narrow row, the same long title
+    _title_inside(learning_curve_figure(history(), title=LONG_TITLE))
+    _title_inside(arm_curves_figure({"a": [[30.0, 20.0]], "b": [[31.0, 21.0], [32.0, 22.0]]}, title=LONG_TITLE))
+    costs = frame().assign(top1_err_mean=frame()["mean"], top1_err_std=frame()["std"], gmacs=4.0, img_per_s_mean=300.0)
+    _title_inside(cost_figure(costs, title=LONG_TITLE))
 
 
 def test_many_long_rows_grow_the_figure(tmp_path):

@@ -96,7 +96,9 @@ def test_a_cell_of_a_worker_on_another_machine_is_taken_up_after_the_grace_perio
 
     second = processes.run(argv, tmp_path, tmp_path / "second.txt", one)
     assert second.exitcode == 0, second.log[-3000:]
-    assert "waiting for 1 running elsewhere" in second.log and "falls silent for 3s" in second.log
+    # It says what it waits for and why, then why it takes the cell up.
+    assert "waiting for 1 running elsewhere: ResNet18" in second.log and "is silent for 3s" in second.log
+    assert "was left running by a worker on gpu-node-7 that has been silent for" in second.log
     (resumed,) = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'")
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "val/top1_err")]
