@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ablation.errors import ConfigError, StoreError
+from ablation.threads import configure_threads
 
 # ---- shared arguments
 
@@ -425,6 +426,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_threads()  # before anything imports torch (ablation/threads.py)
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -26,6 +26,7 @@ from ablation.faults import kill_point
 from ablation.grid import Cell, build_network
 from ablation.host_memory import host_memory_state
 from ablation.mlflow_store import MlflowTracker, SweepStore
+from ablation.threads import thread_state
 from ablation.tracker import Tracker
 from ablation.train import resolve_device, seed_everything, train_job
 
@@ -175,6 +176,7 @@ def log_artifacts(
             **_environment(device),
             "cbam_cpu_kernels": cpu_kernels_state(),
             "host_memory": host_memory_state(),
+            "threads": thread_state(),
         }
         (folder / "environment.json").write_text(json.dumps(environment, indent=2, default=str))
         learning_curve(history, folder / "learning_curve.png", title=cell.name)
