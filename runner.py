@@ -249,7 +249,7 @@ def cmd_run_cell(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace, prepared=None) -> None:
-    from ablation.mlflow_store import resolve_tracking_uri
+    from ablation.mlflow_store import SweepStore, dashboard_hint, resolve_tracking_uri
     from ablation.report import (
         collect_curves,
         collect_runs,
@@ -285,6 +285,7 @@ def cmd_table(args: argparse.Namespace, prepared=None) -> None:
     print(f"written: {', '.join(str(p) for p in written)}", file=sys.stderr)
     if parent:
         print(f"logged to the sweep's parent run {parent} (artifacts: results/)", file=sys.stderr)
+        print(dashboard_hint(uri, SweepStore(uri, prepared.experiment, create=False).experiment_id), file=sys.stderr)
 
 
 def cmd_gradcam(args: argparse.Namespace) -> None:

@@ -37,6 +37,11 @@ from ablation.stores import exclusive, sqlite_path, with_busy_timeout
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ROLE, HASH, FAILURE = "ablation.role", "ablation.config_hash", "ablation.failure"
 DATA_IDENTITY, LEGACY_HASH = "ablation.data_identity", "ablation.legacy_config_hash"
+# MLflow 3's dashboard has a GenAI and a model-training view; this tag marks our experiments as the latter.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# MLflow 3.17's UI picks the view from the link (or the browser's last choice) and ignores the tag: links we print
+# carry the view, so they open on the runs table.
+RUNS_VIEW = "runs?workflowType=machine_learning"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
@@ -91,6 +96,8 @@ class SweepStore:
                 found = self.client.get_experiment_by_name(experiment.name)
                 if found is None and create:
                     found = self._create_experiment()
+                elif found is not None and create and found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                    self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)  # made before the tag
         except MlflowException as exc:  # e.g. a store of an older MLflow: its message says how to upgrade it
             raise StoreError("--tracking-uri", tracking_uri, exc.message.strip().splitlines()[0]) from None
         self.experiment_id = found.experiment_id if found is not None else None
@@ -98,7 +105,11 @@ class SweepStore:
 
     def _create_experiment(self):
         experiment = self.experiment
-        tags = {"ablation.title": experiment.title or experiment.name, "ablation.source": experiment.source}
+        tags = {
+            "ablation.title": experiment.title or experiment.name,
+            "ablation.source": experiment.source,
+            EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
+        }
         try:
             self.client.create_experiment(experiment.name, tags=tags)
         except MlflowException as exc:  # another process (on another machine) created it first
@@ -253,6 +264,16 @@ class SweepStore:
 
     def log_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, _text(v)) for k, v in tags.items()])
+
+
+def dashboard_hint(tracking_uri: str, experiment_id: str | None) -> str:
+    """Where to review an experiment's runs: its runs table in the MLflow UI, grouped by arm in two clicks."""
+    if experiment_id is None:
+        return ""
+    page = f"#/experiments/{experiment_id}/{RUNS_VIEW}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"review the runs: {tracking_uri.rstrip('/')}/{page}"
+    return f"review the runs: mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
 
 
 def _fingerprint(experiment) -> str:

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from ablation.config import load_experiment
+from ablation.mlflow_store import dashboard_hint
 from ablation.sweep import prepare_sweep
 from tests.conftest import sweep_in, tiny_experiment
 
@@ -74,7 +75,18 @@ def ui_number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def test_the_mlflow_ui_shows_the_sweep_and_a_cells_final_error(tmp_path, tiny_npz):
+def ui_rows(page) -> dict[int, str]:
+    """The runs table's rows by index, the pinned name columns and the scrolled value columns joined (AG Grid draws
+    them as separate rows with the same row-index)."""
+    rows = page.locator("[role=row][row-index]")
+    joined: dict[int, list[str]] = {}
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        joined.setdefault(int(row.get_attribute("row-index")), []).append(row.inner_text())
+    return {index: "\n".join(parts) for index, parts in joined.items()}
+
+
+def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tmp_path, tiny_npz):
     if not CHROMIUM.exists():
         missing(f"{CHROMIUM} is not installed (apt-get install chromium)")
     try:
@@ -84,16 +96,26 @@ def test_the_mlflow_ui_shows_the_sweep_and_a_cells_final_error(tmp_path, tiny_np
         missing("the playwright package is not installed (pip install -e '.[dev]')")
 
     path = tmp_path / "tiny.yaml"
-    path.write_text(tiny_experiment(tiny_npz, GRID, "[0]", epochs=1))
+    path.write_text(tiny_experiment(tiny_npz, GRID, "[0, 1]", epochs=1))
     report, options = sweep_in(tmp_path, prepare_sweep(load_experiment(path)))
     tracking_uri = options.tracking_uri
-    assert report.done == 2
+    assert report.done == 4
 
     client = MlflowClient(tracking_uri)
-    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    experiment = client.get_experiment_by_name("tiny")
+    experiment_id = experiment.experiment_id
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # a model-training experiment
     (sweep,) = client.search_runs([experiment_id], "tags.`ablation.role` = 'sweep'")
-    cell = client.search_runs([experiment_id], "tags.`ablation.role` = 'cell'", order_by=["attributes.run_name"])[0]
+    cells = client.search_runs([experiment_id], "tags.`ablation.role` = 'cell'", order_by=["attributes.run_name"])
+    cell = cells[0]
     assert sweep.info.run_name == "tiny"  # the parent run is named after the experiment
+    # What the UI must show per arm: the mean over seeds of the last epoch's top-1 error.
+    means: dict[str, float] = {}
+    for description in {c.data.tags["ablation.description"] for c in cells}:
+        values = [
+            c.data.metrics["final/top1_err_last"] for c in cells if c.data.tags["ablation.description"] == description
+        ]
+        means[description] = sum(values) / len(values)
 
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri]
@@ -106,29 +128,39 @@ def test_the_mlflow_ui_shows_the_sweep_and_a_cells_final_error(tmp_path, tiny_np
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/health", server)
+        # The link the harness prints after a sweep and a table (ablation.mlflow_store.dashboard_hint).
+        link = dashboard_hint(tracking_uri, experiment_id).rsplit("then ", 1)[1].replace("http://127.0.0.1:5000", base)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
             try:
-                # Tall enough for the run page's details and metrics table without scrolling.
-                page = browser.new_page(viewport={"width": 1400, "height": 1400})
-                # The experiment's runs table in the UI's "Model training" view (its default landing page is the
-                # GenAI overview, which lists no runs): the sweep is the row whose name links to the parent run.
-                experiment_page = f"{base}/#/experiments/{experiment_id}"
-                page.goto(f"{experiment_page}/runs?workflowType=machine_learning", wait_until="domcontentloaded")
+                page = browser.new_page(viewport={"width": 1800, "height": 1400})
+                page.goto(link, wait_until="domcontentloaded")
+                # The runs table of the "Model training" view: the sweep's parent run, and its four children.
                 sweep_link = page.locator(f'a[href$="/runs/{sweep.info.run_id}"]').first
                 expect(sweep_link).to_have_text("tiny", timeout=WAIT_MS)
+                page.get_by_text("5 matching runs").wait_for(timeout=WAIT_MS)
                 # The MLflow Assistant side panel opens on a first visit and covers a third of the page.
                 with contextlib.suppress(PlaywrightTimeout):
                     page.get_by_role("button", name="Close").first.click(timeout=5_000)
 
+                # As the README says: the final error as a column, then the runs grouped by the arm tag.
+                page.get_by_role("button", name="Columns").click()
+                page.get_by_text("final/top1_err_last", exact=True).click()
+                page.keyboard.press("Escape")
+                page.get_by_role("button", name="Group by").click()
+                page.get_by_text("ablation.description", exact=True).click()
+                page.keyboard.press("Escape")
+                page.get_by_text("(average)").first.wait_for(timeout=WAIT_MS)
+                rows = ui_rows(page)
+                page.screenshot(path=str(screenshot), full_page=True)
+
                 # One cell's run page: its name, its metrics table, and "Parent run" linking back to the sweep.
-                page.goto(f"{experiment_page}/runs/{cell.info.run_id}?workflowType=machine_learning")
+                page.goto(f"{base}/#/experiments/{experiment_id}/runs/{cell.info.run_id}?workflowType=machine_learning")
                 page.get_by_text(cell.info.run_name, exact=True).first.wait_for(timeout=WAIT_MS)
                 page.get_by_text("final/top1_err_last", exact=True).first.wait_for(timeout=WAIT_MS)
                 parent_link = page.locator(f'a[href$="/runs/{sweep.info.run_id}"]').first
                 expect(parent_link).to_have_text("tiny", timeout=WAIT_MS)  # the parent's name loads last
                 lines = [line.strip() for line in page.inner_text("body").splitlines()]
-                page.screenshot(path=str(screenshot), full_page=True)
             finally:
                 browser.close()
     finally:
@@ -138,6 +170,15 @@ def test_the_mlflow_ui_shows_the_sweep_and_a_cells_final_error(tmp_path, tiny_np
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, 9)
             server.wait(timeout=30)
+
+    # One group row per arm, each with the mean the UI aggregated over its two seeds.
+    groups = {}
+    for text in rows.values():
+        lines_ = text.splitlines()
+        name = next((line.removeprefix("Group: ") for line in lines_ if line.startswith("Group: ")), None)
+        if name is not None:
+            groups[name] = next(line.removesuffix(" (average)") for line in lines_ if line.endswith("(average)"))
+    assert groups == {description: ui_number(mean) for description, mean in means.items()}, rows
 
     # The metrics table shows each name on one line and its value on the next.
     top1 = cell.data.metrics["final/top1_err_last"]
