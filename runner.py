@@ -9,12 +9,57 @@ python runner.py profile experiments/table4_backbones.yaml --format md
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 from pathlib import Path
 
 from ablation.errors import ConfigError, StoreError
 from ablation.threads import configure_threads
+
+# ---- one line for every mistake
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line like every other input error: flag, value, what is allowed."""
+
+    def error(self, message: str) -> None:
+        choice = re.match(r"argument (\S+): invalid choice: '?([^']*)'? \(choose from (.*)\)", message)
+        number = re.match(r"argument (\S+): invalid (\w+) value: '?([^']*)'?", message)
+        if choice:
+            flag, value, allowed = choice.groups()
+            message = f"{flag}: {value!r} is not allowed; allowed: {allowed.replace(chr(39), '')}"
+        elif number:
+            flag, kind, value = number.groups()
+            message = f"{flag}: {value!r} is not allowed; allowed: {'an integer' if kind == 'int' else 'a number'}"
+        elif message.startswith("argument "):
+            message = message.removeprefix("argument ")
+        else:
+            message = f"{message} (see {self.prog} --help)"
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def _slurm_time(text: str) -> str:
+    if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a Slurm time limit, D-HH:MM:SS or minutes")
+    return text
+
 
 # ---- shared arguments
 
@@ -54,11 +99,18 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1")
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="epoch checkpoints (shared by all machines)")
     parser.add_argument("--log-checkpoints", action="store_true", help="log each cell's final checkpoint to MLflow")
-    parser.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per cell, DistributedDataParallel (1)")
-    parser.add_argument("--loader-workers", type=int, default=4, help="DataLoader workers for ImageNet (default 4)")
-    parser.add_argument("--heartbeat-interval", type=int, default=15, help="seconds between heartbeats (15)")
     parser.add_argument(
-        "--grace-period", type=int, default=60, help="seconds without heartbeat before a cell is taken up again (60)"
+        "--gpus-per-job", type=_at_least(1), default=1, help="GPUs per cell, DistributedDataParallel (1)"
+    )
+    parser.add_argument(
+        "--loader-workers", type=_at_least(0), default=4, help="DataLoader workers for ImageNet (default 4)"
+    )
+    parser.add_argument("--heartbeat-interval", type=_at_least(1), default=15, help="seconds between heartbeats (15)")
+    parser.add_argument(
+        "--grace-period",
+        type=_at_least(1),
+        default=60,
+        help="seconds without heartbeat before a cell is taken up again (60)",
     )
 
 
@@ -67,21 +119,29 @@ def _experiment_args(args: argparse.Namespace) -> tuple[str, ...]:
     return (str(Path(args.experiment).resolve()), *(x for o in args.overrides for x in ("--set", o)))
 
 
-def _prepare(args: argparse.Namespace):
+def _arms(args: argparse.Namespace, check_paths: bool = True):
+    """The experiment and its arms, every config value and the data checked, before anything imports torch: a
+    mistake in an experiment file or a --set is reported in well under a second."""
     from ablation.config import load_experiment
+    from ablation.grid import expand_arms
+
+    experiment = load_experiment(args.experiment, args.overrides)
+    return experiment, expand_arms(experiment, check_paths=check_paths)
+
+
+def _prepare(args: argparse.Namespace, validated=None):
     from ablation.prepared import prepare_sweep
     from ablation.train import resolve_device
 
-    experiment = load_experiment(args.experiment, args.overrides)
+    experiment, arms = validated or _arms(args)
     resolve_device(args.device)  # a device that does not exist here is an input error, like a bad config value
-    return prepare_sweep(experiment, _experiment_args(args))
+    return prepare_sweep(experiment, _experiment_args(args), arms)
 
 
 def _read_only(args: argparse.Namespace):
-    from ablation.config import load_experiment
     from ablation.prepared import read_only_sweep
 
-    return read_only_sweep(load_experiment(args.experiment, args.overrides))
+    return read_only_sweep(*_arms(args))
 
 
 def _worker_options(args: argparse.Namespace, progress: bool, name: str = "worker"):
@@ -90,6 +150,13 @@ def _worker_options(args: argparse.Namespace, progress: bool, name: str = "worke
     from ablation.queue import DEFAULT_STORAGE
     from ablation.worker import WorkerOptions
 
+    if args.grace_period <= args.heartbeat_interval:
+        raise ConfigError(
+            "--grace-period",
+            args.grace_period,
+            f"a live worker would look dead between two heartbeats; allowed: more than --heartbeat-interval "
+            f"({args.heartbeat_interval})",
+        )
     return WorkerOptions(
         tracking_uri=resolve_tracking_uri(args.tracking_uri),
         storage_url=args.storage or DEFAULT_STORAGE,
@@ -112,27 +179,26 @@ def _worker_options(args: argparse.Namespace, progress: bool, name: str = "worke
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from ablation.config import load_experiment
-    from ablation.grid import expand_arms
+    _, arms = _arms(args, check_paths=False)
     from ablation.profiler import profile_arms, render
 
-    experiment = load_experiment(args.experiment, args.overrides)
-    arms = expand_arms(experiment, check_paths=False)
     sys.stdout.write(render(profile_arms(arms), args.format))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    import torch
-
     from ablation.slots import parse_workers, plan_slots, user_thread_cap
-    from ablation.sweep import run_sweep
 
     workers = parse_workers(args.workers)
+    validated = _arms(args)
+    import torch
+
+    from ablation.sweep import run_sweep
+
     num_gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
     slots = plan_slots(
         workers, num_gpus, jobs_per_gpu=args.jobs_per_gpu, gpus_per_job=args.gpus_per_job, thread_cap=user_thread_cap()
     )
-    prepared = _prepare(args)
+    prepared = _prepare(args, validated)
     # Progress bars only when this process is the only worker (several would garble one terminal).
     only_here = len(slots) == 1 and args.gpus_per_job == 1
     options = _worker_options(args, progress=only_here and not args.no_progress)
@@ -309,7 +375,7 @@ def cmd_gradcam(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runner.py", description=__doc__.split("\n\n")[0])
+    parser = _OneLineParser(prog="runner.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     profile = commands.add_parser(
@@ -336,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--workers", default="1", help="auto (one per GPU slot) or N (default 1; without GPUs, N CPU workers)"
     )
-    sweep.add_argument("--jobs-per-gpu", type=int, default=1, help="cells packed on one GPU (default 1)")
+    sweep.add_argument("--jobs-per-gpu", type=_at_least(1), default=1, help="cells packed on one GPU (default 1)")
     sweep.add_argument("--retry-failed", action="store_true", help="run cells that failed before again")
     sweep.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     sweep.set_defaults(func=cmd_sweep)
@@ -367,10 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(slurm)
     _add_tracking_arg(slurm)
     _add_storage_arg(slurm)
-    slurm.add_argument("--tasks", type=int, default=None, help="array size (default: one per cell)")
-    slurm.add_argument("--gpus-per-job", type=int, default=1)
-    slurm.add_argument("--cpus-per-task", type=int, default=8)
-    slurm.add_argument("--time", default="24:00:00", help="time limit per task")
+    slurm.add_argument("--tasks", type=_at_least(1), default=None, help="array size (default: one per cell)")
+    slurm.add_argument("--gpus-per-job", type=_at_least(1), default=1)
+    slurm.add_argument("--cpus-per-task", type=_at_least(1), default=8)
+    slurm.add_argument("--time", type=_slurm_time, default="24:00:00", help="time limit per task")
     slurm.add_argument("--partition", default=None)
     slurm.add_argument("--checkpoint-dir", default="checkpoints", help="a folder every node sees")
     slurm.add_argument("--out", default=None, help="script path (default: slurm-<experiment>.sh)")
@@ -398,8 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(gradcam)
     _add_tracking_arg(gradcam)
     gradcam.add_argument("--checkpoint-dir", default="checkpoints")
-    gradcam.add_argument("--images", type=int, default=8, help="validation images (default 8)")
-    gradcam.add_argument("--seed-index", type=int, default=0, help="which of the experiment's seeds (default: first)")
+    gradcam.add_argument("--images", type=_at_least(1), default=8, help="validation images (default 8)")
+    gradcam.add_argument(
+        "--seed-index", type=_at_least(0), default=0, help="which of the experiment's seeds (default: first)"
+    )
     gradcam.add_argument("--device", default="auto")
     gradcam.add_argument("--out", default=None, help="output folder (default: results/<experiment>/)")
     gradcam.set_defaults(func=cmd_gradcam)

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ablation.attention.options import ATTENTION_OPTIONS, AttentionOptions, NoAttention, StrictModel
 from ablation.errors import ConfigError
+from ablation.names import ARCHS, Dataset, Layout, Stem
 
 
 class ModelConfig(StrictModel):
@@ -31,19 +33,24 @@ class ModelConfig(StrictModel):
     # for mobilenet_v1 it is the width multiplier alpha (0.7 and 1.0 in the paper's Table 5).
     width: float = 1.0
     # "imagenet": 7x7/2 conv + max-pool (224 px inputs); "cifar": 3x3/1 conv, no max-pool (32 px inputs).
-    stem: Literal["imagenet", "cifar"] = "imagenet"
+    stem: Stem = "imagenet"
     # Bottleneck stride: "v1.5" on the 3x3 conv (torchvision, the official CBAM code that trained the paper's
     # nets); "v1" on the first 1x1 conv (original ResNet; the layout of the paper's printed GFLOPs).
-    layout: Literal["v1", "v1.5"] = "v1.5"
+    layout: Layout = "v1.5"
     attention: AttentionOptions = Field(default_factory=NoAttention)
     # None: the dataset's number of classes.
     num_classes: int | None = None
 
+    @field_validator("num_classes")
+    @classmethod
+    def _classes(cls, value: int | None) -> int | None:
+        if value is not None and value < 2:
+            raise ValueError("must be an integer >= 2 (or absent: the dataset's classes)")
+        return value
+
     @field_validator("arch")
     @classmethod
     def _arch(cls, value: str) -> str:
-        from ablation.models import ARCHS
-
         if value not in ARCHS:
             raise ValueError(f"allowed: {', '.join(ARCHS)}")
         return value
@@ -56,13 +63,10 @@ class ModelConfig(StrictModel):
         return value
 
 
-DATASETS = ("cifar10-micro", "npz", "cifar10", "cifar100", "imagenet")
-
-
 class DataConfig(StrictModel):
     """Which images. ``cifar10-micro`` ships with the package, so demos and tests need no download."""
 
-    dataset: Literal["cifar10-micro", "npz", "cifar10", "cifar100", "imagenet"] = "cifar10-micro"
+    dataset: Dataset = "cifar10-micro"
     # A folder for cifar10 / cifar100 (torchvision's layout) and imagenet (train/ and val/ ImageFolders);
     # the .npz file for npz. Not part of the config hash, the data's identity is: moving the data changes nothing.
     root: str | None = None
@@ -70,6 +74,13 @@ class DataConfig(StrictModel):
     image_size: int | None = None
     # Random crop (with 4-pixel zero padding for 32 px data, RandomResizedCrop for imagenet) and flip.
     augment: bool = True
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be an integer >= 1 (or absent: the dataset's own size)")
+        return value
 
 
 class TrainConfig(StrictModel):
@@ -101,12 +112,34 @@ class TrainConfig(StrictModel):
             raise ValueError("must be an integer >= 1")
         return value
 
-    @field_validator("lr", "momentum", "weight_decay", "gamma", "label_smoothing")
+    @field_validator("lr", "weight_decay", "gamma")
     @classmethod
     def _non_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must be a number >= 0")
         return value
+
+    @field_validator("momentum", "label_smoothing")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError("must be a number in [0, 1)")
+        return value
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be an integer >= 0")
+        return value
+
+    @model_validator(mode="after")
+    def _warmup_within_training(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise PydanticCustomError(
+                "warmup", "must be fewer than train.epochs ({epochs})", {"epochs": self.epochs, "key": "warmup_epochs"}
+            )
+        return self
 
 
 class RunConfig(StrictModel):
@@ -201,10 +234,17 @@ def _as_config_error(exc: ValidationError, where: str) -> ConfigError:
     if kind == "union_tag_not_found":
         return ConfigError(key + ".type", None, f"required; allowed: {', '.join(ATTENTION_OPTIONS)}")
     message = err["msg"].removeprefix("Value error, ")
+    if kind == "warmup":  # a check across two keys, reported on the one that is wrong
+        given = err["input"]
+        value = given.get("warmup_epochs") if isinstance(given, dict) else getattr(given, "warmup_epochs", None)
+        key = f"{key}.warmup_epochs".lstrip(".")
+        return ConfigError(key, value, message)
     if kind == "literal_error":
-        message = "allowed: " + err["ctx"]["expected"].replace("'", "")
+        message = "allowed: " + err["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
     elif kind.endswith("_type"):
-        message = f"wrong type ({type(err['input']).__name__}): {message[0].lower()}{message[1:]}"
+        noun = message.removeprefix("Input should be ").removeprefix("a valid ")
+        article = "an" if noun[:1] in "aeiou" else "a"
+        message = f"must be {article} {noun} (it is {type(err['input']).__name__})"
     return ConfigError(key, err["input"], message)
 
 
@@ -230,7 +270,7 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(source + at, "YAML", f"is not valid YAML: {problem}") from None
+        raise ConfigError(source + at, None, "", sentence=f"this is not valid YAML ({problem})") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -245,6 +285,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 # Experiment files
 
 GridBlock = dict[str, Any]
+SEEDS_ALLOWED = "must be a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]"
 
 
 class Experiment(StrictModel):
@@ -260,11 +301,26 @@ class Experiment(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     source: str = ""
 
-    @field_validator("seeds")
+    @field_validator("seeds", mode="before")
     @classmethod
-    def _seeds(cls, value: list[int]) -> list[int]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError("must be a non-empty list of distinct integers")
+    def _seeds(cls, value: Any) -> list[int]:
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+            or len(set(value)) != len(value)
+        ):
+            raise ValueError(SEEDS_ALLOWED)
+        return value
+
+    @field_validator("paper")
+    @classmethod
+    def _paper(cls, value: list[str]) -> list[str]:
+        from ablation.paper import TABLE_TITLES
+
+        unknown = [t for t in value if t not in TABLE_TITLES]
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not one of the paper's tables; allowed: {', '.join(TABLE_TITLES)}")
         return value
 
     @field_validator("name")
@@ -278,11 +334,20 @@ class Experiment(StrictModel):
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     """Read an experiment file and apply ``--set key=value`` overrides to its base (``seeds=...`` too)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("experiment", str(path), "is a folder; pass the path of an experiments/*.yaml file")
     if not path.is_file():
-        raise ConfigError("experiment", str(path), "no such file; pass a path to an experiments/*.yaml file")
+        raise ConfigError("experiment", str(path), "does not exist; pass the path of an experiments/*.yaml file")
     raw = load_yaml(path.read_text(), str(path))
+    if raw is None:
+        raise ConfigError(
+            str(path), None, "", sentence="the file is empty; an experiment needs at least a 'base' mapping"
+        )
     if not isinstance(raw, dict):
-        raise ConfigError(str(path), type(raw).__name__, "an experiment file must be a mapping with a 'base' key")
+        kind = {list: "a list", str: "a single value"}.get(type(raw), type(raw).__name__)
+        raise ConfigError(
+            str(path), None, "", sentence=f"the file holds {kind}; an experiment file is a mapping with a 'base' key"
+        )
     raw.setdefault("name", path.stem)
     if isinstance(raw.get("grid"), dict):
         raw["grid"] = [raw["grid"]]
@@ -294,6 +359,8 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"]) or "experiment"
+        if err["loc"][:1] == ("seeds",):
+            raise ConfigError("seeds", raw.get("seeds"), SEEDS_ALLOWED) from None
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(f for f in Experiment.model_fields if f != "source")
             raise ConfigError(key, err["input"], f"unknown top-level key; allowed: {allowed}") from None
@@ -308,9 +375,10 @@ def apply_overrides(experiment: Experiment, overrides: list[tuple[str, Any]]) ->
     for key, value in overrides:
         if key == "seeds":
             value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-            seeds = Experiment._seeds(value) if isinstance(value, list) else None
-            if seeds is None:
-                raise ConfigError("seeds", value, "must be a list of distinct integers, e.g. seeds=[0,1,2]")
+            try:
+                seeds = Experiment._seeds(value)
+            except ValueError:
+                raise ConfigError("--set seeds", value, SEEDS_ALLOWED) from None
             continue
         clash = next((g for g in grid_keys if _overlaps(g, key)), None)
         if clash:

@@ -7,13 +7,20 @@ the bad value and what is allowed, so the command line can print it and stop bef
 created in it.
 """
 
+# An ``allowed`` text that starts like this says what is wrong with the value: it follows the value directly.
+_PREDICATES = ("is ", "has ", "holds ", "exceeds ", "does ", "cannot ")
+
 
 class ConfigError(ValueError):
     """A configuration value is not allowed; the message is one line: key, bad value, what is allowed."""
 
-    def __init__(self, key: str, value: object, allowed: str):
+    def __init__(self, key: str, value: object, allowed: str, *, sentence: str | None = None):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}: {value!r} is not allowed; {allowed}")
+        # ``sentence`` replaces "<value> is not allowed; <allowed>" where no single value is at fault (a file that
+        # is empty or not YAML): "bad.yaml: the file is empty; an experiment needs at least a 'base' mapping".
+        if sentence is None and allowed.startswith(_PREDICATES):
+            sentence = f"{value!r} {allowed}"  # "'.' is a folder; ..." rather than "is not allowed; is a folder"
+        super().__init__(f"{key}: {sentence}" if sentence else f"{key}: {value!r} is not allowed; {allowed}")
 
 
 class StoreError(RuntimeError):

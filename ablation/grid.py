@@ -26,7 +26,7 @@ from ablation.config import Experiment, RunConfig, config_hash, flatten, parse_r
 from ablation.data.catalog import DatasetInfo, dataset_info
 from ablation.describe import describe_attention, format_value, render_template
 from ablation.errors import ConfigError
-from ablation.models import display_name
+from ablation.names import MIN_IMAGE_SIZE, display_name
 from ablation.paper import PaperRow, find_row
 
 
@@ -96,6 +96,7 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
             tree["seed"] = experiment.seeds[0]
             config = parse_run_config(tree)
             data = dataset_info(config.data, check_paths=check_paths)
+            _check_fit(config, data)
             model = config.model
             row = find_row(
                 experiment.paper,
@@ -128,6 +129,22 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
     if duplicate is not None:
         raise ConfigError("grid.description", duplicate, "labels two arms; give the grid block a description template")
     return arms
+
+
+def _check_fit(config: RunConfig, data: DatasetInfo) -> None:
+    """What no single key can check alone: the resolution against the stem, the batch against the data."""
+    smallest = MIN_IMAGE_SIZE[config.model.stem]
+    if data.image_size < smallest:
+        raise ConfigError(
+            "data.image_size",
+            data.image_size,
+            f"the {config.model.stem} stem halves the resolution down to nothing below it; allowed: >= {smallest}",
+        )
+    batch, images = config.train.batch_size, data.train_size
+    if images is not None and batch > images:
+        raise ConfigError(
+            "train.batch_size", batch, f"exceeds the {images} training images of {data.name}; allowed: 1..{images}"
+        )
 
 
 def sweep_key(cells: list[Cell]) -> str:

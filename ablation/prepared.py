@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from ablation.config import Experiment
 from ablation.data.sources import check_data
 from ablation.grid import Arm, Cell, build_network, expand_arms, expand_cells
-from ablation.measure import measure
 
 
 @dataclass(frozen=True)
@@ -26,17 +25,21 @@ class PreparedSweep:
     command_args: tuple[str, ...] = ()
 
 
-def prepare_sweep(experiment: Experiment, command_args: tuple[str, ...] = ()) -> PreparedSweep:
-    """Validate everything before any job: configs, networks, data."""
-    arms = expand_arms(experiment, check_paths=True)
+def prepare_sweep(
+    experiment: Experiment, command_args: tuple[str, ...] = (), arms: list[Arm] | None = None
+) -> PreparedSweep:
+    """Validate everything before any job: configs, data (``arms``, when already expanded), networks."""
+    from ablation.measure import measure  # torch: after the configs, whose errors should not wait for it
+
+    arms = expand_arms(experiment, check_paths=True) if arms is None else arms
     costs = {arm.index: measure(lambda arm=arm: build_network(arm), arm.data.image_size) for arm in arms}
     for data in {arm.config.data for arm in arms}:
         check_data(data)
     return PreparedSweep(experiment, arms, expand_cells(experiment, arms), costs, tuple(command_args))
 
 
-def read_only_sweep(experiment: Experiment) -> PreparedSweep:
+def read_only_sweep(experiment: Experiment, arms: list[Arm] | None = None) -> PreparedSweep:
     """The arms and cells of an experiment for commands that read results (``table``, ``status``, ``gradcam``):
     the data must be here, because its identity is part of every cell's key, but nothing is measured."""
-    arms = expand_arms(experiment, check_paths=True)
+    arms = expand_arms(experiment, check_paths=True) if arms is None else arms
     return PreparedSweep(experiment, arms, expand_cells(experiment, arms))

@@ -61,7 +61,9 @@ def plan_slots(
         raise ConfigError("--gpus-per-job", gpus_per_job, "allowed: an integer >= 1")
     if num_gpus == 0:
         if gpus_per_job > 1:
-            raise ConfigError("--gpus-per-job", gpus_per_job, "needs GPUs, and none is visible; allowed here: 1")
+            raise ConfigError(
+                "--gpus-per-job", gpus_per_job, "is more GPUs than this machine shows (none); allowed here: 1"
+            )
         count = workers or 1
         if count > cpu_count:
             raise ConfigError("--workers", count, f"exceeds the {cpu_count} CPU cores; allowed: 1..{cpu_count}")

@@ -49,7 +49,7 @@ def test_bad_config_is_one_line_on_stderr_and_exit_2(write_experiment):
 
 def test_missing_experiment_file_and_bad_set():
     result = run("profile", "experiments/nope.yaml")
-    assert result.returncode == 2 and "no such file" in result.stderr
+    assert result.returncode == 2 and "does not exist" in result.stderr
     result = run("profile", str(EXPERIMENTS / "table3_arrangement.yaml"), "--set", "model.attention.order=parallel")
     assert result.returncode == 2 and "varied by the grid" in result.stderr
 

@@ -198,7 +198,7 @@ def test_missing_or_unfetchable_data_is_one_line_before_any_job(tmp_path):
     from ablation.data.sources import check_data
 
     cases = [
-        (DataConfig(dataset="npz", root=str(tmp_path / "none.npz")), "no such .npz file"),
+        (DataConfig(dataset="npz", root=str(tmp_path / "none.npz")), "does not exist"),
         (DataConfig(dataset="npz"), "needs data.root"),
         (DataConfig(dataset="imagenet", root=str(tmp_path)), "has no train/ folder"),
         # Offline (as here and in CI), torchvision cannot fetch CIFAR: one line saying so.

@@ -31,6 +31,7 @@ class DatasetInfo:
     # What the images are (``ablation.data.identity``), part of every cell's key; None when only the shape of the
     # data was asked for (profiling, which reads no images).
     identity: str | None = None
+    train_size: int | None = None  # training images, where known without reading them
 
 
 def npz_path(data: DataConfig) -> Path:
@@ -39,8 +40,10 @@ def npz_path(data: DataConfig) -> Path:
     if data.root is None:
         raise ConfigError("data.root", None, "dataset npz needs data.root = the path of an .npz file")
     path = Path(data.root).expanduser()
+    if path.is_dir():
+        raise ConfigError("data.root", data.root, "is a folder; dataset npz needs the path of an .npz file")
     if not path.is_file():
-        raise ConfigError("data.root", data.root, "no such .npz file")
+        raise ConfigError("data.root", data.root, "does not exist; dataset npz needs the path of an .npz file")
     return path
 
 
@@ -76,20 +79,20 @@ def verify_npz(path: Path, identity: str) -> None:
         return
 
     def bad(problem: str) -> ConfigError:
-        return ConfigError("data.root", str(path), problem)
+        return ConfigError("data.root", str(path), "", sentence=f"{str(path)!r}: {problem}")
 
     try:
         with zipfile.ZipFile(path) as archive:
             corrupt = archive.testzip()
         if corrupt is not None:
-            raise bad(f"its member {corrupt} is corrupt (CRC mismatch); the file is damaged, write it again")
+            raise bad(f"its member {corrupt} is damaged (CRC mismatch); write the file again")
         with np.load(path, allow_pickle=False) as f:
             y = {split: f[f"y_{split}"] for split in ("train", "test")}
             classes = f["classes"]
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as exc:
-        raise bad(f"cannot be read as an .npz archive ({exc})") from None
+        raise bad(f"the file cannot be read as an .npz archive ({exc})") from None
     if classes.ndim != 1 or len(classes) < 2:
-        raise bad(f"classes has shape {classes.shape}; it must list at least 2 class names")
+        raise bad(f"its classes array has shape {classes.shape}; it must list at least 2 class names")
     header = npz_header(path)
     train_shape = header["x_train"][0]
     for split in ("train", "test"):
@@ -99,7 +102,10 @@ def verify_npz(path: Path, identity: str) -> None:
         if len(shape) != 4 or shape[1] != shape[2] or shape[3] not in (1, 3):
             raise bad(f"x_{split} has shape {shape}; images must be N x H x W x C with H == W and C 1 or 3")
         if shape[1:] != train_shape[1:]:
-            raise bad(f"x_{split} images are {shape[1:]} but x_train images are {train_shape[1:]}; mixed sizes")
+            raise bad(
+                f"x_{split} images are {shape[1:]} but x_train images are {train_shape[1:]}; "
+                "mixed sizes are not allowed"
+            )
         if shape[0] == 0:
             raise bad(f"x_{split} holds no images")
         labels = y[split]
@@ -135,14 +141,14 @@ def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
         if check_paths:
             identity = file_identity(path)
             verify_npz(path, identity)
-        return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity)
+        return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity, shape[0])
     if data.dataset in ("cifar10", "cifar100"):
         root = Path(data.root).expanduser() if data.root else None
         if root is None and check_paths:
             raise ConfigError("data.root", None, f"dataset {data.dataset} needs data.root = a folder for torchvision")
         classes = 10 if data.dataset == "cifar10" else 100
         identity = f"torchvision:{data.dataset}:train+test" if check_paths else None
-        return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root, identity)
+        return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root, identity, 50_000)
     # imagenet: train/ and val/ ImageFolders under root.
     if not check_paths:
         return DatasetInfo("imagenet", 1000, data.image_size or 224, 3, None)

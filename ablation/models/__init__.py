@@ -1,5 +1,7 @@
 """The paper's backbones (CBAM, Tables 4 and 5), built by name with any attention of the registry.
 
+``display_name`` (the paper's row label) is re-exported from ``ablation.names``, which declares the names.
+
 ``build_model(arch, num_classes=..., attention=...)`` is the only way the rest of the package makes a network:
 one table of builders, all taking the same keyword arguments, so an experiment changes a backbone by changing
 one string.
@@ -17,6 +19,9 @@ from ablation.attention.options import StrictModel
 from ablation.errors import ConfigError
 from ablation.models.mobilenet import MobileNetV1
 from ablation.models.resnet import BasicBlock, Bottleneck, ResNet
+from ablation.names import ARCHS, LAYOUTS, STEMS, display_name
+
+__all__ = ["ARCHS", "BUILDERS", "LAYOUTS", "STEMS", "build_model", "display_name"]
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": partial(ResNet, BasicBlock, [2, 2, 2, 2]),
@@ -28,19 +33,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnext101_32x4d": partial(ResNet, Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4),
     "mobilenet_v1": MobileNetV1,
 }
-ARCHS = tuple(BUILDERS)
-STEMS = ("imagenet", "cifar")
-LAYOUTS = ("v1.5", "v1")
-
-# The paper's row labels: (name, detail in parentheses).
-_PAPER_NAMES = {
-    "resnet18": ("ResNet18", ""),
-    "resnet34": ("ResNet34", ""),
-    "resnet50": ("ResNet50", ""),
-    "resnet101": ("ResNet101", ""),
-    "resnext50_32x4d": ("ResNeXt50", "32x4d"),
-    "resnext101_32x4d": ("ResNeXt101", "32x4d"),
-}
+assert tuple(BUILDERS) == ARCHS, "ablation/names.py and BUILDERS must list the same backbones"
 
 
 def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -68,17 +61,3 @@ def build_model(
     if isinstance(width, bool) or not isinstance(width, int | float) or width <= 0:
         raise ConfigError("model.width", width, "allowed: a number > 0")
     return BUILDERS[arch](num_classes=num_classes, attention=attention, width=width, stem=stem, layout=layout)
-
-
-def display_name(arch: str, width: float = 1.0) -> str:
-    """The paper's row label: "ResNet50", "WideResNet18 (widen=1.5)", "MobileNet (alpha=0.7)"."""
-    _check_choice("model.arch", arch, ARCHS)
-    factor = repr(float(width))  # 2.0 prints as "2.0", as in the paper
-    if arch == "mobilenet_v1":
-        return f"MobileNet (alpha={factor})"
-    name, detail = _PAPER_NAMES[arch]
-    if width > 1:
-        name, detail = f"Wide{name}", ", ".join(part for part in (detail, f"widen={factor}") if part)
-    elif width < 1:  # a slimmed network is not a "wide" one
-        detail = ", ".join(part for part in (detail, f"width={factor}") if part)
-    return f"{name} ({detail})" if detail else name
