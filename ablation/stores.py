@@ -90,7 +90,7 @@ def _probe_server(uri: str) -> None:
 
 
 def _probe_database(option: str, url: str, table: str, write: bool) -> None:
-    """Connect with a short timeout and check that this connection may write, without writing anything."""
+    """Connect with a short timeout and, with ``write``, check that this connection may write, without writing."""
     path = sqlite_path(url)
     if write and url.startswith("sqlite:") and "mode=ro" in url:
         raise StoreError(option, url, "is opened read-only (mode=ro); a sweep writes to it")
@@ -126,7 +126,9 @@ def _engine(option: str, url: str):
         raise StoreError(option, url, f"needs a database driver that is not installed: {exc}{hint}") from None
     except Exception as exc:  # ArgumentError, NoSuchModuleError: not a database URL
         raise StoreError(
-            option, url, f"is not a database URL ({_cause(exc)}); use sqlite:///file.db or postgresql+psycopg2://..."
+            option,
+            url,
+            f"is not a database URL ({_driver_words(exc)}); use sqlite:///file.db or postgresql+psycopg2://...",
         ) from None
 
 
