@@ -7,7 +7,8 @@ row update in a transaction): of several workers racing for one trial exactly on
 
 A running worker records a heartbeat for its trial and which process it is (host, boot, pid). When a worker dies
 (SIGKILL, preemption, a rebooted node) its heartbeat stops; after the grace period any worker marks the trial
-failed and Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues a copy, which the next free worker claims and
+failed and enqueues a copy (``take_back_orphans``; Optuna's own staleness check and its
+``RetryHeartbeatStaleTrialCallback`` where heartbeats cannot be read), which the next free worker claims and
 resumes from the cell's last epoch checkpoint, in the same MLflow run. A worker on the same machine need not wait
 for the grace period: it sees that the process is gone and takes the cell up at once. A cell that fails by itself
 (an exception, a NaN loss) is told FAIL with its reason and is not retried unless ``--retry-failed`` asks.
@@ -42,7 +43,7 @@ from optuna.trial import TrialState
 from ablation.errors import StoreError
 from ablation.faults import kill_point
 from ablation.grid import Cell, sweep_key
-from ablation.stores import exclusive, with_busy_timeout
+from ablation.stores import exclusive, sqlite_path, with_busy_timeout
 
 DEFAULT_STORAGE = "sqlite:///sweeps.db"
 HEARTBEAT_INTERVAL_S = 15
@@ -57,8 +58,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S):
     """An RDBStorage with heartbeats (its schema created under a lock), or a one-line StoreError."""
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///").partition("?")[0]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if (path := sqlite_path(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if not url.startswith("sqlite"):
         engine_kwargs["pool_pre_ping"] = True
         engine_kwargs["connect_args"] = {"connect_timeout": 10} if url.startswith("postgresql") else {}
@@ -150,7 +151,6 @@ class SweepQueue:
     def claim(self) -> Claim | None:
         """Atomically take a waiting cell (after re-enqueueing those whose worker died), or None."""
         self.take_back_orphans()
-        fail_stale_trials(self.study)
         for trial in self.trials((TrialState.WAITING,)):
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
             try:
@@ -170,10 +170,11 @@ class SweepQueue:
         (at once), those whose heartbeat is older than the grace period (a worker elsewhere that died), and those
         claimed by a worker that died before it could beat or say who it was, longer than the grace period ago."""
         me, grace = this_process(), self._grace()
-        taken = 0
+        taken, unreadable = 0, False
         for trial in self.trials((TrialState.RUNNING,)):
             owner = trial.user_attrs.get(OWNER)
             known, age = self.heartbeat_age(trial)
+            unreadable |= not known
             if owner is not None and same_machine(owner, me) and not process_alive(owner):
                 why = f"process {owner.split('|')[3]} on this machine, which is gone"
             elif known and age is not None and age > grace:
@@ -190,6 +191,8 @@ class SweepQueue:
                 taken += 1
                 name = trial.user_attrs.get(NAME) or trial.user_attrs.get(CELL)
                 self.say(f"[sweep] {name} was left running by {why}; taken up again")
+        if unreadable:  # heartbeats this Optuna keeps where we cannot read them: its own check, without the line
+            fail_stale_trials(self.study)
         return taken
 
     def heartbeat_age(self, trial: optuna.trial.FrozenTrial) -> tuple[bool, float | None]:

@@ -269,8 +269,7 @@ def train_job(
     # alone vets it (and moves a bad one aside) before the others read what it left.
     state = None
     if dist.is_main:
-        resume = {"key": key, "run_id": run_id, "apply": restore, "map_location": device, "say": say}
-        state = load_resumable(checkpoint_path, **resume)
+        state = load_resumable(checkpoint_path, key=key, run_id=run_id, apply=restore, map_location=device, say=say)
     barrier(dist)
     if not dist.is_main:
         state = load_checkpoint(checkpoint_path, map_location=device)

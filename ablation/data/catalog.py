@@ -6,6 +6,7 @@ in epoch 1 after the sweep's runs exist.
 
 from __future__ import annotations
 
+import functools
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ablation.config import DataConfig
-from ablation.data.identity import file_identity, file_is_verified, folder_identity, mark_verified
+from ablation.data.identity import file_identity, file_is_verified, file_stamp, folder_identity, mark_verified
 from ablation.errors import ConfigError
 
 BUNDLED = {"cifar10-micro": Path(__file__).with_name("cifar10-micro.npz")}
@@ -121,6 +122,15 @@ def verify_npz(path: Path, identity: str) -> None:
     mark_verified(path, identity)
 
 
+@functools.lru_cache(maxsize=32)
+def _checked_npz_identity(path: Path, stamp: tuple[int, ...]) -> str:
+    """An .npz's identity, its content checked: once per process while the file is unchanged (``stamp``), since
+    every arm of a grid asks for the same data."""
+    identity = file_identity(path)
+    verify_npz(path, identity)
+    return identity
+
+
 def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
     """Classes, resolution, channels and identity of ``data``.
 
@@ -139,8 +149,7 @@ def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
         num_classes = header["classes"][0][0]
         identity = None
         if check_paths:
-            identity = file_identity(path)
-            verify_npz(path, identity)
+            identity = _checked_npz_identity(path.resolve(), tuple(file_stamp(path).values()))
         return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity, shape[0])
     if data.dataset in ("cifar10", "cifar100"):
         root = Path(data.root).expanduser() if data.root else None

@@ -60,7 +60,8 @@ def _update_cache(key: str, entry: dict[str, Any]) -> None:
         os.replace(tmp, folder / CACHE_FILE)
 
 
-def _file_stamp(path: Path) -> dict[str, int]:
+def file_stamp(path: Path) -> dict[str, int]:
+    """What changes when a file's bytes may have: size, modification time and inode."""
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
@@ -68,7 +69,7 @@ def _file_stamp(path: Path) -> dict[str, int]:
 def file_identity(path: Path) -> str:
     """``sha256:<16 hex>`` of the file's bytes (cached while size, mtime and inode are unchanged)."""
     path = Path(path).resolve()
-    key, stamp = f"file:{path}", _file_stamp(path)
+    key, stamp = f"file:{path}", file_stamp(path)
     cached = _read_cache().get(key)
     if isinstance(cached, dict) and cached.get("stamp") == stamp and "identity" in cached:
         return cached["identity"]
@@ -89,7 +90,7 @@ def file_is_verified(path: Path, identity: str) -> bool:
 
 def mark_verified(path: Path, identity: str) -> None:
     path = Path(path).resolve()
-    _update_cache(f"file:{path}", {"stamp": _file_stamp(path), "identity": identity, "verified": True})
+    _update_cache(f"file:{path}", {"stamp": file_stamp(path), "identity": identity, "verified": True})
 
 
 def folder_identity(
