@@ -15,7 +15,19 @@ import sys
 from pathlib import Path
 
 from ablation.errors import ConfigError, StoreError
+from ablation.names import PROFILE_FORMATS, TABLE_FORMATS
 from ablation.threads import configure_threads
+from ablation.worker_args import (
+    CellLaunch,
+    WorkerOptions,
+    add_experiment_args,
+    add_run_cell_args,
+    add_storage_arg,
+    add_tracking_arg,
+    add_worker_args,
+    at_least,
+    experiment_argv,
+)
 
 # ---- one line for every mistake
 
@@ -40,83 +52,17 @@ class _OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _at_least(minimum: int):
-    """An argparse type: an integer >= minimum."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: an integer >= {minimum}")
-        return value
-
-    return parse
-
-
 def _slurm_time(text: str) -> str:
     if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a Slurm time limit, D-HH:MM:SS or minutes")
     return text
 
 
-# ---- shared arguments
-
-
-def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", help="an experiment file, e.g. experiments/demo.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a base config key (dotted, value read as YAML), e.g. --set train.epochs=2; repeatable",
-    )
-
-
-def _add_tracking_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)",
-    )
-
-
-def _add_storage_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--storage",
-        default=None,
-        help="the sweep's state: an Optuna RDB URL (default: sqlite:///sweeps.db in this folder; several machines: "
-        "postgresql+psycopg2://user@host/db)",
-    )
-
-
-def _add_worker_args(parser: argparse.ArgumentParser) -> None:
-    _add_tracking_arg(parser)
-    _add_storage_arg(parser)
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1")
-    parser.add_argument("--checkpoint-dir", default="checkpoints", help="epoch checkpoints (shared by all machines)")
-    parser.add_argument("--log-checkpoints", action="store_true", help="log each cell's final checkpoint to MLflow")
-    parser.add_argument(
-        "--gpus-per-job", type=_at_least(1), default=1, help="GPUs per cell, DistributedDataParallel (1)"
-    )
-    parser.add_argument(
-        "--loader-workers", type=_at_least(0), default=4, help="DataLoader workers for ImageNet (default 4)"
-    )
-    parser.add_argument("--heartbeat-interval", type=_at_least(1), default=15, help="seconds between heartbeats (15)")
-    parser.add_argument(
-        "--grace-period",
-        type=_at_least(1),
-        default=60,
-        help="seconds without heartbeat before a cell is taken up again (60)",
-    )
+# ---- shared arguments (the flags that pass between processes are in ablation.worker_args)
 
 
 def _experiment_args(args: argparse.Namespace) -> tuple[str, ...]:
-    """The experiment file and its --set overrides, as worker processes must receive them."""
-    return (str(Path(args.experiment).resolve()), *(x for o in args.overrides for x in ("--set", o)))
+    return experiment_argv(args.experiment, args.overrides)
 
 
 def _arms(args: argparse.Namespace, check_paths: bool = True):
@@ -142,37 +88,6 @@ def _read_only(args: argparse.Namespace):
     from ablation.prepared import read_only_sweep
 
     return read_only_sweep(*_arms(args))
-
-
-def _worker_options(args: argparse.Namespace, progress: bool, name: str = "worker"):
-    from ablation.cell import CellOptions
-    from ablation.mlflow_store import resolve_tracking_uri
-    from ablation.queue import DEFAULT_STORAGE
-    from ablation.worker import WorkerOptions
-
-    if args.grace_period <= args.heartbeat_interval:
-        raise ConfigError(
-            "--grace-period",
-            args.grace_period,
-            f"a live worker would look dead between two heartbeats; allowed: more than --heartbeat-interval "
-            f"({args.heartbeat_interval})",
-        )
-    return WorkerOptions(
-        tracking_uri=resolve_tracking_uri(args.tracking_uri),
-        storage_url=args.storage or DEFAULT_STORAGE,
-        cell=CellOptions(
-            device=args.device,
-            checkpoint_dir=Path(args.checkpoint_dir),
-            log_checkpoints=args.log_checkpoints,
-            progress=progress,
-            workers=args.loader_workers,
-        ),
-        heartbeat_interval=args.heartbeat_interval,
-        grace_period=args.grace_period,
-        gpus_per_job=args.gpus_per_job,
-        name=name,
-        epoch_lines=not progress,
-    )
 
 
 # ---- commands
@@ -201,7 +116,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     prepared = _prepare(args, validated)
     # Progress bars only when this process is the only worker (several would garble one terminal).
     only_here = len(slots) == 1 and args.gpus_per_job == 1
-    options = _worker_options(args, progress=only_here and not args.no_progress)
+    options = WorkerOptions.from_args(args, progress=only_here and not args.no_progress)
     report = run_sweep(prepared, options, slots, retry_failed=args.retry_failed)
     print(
         f"sweep {prepared.experiment.name}: {report.done}/{report.total} cells done, {len(report.failed)} failed, "
@@ -210,7 +125,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     for name, reason in report.failed.items():
         print(f"  failed: {name}: {reason.splitlines()[0] if reason else ''}")
     if report.done:
-        args.format, args.out = "md", None
+        args.format, args.out = TABLE_FORMATS[0], None
         cmd_table(args, prepared)
     if report.failed:
         raise SystemExit(1)
@@ -223,7 +138,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     prepared = _prepare(args)
     name = args.name or f"worker-{os.getpid()}"
-    report = run_worker(prepared, _worker_options(args, progress=False, name=name))
+    report = run_worker(prepared, WorkerOptions.from_args(args, progress=False, name=name))
     print(
         f"[{name}] finished {report.finished} cells, {len(report.failed)} failed, {report.already_done} already done",
         flush=True,
@@ -277,62 +192,24 @@ def cmd_slurm(args: argparse.Namespace) -> None:
 
 def cmd_run_cell(args: argparse.Namespace) -> None:
     """One cell inside a torchrun launch (every rank runs this; rank 0 tracks)."""
-    from ablation.cell import CellOptions, run_cell
-    from ablation.distributed import init_from_env
-    from ablation.grid import build_network
-    from ablation.mlflow_store import SweepStore, resolve_tracking_uri
-    from ablation.tracker import MemoryTracker
-    from ablation.train import resolve_device, seed_everything, train_job
+    from ablation.cell import run_distributed_cell
 
-    prepared = _prepare(args)
-    cell = next((c for c in prepared.cells if c.hash == args.cell), None)
-    if cell is None:
-        raise ConfigError("--cell", args.cell, "is not a cell of this experiment")
-    base = resolve_device(args.device)
-    ctx = init_from_env(base.type)
-    device = f"cuda:{ctx.local_rank}" if base.type == "cuda" else "cpu"
-    cost = prepared.costs[cell.arm.index]
-    options = CellOptions(device=device, checkpoint_dir=Path(args.checkpoint_dir), progress=False)
-    if ctx.is_main:
-        store = SweepStore(resolve_tracking_uri(args.tracking_uri), prepared.experiment)
-        outcome = run_cell(cell, store, args.parent_run, args.run_id, options, cost, dist=ctx)
-        if outcome.status != "finished":
-            raise SystemExit(f"cell {outcome.status}: {outcome.reason}")
-    else:
-        seed_everything(cell.seed, resolve_device(device))
-        from ablation.cell import checkpoint_path
-
-        train_job(
-            cell.config,
-            model=build_network(cell.arm),
-            info=cell.arm.data,
-            device=resolve_device(device),
-            checkpoint_path=checkpoint_path(options, prepared.experiment.name, cell),
-            tracker=MemoryTracker(),
-            progress=False,
-            dist=ctx,
-        )
+    run_distributed_cell(_prepare(args), CellLaunch.from_args(args))
 
 
 def cmd_table(args: argparse.Namespace, prepared=None) -> None:
     from ablation.mlflow_store import SweepStore, dashboard_hint, resolve_tracking_uri
-    from ablation.report import (
-        collect_curves,
-        collect_runs,
-        log_to_parent,
-        render_csv,
-        render_html,
-        render_latex,
-        render_markdown,
-        summarize,
-        write_outputs,
-    )
+    from ablation.report import collect_curves, collect_runs, log_to_parent, render, summarize, write_outputs
     from ablation.stores import probe_tracking
 
     if prepared is None:
         prepared = _read_only(args)
     uri = resolve_tracking_uri(args.tracking_uri)
     probe_tracking(uri, write=False)
+    store = SweepStore(uri, prepared.experiment)  # read-only: an experiment never swept is not created
+    if not store.exists:
+        print(f"{prepared.experiment.name}: never swept in {uri} (no such MLflow experiment); nothing to tabulate")
+        return
     runs = collect_runs(prepared, uri)
     summary = summarize(prepared, runs)
     out_dir = Path(args.out) if args.out else Path("results") / prepared.experiment.name
@@ -342,16 +219,11 @@ def cmd_table(args: argparse.Namespace, prepared=None) -> None:
     except Exception as exc:  # a read-only store still gets its table, just not attached to the run
         parent = None
         print(f"not attached to the sweep's parent run ({str(exc).strip().splitlines()[0][:200]})", file=sys.stderr)
-    render = {
-        "md": lambda: render_markdown(summary, prepared),
-        "latex": lambda: render_latex(summary, prepared),
-        "html": lambda: render_html(summary, prepared),
-    }
-    sys.stdout.write(render.get(args.format, lambda: render_csv(summary))())
+    sys.stdout.write(render(summary, prepared, args.format))
     print(f"written: {', '.join(str(p) for p in written)}", file=sys.stderr)
     if parent:
         print(f"logged to the sweep's parent run {parent} (artifacts: results/)", file=sys.stderr)
-        print(dashboard_hint(uri, SweepStore(uri, prepared.experiment, create=False).experiment_id), file=sys.stderr)
+        print(dashboard_hint(uri, store.experiment_id), file=sys.stderr)
 
 
 def cmd_gradcam(args: argparse.Namespace) -> None:
@@ -366,7 +238,7 @@ def cmd_gradcam(args: argparse.Namespace) -> None:
     paths = gradcam_for_experiment(
         prepared, Path(args.checkpoint_dir), out_dir, images=args.images, seed_index=args.seed_index, device=args.device
     )
-    store = SweepStore(resolve_tracking_uri(args.tracking_uri), experiment, create=False)
+    store = SweepStore(resolve_tracking_uri(args.tracking_uri), experiment)
     parent = log_gradcam(store, prepared, paths)
     print(f"written: {', '.join(map(str, paths))}" + (f"; logged to parent run {parent} (gradcam/)" if parent else ""))
 
@@ -385,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(multiply-accumulates at the experiment's input size, the paper's 'GFLOPs'), and the paper's printed "
         "params / GFLOPs where the arm is one of its rows. Nothing is trained and no data is read.",
     )
-    _add_experiment_args(profile)
-    profile.add_argument("--format", choices=("table", "csv", "md"), default="table")
+    add_experiment_args(profile)
+    profile.add_argument("--format", choices=PROFILE_FORMATS, default=PROFILE_FORMATS[0])
     profile.set_defaults(func=cmd_profile)
 
     sweep = commands.add_parser(
@@ -397,12 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         "rerun starts nothing for finished cells, resumes interrupted ones from their last epoch checkpoint, and "
         "skips failed ones unless --retry-failed. Prints the table at the end.",
     )
-    _add_experiment_args(sweep)
-    _add_worker_args(sweep)
+    add_experiment_args(sweep)
+    add_worker_args(sweep)
     sweep.add_argument(
         "--workers", default="1", help="auto (one per GPU slot) or N (default 1; without GPUs, N CPU workers)"
     )
-    sweep.add_argument("--jobs-per-gpu", type=_at_least(1), default=1, help="cells packed on one GPU (default 1)")
+    sweep.add_argument("--jobs-per-gpu", type=at_least(1), default=1, help="cells packed on one GPU (default 1)")
     sweep.add_argument("--retry-failed", action="store_true", help="run cells that failed before again")
     sweep.add_argument("--no-progress", action="store_true", help="no per-epoch progress bars")
     sweep.set_defaults(func=cmd_sweep)
@@ -413,15 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run cells of the sweep until every cell is done or failed. Start one per GPU on as many "
         "machines as you like, all with the same --storage (PostgreSQL) and --tracking-uri.",
     )
-    _add_experiment_args(worker)
-    _add_worker_args(worker)
-    worker.add_argument("--name", default=None, help="a name for this worker's log lines")
+    add_experiment_args(worker)
+    add_worker_args(worker, named=True)
     worker.set_defaults(func=cmd_worker)
 
     status = commands.add_parser("status", help="cells pending / running / done / failed, with their MLflow run ids")
-    _add_experiment_args(status)
-    _add_tracking_arg(status)
-    _add_storage_arg(status)
+    add_experiment_args(status)
+    add_tracking_arg(status)
+    add_storage_arg(status)
     status.set_defaults(func=cmd_status)
 
     slurm = commands.add_parser(
@@ -430,12 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write (not submit) an sbatch script: an array of worker tasks sharing --storage and "
         "--tracking-uri. Submit it with sbatch.",
     )
-    _add_experiment_args(slurm)
-    _add_tracking_arg(slurm)
-    _add_storage_arg(slurm)
-    slurm.add_argument("--tasks", type=_at_least(1), default=None, help="array size (default: one per cell)")
-    slurm.add_argument("--gpus-per-job", type=_at_least(1), default=1)
-    slurm.add_argument("--cpus-per-task", type=_at_least(1), default=8)
+    add_experiment_args(slurm)
+    add_tracking_arg(slurm)
+    add_storage_arg(slurm)
+    slurm.add_argument("--tasks", type=at_least(1), default=None, help="array size (default: one per cell)")
+    slurm.add_argument("--gpus-per-job", type=at_least(1), default=1)
+    slurm.add_argument("--cpus-per-task", type=at_least(1), default=8)
     slurm.add_argument("--time", type=_slurm_time, default="24:00:00", help="time limit per task")
     slurm.add_argument("--partition", default=None)
     slurm.add_argument("--checkpoint-dir", default="checkpoints", help="a folder every node sees")
@@ -445,13 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_cell = commands.add_parser(
         "run-cell", help="(internal) one cell inside a torchrun launch; workers start it for --gpus-per-job > 1"
     )
-    _add_experiment_args(run_cell)
-    _add_tracking_arg(run_cell)
-    run_cell.add_argument("--cell", required=True, help="the cell's config hash")
-    run_cell.add_argument("--parent-run", required=True)
-    run_cell.add_argument("--run-id", default=None)
-    run_cell.add_argument("--checkpoint-dir", default="checkpoints")
-    run_cell.add_argument("--device", default="auto")
+    add_experiment_args(run_cell)
+    add_run_cell_args(run_cell)
     run_cell.set_defaults(func=cmd_run_cell)
 
     gradcam = commands.add_parser(
@@ -461,12 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on a fixed, class-balanced set of validation images, side by side: gradcam.png / .pdf in "
         "results/<experiment>/ (or --out), also logged to the sweep's parent run.",
     )
-    _add_experiment_args(gradcam)
-    _add_tracking_arg(gradcam)
+    add_experiment_args(gradcam)
+    add_tracking_arg(gradcam)
     gradcam.add_argument("--checkpoint-dir", default="checkpoints")
-    gradcam.add_argument("--images", type=_at_least(1), default=8, help="validation images (default 8)")
+    gradcam.add_argument("--images", type=at_least(1), default=8, help="validation images (default 8)")
     gradcam.add_argument(
-        "--seed-index", type=_at_least(0), default=0, help="which of the experiment's seeds (default: first)"
+        "--seed-index", type=at_least(0), default=0, help="which of the experiment's seeds (default: first)"
     )
     gradcam.add_argument("--device", default="auto")
     gradcam.add_argument("--out", default=None, help="output folder (default: results/<experiment>/)")
@@ -481,9 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
         "error; PNG and PDF) to results/<experiment>/ (or --out), logs them to the sweep's parent run, and prints "
         "the chosen format.",
     )
-    _add_experiment_args(table)
-    _add_tracking_arg(table)
-    table.add_argument("--format", choices=("md", "latex", "csv", "html"), default="md")
+    add_experiment_args(table)
+    add_tracking_arg(table)
+    table.add_argument("--format", choices=TABLE_FORMATS, default=TABLE_FORMATS[0])
     table.add_argument("--out", default=None, help="output folder (default: results/<experiment>/)")
     table.set_defaults(func=cmd_table)
     return parser

@@ -3,6 +3,7 @@
 ``run_cell`` creates the cell's MLflow child run (or reopens the one an interrupted attempt left), trains it,
 resuming from its last epoch checkpoint if there is one, and closes the run as FINISHED (with final metrics and
 artifacts), FAILED (with the reason) or KILLED (interrupted; the next attempt resumes it).
+``run_distributed_cell`` is the same cell trained by the K processes of a torchrun launch, rank 0 running it.
 """
 
 from __future__ import annotations
@@ -18,27 +19,31 @@ from pathlib import Path
 
 import yaml
 
-from ablation.attention.cpu_kernels import cpu_kernels_state
+from ablation.attention.accel import kernel_state
 from ablation.checkpoint import discard_previous
 from ablation.console import say
 from ablation.data.sources import load_arrays
+from ablation.distributed import init_from_env
+from ablation.errors import ConfigError
 from ablation.faults import kill_point
 from ablation.grid import Cell, build_network
 from ablation.host_memory import host_memory_state
 from ablation.mlflow_store import MlflowTracker, SweepStore
+from ablation.prepared import PreparedSweep
 from ablation.threads import thread_state
-from ablation.tracker import Tracker
+from ablation.tracker import MemoryTracker, Tracker
+from ablation.tracking_names import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    CURVE_FILE,
+    ENVIRONMENT_FILE,
+    FINAL_GMACS,
+    FINAL_PARAMS,
+    FINAL_TRAIN_TIME,
+    VAL_TOP1_ERR,
+)
 from ablation.train import resolve_device, seed_everything, train_job
-
-
-@dataclass
-class CellOptions:
-    device: str = "auto"
-    checkpoint_dir: Path = Path("checkpoints")
-    log_checkpoints: bool = False  # also log the final checkpoint as an MLflow artifact
-    progress: bool = True  # per-epoch progress bars
-    workers: int = 4  # DataLoader workers (ImageNet only; small datasets live on the device)
-    stop_after_epochs: int | None = None  # end the cell after this many epochs (an interruption, for tests)
+from ablation.worker_args import CellLaunch, CellOptions
 
 
 @dataclass
@@ -125,7 +130,7 @@ def run_cell(
         store.finish(run_id, "KILLED", f"stopped after epoch {len(result.history)}; a rerun resumes it")
         return CellOutcome("interrupted", run_id, result.train_time_s)
     params, macs = cost
-    final = {"final/params": params, "final/gmacs": macs / 1e9, "final/train_time_s": result.train_time_s}
+    final = {FINAL_PARAMS: params, FINAL_GMACS: macs / 1e9, FINAL_TRAIN_TIME: result.train_time_s}
     kept = checkpoint if options.log_checkpoints else None
 
     def finalize() -> None:
@@ -137,12 +142,43 @@ def run_cell(
         kill_point("final.finished")
         discard_previous(checkpoint)  # only the final checkpoint is read from now on (Grad-CAM)
 
-    outcome = CellOutcome("finished", run_id, result.train_time_s, result.history[-1]["val/top1_err"])
+    outcome = CellOutcome("finished", run_id, result.train_time_s, result.history[-1][VAL_TOP1_ERR])
     if finalizer is None:
         finalize()
     else:
         outcome.finalizing = finalizer.submit(finalize)
     return outcome
+
+
+def run_distributed_cell(prepared: PreparedSweep, launch: CellLaunch) -> None:
+    """One cell inside a torchrun launch (``runner.py run-cell``; every rank calls this): rank 0 runs ``run_cell``
+    into the cell's MLflow run, the other ranks train beside it with a tracker nobody reads (rank 0 alone logs
+    and checkpoints). Raises SystemExit on rank 0 when the cell did not finish, so the launch fails."""
+    cell = next((c for c in prepared.cells if c.hash == launch.cell_hash), None)
+    if cell is None:
+        raise ConfigError("--cell", launch.cell_hash, "is not a cell of this experiment")
+    base = resolve_device(launch.device)
+    ctx = init_from_env(base.type)
+    device = f"cuda:{ctx.local_rank}" if base.type == "cuda" else "cpu"
+    options = CellOptions(device=device, checkpoint_dir=launch.checkpoint_dir, progress=False)
+    if ctx.is_main:
+        store = SweepStore(launch.tracking_uri, prepared.experiment, create=True)
+        cost = prepared.costs[cell.arm.index]
+        outcome = run_cell(cell, store, launch.parent_run, launch.run_id, options, cost, dist=ctx)
+        if outcome.status != "finished":
+            raise SystemExit(f"cell {outcome.status}: {outcome.reason}")
+        return
+    seed_everything(cell.seed, resolve_device(device))
+    train_job(
+        cell.config,
+        model=build_network(cell.arm),
+        info=cell.arm.data,
+        device=resolve_device(device),
+        checkpoint_path=checkpoint_path(options, prepared.experiment.name, cell),
+        tracker=MemoryTracker(),
+        progress=False,
+        dist=ctx,
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -169,18 +205,20 @@ def log_artifacts(
             "config_hash": cell.hash,
             "config": cell.config.model_dump(mode="json"),
         }
-        (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        if cell.arm.module_source:  # a user's own attention module: {target, file, sha256} of its source file
+            resolved["attention_source"] = cell.arm.module_source
+        (folder / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
         # The kernels' and malloc's states are not cached with the rest: a sweep's first cell may be a plain arm
         # that never needed the kernels, and both are set by the first training job.
         environment = {
             **_environment(device),
-            "cbam_cpu_kernels": cpu_kernels_state(),
+            "cbam_cpu_kernels": kernel_state(),
             "host_memory": host_memory_state(),
             "threads": thread_state(),
         }
-        (folder / "environment.json").write_text(json.dumps(environment, indent=2, default=str))
-        learning_curve(history, folder / "learning_curve.png", title=cell.name)
-        for name in ("config.yaml", "environment.json", "learning_curve.png"):
+        (folder / ENVIRONMENT_FILE).write_text(json.dumps(environment, indent=2, default=str))
+        learning_curve(history, folder / CURVE_FILE, title=cell.name)
+        for name in (CONFIG_FILE, ENVIRONMENT_FILE, CURVE_FILE):
             tracker.log_artifact(folder / name)
     if checkpoint is not None:
-        tracker.log_artifact(checkpoint, "checkpoint")
+        tracker.log_artifact(checkpoint, CHECKPOINT_DIR)

@@ -20,7 +20,10 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ablation.attention.options import ATTENTION_OPTIONS, AttentionOptions, NoAttention, StrictModel
+from ablation.attention.custom import source_record
+from ablation.attention.options import HOW_FIELDS, NoAttentionOptions
+from ablation.attention.registry import ATTENTION_TYPES, OPTIONS, AttentionOptions
+from ablation.config_base import StrictModel
 from ablation.errors import ConfigError
 from ablation.names import ARCHS, Dataset, Layout, Stem
 
@@ -37,7 +40,7 @@ class ModelConfig(StrictModel):
     # Bottleneck stride: "v1.5" on the 3x3 conv (torchvision, the official CBAM code that trained the paper's
     # nets); "v1" on the first 1x1 conv (original ResNet; the layout of the paper's printed GFLOPs).
     layout: Layout = "v1.5"
-    attention: AttentionOptions = Field(default_factory=NoAttention)
+    attention: AttentionOptions = Field(default_factory=NoAttentionOptions)
     # None: the dataset's number of classes.
     num_classes: int | None = None
 
@@ -151,19 +154,26 @@ class RunConfig(StrictModel):
     seed: int = 0
 
 
-# Keys that locate or schedule a job without changing what it computes; left out of the config hash. The data's
-# location is replaced by the data's identity (ablation.data.identity): moving the files changes nothing, other
-# files are another result.
-HASH_EXCLUDED = ("data.root", "model.attention.impl", "train.compile")
+# Keys that locate, schedule or name a job without changing what it computes; left out of the config hash. The
+# data's location is replaced by the data's identity (ablation.data.identity): moving the files changes nothing,
+# other files are another result.
+HASH_EXCLUDED = ("data.root", *(f"model.attention.{key}" for key in HOW_FIELDS), "train.compile")
 
 
-def config_hash(config: RunConfig, data_identity: str | None = None) -> str:
-    """A short stable digest of everything that determines a job's result: the config (seed included) and, for a
-    cell's key, the identity of the images it trains on. Without ``data_identity`` it is the config's digest
-    alone (the cell key before data identities were part of it)."""
+def config_hash(config: RunConfig, data_identity: str | None = None, module_sha256: str | None = None) -> str:
+    """A short stable digest of everything that determines a job's result: the config (seed included), for a
+    cell's key the identity of the images it trains on, and for a user's own attention module (type custom) the
+    SHA-256 of its source file (``ablation.attention.custom``), so an edited module keys new cells: the digest
+    recorded when the experiment was expanded (``module_sha256``), else the file's as it is now. Without
+    ``data_identity`` it is the digest the cell key had before data identities were part of it."""
     flat = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in HASH_EXCLUDED}
     if data_identity is not None:
         flat["data.identity"] = data_identity
+    if module_sha256 is None:  # None for every built-in type: their keys are unchanged
+        source = source_record(config.model.attention)
+        module_sha256 = source["sha256"] if source else None
+    if module_sha256 is not None:
+        flat["model.attention.source_sha256"] = module_sha256
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -214,14 +224,14 @@ def _as_config_error(exc: ValidationError, where: str) -> ConfigError:
     loc = [str(p) for p in err["loc"]]
     # Discriminated unions put the tag in the location (model.attention.cbam.kernel_size): drop it, keep it.
     tag = None
-    if len(loc) >= 3 and loc[:2] == ["model", "attention"] and loc[2] in ATTENTION_OPTIONS:
+    if len(loc) >= 3 and loc[:2] == ["model", "attention"] and loc[2] in OPTIONS:
         tag = loc.pop(2)
     section: Any = RunConfig  # the model that holds the offending key, for "allowed keys" messages
     for part in loc[:-1]:
         field = section.model_fields.get(part) if section is not None else None
         annotation = field.annotation if field else None
         if part == "attention" and section is ModelConfig:
-            section = ATTENTION_OPTIONS.get(tag)
+            section = OPTIONS.get(tag)
         else:
             section = annotation if isinstance(annotation, type) and issubclass(annotation, StrictModel) else None
     key = where + ".".join(loc) if loc else where.rstrip(".") or "config"
@@ -230,9 +240,9 @@ def _as_config_error(exc: ValidationError, where: str) -> ConfigError:
         allowed = ", ".join(f for f in section.model_fields if f != "type") if section else "none"
         return ConfigError(key, err["input"], f"unknown key; allowed here: {allowed}")
     if kind == "union_tag_invalid":
-        return ConfigError(key + ".type", err["ctx"]["tag"], f"allowed: {', '.join(ATTENTION_OPTIONS)}")
+        return ConfigError(key + ".type", err["ctx"]["tag"], f"allowed: {', '.join(ATTENTION_TYPES)}")
     if kind == "union_tag_not_found":
-        return ConfigError(key + ".type", None, f"required; allowed: {', '.join(ATTENTION_OPTIONS)}")
+        return ConfigError(key + ".type", None, f"required; allowed: {', '.join(ATTENTION_TYPES)}")
     message = err["msg"].removeprefix("Value error, ")
     if kind == "warmup":  # a check across two keys, reported on the one that is wrong
         given = err["input"]

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ablation.errors import ConfigError
+from ablation.tracking_names import GRADCAM_DIR
 
 if TYPE_CHECKING:
     from ablation.grid import Arm
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 # Datasets held as uint8 arrays (ablation.data.sources.load_arrays): the only ones whose test images can be
 # picked by index and drawn as they are.
 ARRAY_DATASETS = ("npz", "cifar10-micro", "cifar10", "cifar100")
-ARTIFACT_PATH = "gradcam"  # folder of the figure among the sweep's parent-run artifacts
+ARTIFACT_PATH = GRADCAM_DIR  # folder of the figure among the sweep's parent-run artifacts
 FIGURE_NAME = "gradcam"
 OVERLAY_ALPHA = 0.5
 CMAP = "jet"  # the colormap of the Grad-CAM paper and of CBAM's Figure 4

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from ablation.attention.custom import module_source
 from ablation.config import Experiment, RunConfig, config_hash, flatten, parse_run_config, set_dotted
 from ablation.data.catalog import DatasetInfo, dataset_info
 from ablation.describe import describe_attention, format_value, render_template
@@ -41,6 +42,14 @@ class Arm:
     data: DatasetInfo
     paper_row: PaperRow | None
     explicit_description: bool = False  # set by the grid block's description template
+    # A user's own attention module (type custom): {"target", "file", "sha256"} of its source file, recorded
+    # with every run and part of each cell's key; None for the built-in types.
+    module_source: dict[str, str] | None = None
+
+    @property
+    def module_sha256(self) -> str | None:
+        """The digest of a user's attention module's source file as expanded, which keys its cells."""
+        return self.module_source["sha256"] if self.module_source else None
 
     @property
     def num_classes(self) -> int:
@@ -60,13 +69,15 @@ class Cell:
 
     @cached_property
     def hash(self) -> str:
-        """The cell's key: its config, seed and the identity of its data (``ablation.data.identity``)."""
-        return config_hash(self.config, self.arm.data.identity)
+        """The cell's key: its config, seed and the identity of its data (``ablation.data.identity``); for a
+        user's own attention module also its source file's digest (an edited module is a new cell)."""
+        return config_hash(self.config, self.arm.data.identity, self.arm.module_sha256)
 
     @cached_property
     def legacy_hash(self) -> str:
-        """The key this cell had before data identities were part of it (runs logged then carry it)."""
-        return config_hash(self.config)
+        """The key this cell had before data identities were part of it (runs logged then carry it). A user's
+        module keeps its source digest here too: no run of an older version of it is ever taken for this cell."""
+        return config_hash(self.config, None, self.arm.module_sha256)
 
     @property
     def name(self) -> str:
@@ -98,6 +109,7 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
             data = dataset_info(config.data, check_paths=check_paths)
             _check_fit(config, data)
             model = config.model
+            source = module_source(model.attention)  # imports a user's module (type custom) and checks its arguments
             row = find_row(
                 experiment.paper,
                 model.arch,
@@ -110,13 +122,13 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
                 description = render_template(template, config.model_dump(mode="json"))
             else:
                 description = _describe(config, point)
-            key = config_hash(config, data.identity)
+            key = config_hash(config, data.identity, source["sha256"] if source else None)
             if key in seen:
                 raise ConfigError(
                     f"grid[{block_index}]", point, f"resolves to the same config as arm {seen[key]}; drop one"
                 )
             seen[key] = len(arms)
-            arms.append(Arm(len(arms), description, point, config, data, row, template is not None))
+            arms.append(Arm(len(arms), description, point, config, data, row, template is not None, source))
     # A table of the paper's rows reads best in the paper's words; a grid that only partly covers the paper
     # keeps one consistent, generated style for every arm.
     if all(arm.paper_row is not None or arm.explicit_description for arm in arms):

@@ -3,20 +3,19 @@
 glibc's malloc returns the top of its heap to the kernel whenever more than its trim threshold is free there, and
 serves blocks above its mmap threshold with fresh mappings that are unmapped on free. Both thresholds adapt, but
 only up to the largest block freed so far, and training frees and re-allocates the same feature maps every step:
-each round trip costs a minor page fault per 4 KiB page (plus zeroing the page) on the next step. On the 2-core
-CPU machines (CBAM-ResNet-50, batch 16, 112 px, float32) the CBAM step took 45-55 k page faults and 100-200 ms of
-system time with glibc's defaults, plain ResNet-50 none (its allocation order happens not to trigger the trim);
-with the settings below both took ~0 (``benchmarks/cbam_overhead.py --malloc default`` shows the difference).
+each round trip costs a minor page fault per 4 KiB page (plus zeroing the page) on the next step, for every map
+re-allocated. On CPU that cost CBAM-ResNet-50 a visible share of its step in system time (its allocation order
+triggers the trim where plain ResNet-50's happens not to at 112 px); ``benchmarks/cbam_overhead.py --malloc
+default`` shows the difference, and ``benchmarks/README.md`` the figures measured.
 
 ``keep_freed_memory()`` serves every block from the heap (M_MMAP_MAX 0: glibc's mmap threshold cannot go above
 32 MiB, and a 224 px batch of 16's stage-1 maps are 49 MiB; glibc still maps memory itself if the heap cannot
 grow) and raises the trim threshold to 2 GiB - 1 (freed heap is kept for the next step; setting it also stops
-the thresholds' adaptation). At 224 px the plain ResNet-50 step took 25-75 k page faults per step with glibc's
-defaults and none with these settings; peak RSS over two steps stayed the same (plain 1994 MiB either way, CBAM
-3120 against 3206 MiB). PyTorch's CPU performance guide reaches the same end by preloading jemalloc or
-tcmalloc; this needs no extra library or launcher. The cost is that a process keeps its peak heap until it exits
-(training workers are processes that do exactly that anyway). Linux with glibc only; a no-op elsewhere.
-``ABLATION_KEEP_HOST_MEMORY=0`` turns it off. The state is recorded in each run's environment.json.
+the thresholds' adaptation). Peak memory does not grow with it: what is kept is what the next step allocates again.
+PyTorch's CPU performance guide reaches the same end by preloading jemalloc or tcmalloc; this needs no extra
+library or launcher. The cost is that a process keeps its peak heap until it exits (training workers are
+processes that do exactly that anyway). Linux with glibc only; a no-op elsewhere. ``ABLATION_KEEP_HOST_MEMORY=0``
+turns it off. The state is recorded in each run's environment.json.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where sweeps live in MLflow: one experiment per experiment file, a parent run per sweep, a child per cell.
 
-Layout (what the dashboard and ``runner.py table`` read):
+Layout (what the dashboard and ``runner.py table`` read; every name is a constant of ``ablation.tracking_names``):
 - MLflow experiment = the experiment file's ``name``; tags ``ablation.title``, ``ablation.source``. Its id and
   creation time make the store's ``fingerprint``, which the sweep's state is bound to (``ablation.queue``): a
   deleted and recreated store, or another one, is never mistaken for the one a sweep ran against.
@@ -33,12 +33,33 @@ from ablation.config import Experiment, flatten
 from ablation.errors import StoreError
 from ablation.grid import Cell, sweep_key
 from ablation.stores import exclusive, sqlite_path, with_busy_timeout
+from ablation.tracking_names import (
+    ARM,
+    ATTENTION,
+    ATTENTION_SOURCE,
+    CELLS,
+    CONFIG_HASH,
+    DATA_IDENTITY,
+    DATASET_CONTEXT,
+    DESCRIPTION,
+    EXPERIMENT,
+    EXPERIMENT_KIND,
+    FAILURE,
+    LEGACY_HASH,
+    NOTE,
+    PARENT_RUN,
+    ROLE,
+    ROLE_CELL,
+    ROLE_SWEEP,
+    SEED,
+    SOURCE,
+    SWEEP_KEY,
+    TITLE,
+    axis_tag,
+    role_filter,
+)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-ROLE, HASH, FAILURE = "ablation.role", "ablation.config_hash", "ablation.failure"
-DATA_IDENTITY, LEGACY_HASH = "ablation.data_identity", "ablation.legacy_config_hash"
-# MLflow 3's dashboard has a GenAI and a model-training view; this tag marks our experiments as the latter.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # MLflow 3.17's UI picks the view from the link (or the browser's last choice) and ignores the tag: links we print
 # carry the view, so they open on the runs table.
 RUNS_VIEW = "runs?workflowType=machine_learning"
@@ -74,15 +95,21 @@ class MlflowTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def has(self, metric: str, step: int | None = None) -> bool:
+        return (metric, step or 0) in self.logged
+
 
 class SweepStore:
     """The MLflow side of one experiment's sweeps.
 
-    ``create=False`` (``table``, ``status``, ``gradcam``) reads only: a SQLite store that does not exist is a
-    one-line StoreError instead of a new empty file, and a missing MLflow experiment means no runs.
+    Opened for reading by default (``table``, ``status``, ``gradcam``, and their logging to an existing parent
+    run): nothing is created or tagged, a SQLite store that does not exist is a one-line StoreError
+    instead of a new empty file, and an experiment that is not in the store (``exists`` False) has no runs and
+    no parent run. ``create=True`` (whatever runs cells: ``sweep_state.join_sweep``, a ``run-cell`` launch)
+    creates the experiment when it is missing and marks it as a model-training experiment.
     """
 
-    def __init__(self, tracking_uri: str, experiment: Experiment, create: bool = True) -> None:
+    def __init__(self, tracking_uri: str, experiment: Experiment, create: bool = False) -> None:
         self.tracking_uri, self.experiment = tracking_uri, experiment
         path = sqlite_path(tracking_uri)
         if not create and path is not None and not path.exists():
@@ -103,11 +130,16 @@ class SweepStore:
         self.experiment_id = found.experiment_id if found is not None else None
         self.fingerprint = _fingerprint(found) if found is not None else None
 
+    @property
+    def exists(self) -> bool:
+        """Whether the store holds this experiment (a store opened with ``create`` always does)."""
+        return self.experiment_id is not None
+
     def _create_experiment(self):
         experiment = self.experiment
         tags = {
-            "ablation.title": experiment.title or experiment.name,
-            "ablation.source": experiment.source,
+            TITLE: experiment.title or experiment.name,
+            SOURCE: experiment.source,
             EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
         }
         try:
@@ -126,7 +158,7 @@ class SweepStore:
         out, token = [], None
         while True:
             page = self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{ROLE}` = '{role}'", max_results=1000, page_token=token
+                [self.experiment_id], filter_string=role_filter(role), max_results=1000, page_token=token
             )
             out.extend(page)
             token = page.token
@@ -137,16 +169,15 @@ class SweepStore:
         """The run of one cell: a finished one if any, else the newest attempt, else None."""
         if self.experiment_id is None:
             return None
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'cell' and tags.`{HASH}` = '{config_hash}'"
-        )
+        found = f"{role_filter(ROLE_CELL)} and tags.`{CONFIG_HASH}` = '{config_hash}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=found)
         return max(runs, key=_rank, default=None)
 
     def cell_runs(self) -> dict[str, Run]:
         """config hash -> the run that represents that cell: a finished one if any, else the newest."""
         best: dict[str, Run] = {}
-        for run in self.runs("cell"):
-            key = run.data.tags.get(HASH)
+        for run in self.runs(ROLE_CELL):
+            key = run.data.tags.get(CONFIG_HASH)
             current = best.get(key)
             if current is None or _rank(run) > _rank(current):
                 best[key] = run
@@ -160,19 +191,19 @@ class SweepStore:
         cell's result: it is re-keyed (the old key kept in ``ablation.legacy_config_hash``) and its checkpoint
         moved to the new key (``move_checkpoint``). Returns (adopted, left out because unverifiable)."""
         by_legacy = {cell.legacy_hash: cell for cell in cells}
-        runs = self.runs("cell")
-        keyed = {run.data.tags.get(HASH) for run in runs}
+        runs = self.runs(ROLE_CELL)
+        keyed = {run.data.tags.get(CONFIG_HASH) for run in runs}
         adopted = unverified = 0
         for run in runs:
             tags = run.data.tags
-            cell = by_legacy.get(tags.get(HASH))
+            cell = by_legacy.get(tags.get(CONFIG_HASH))
             if DATA_IDENTITY in tags or cell is None or cell.hash in keyed or run.info.status != "FINISHED":
                 continue
             digest = digest_of(cell)
             if digest is None or digest not in {i.dataset.digest for i in run.inputs.dataset_inputs}:
                 unverified += 1
                 continue
-            retag = {HASH: cell.hash, DATA_IDENTITY: cell.arm.data.identity or "", LEGACY_HASH: cell.legacy_hash}
+            retag = {CONFIG_HASH: cell.hash, DATA_IDENTITY: cell.arm.data.identity or "", LEGACY_HASH: cell.legacy_hash}
             self.log_tags(run.info.run_id, retag)
             move_checkpoint(cell)
             keyed.add(cell.hash)
@@ -184,7 +215,7 @@ class SweepStore:
     def find_parent(self, cells: list[Cell]) -> Run | None:
         """The parent run of the sweep of these cells, if it exists; read-only."""
         key = sweep_key(cells)
-        runs = [run for run in self.runs("sweep") if run.data.tags.get("ablation.sweep_key") == key]
+        runs = [run for run in self.runs(ROLE_SWEEP) if run.data.tags.get(SWEEP_KEY) == key]
         return max(runs, key=lambda run: run.info.start_time or 0, default=None)
 
     def parent_exists(self, run_id: str | None) -> bool:
@@ -198,6 +229,7 @@ class SweepStore:
 
     def parent_run(self, cells: list[Cell]) -> str:
         """The sweep's parent run, reopened: the same one again when the same set of cells is swept again."""
+        self._writable()
         run = self.find_parent(cells)
         if run is not None:
             if run.info.status != "RUNNING":
@@ -208,30 +240,33 @@ class SweepStore:
             self.experiment_id,
             run_name=self.experiment.name,
             tags={
-                ROLE: "sweep",
-                "ablation.sweep_key": key,
-                "ablation.cells": str(len(cells)),
-                "ablation.source": self.experiment.source,
-                "mlflow.note.content": self.experiment.title,
+                ROLE: ROLE_SWEEP,
+                SWEEP_KEY: key,
+                CELLS: str(len(cells)),
+                SOURCE: self.experiment.source,
+                NOTE: self.experiment.title,
             },
         )
         return run.info.run_id
 
     def start_cell(self, cell: Cell, parent_id: str, dataset: dict[str, str]) -> str:
         """Create the child run of ``cell`` with its params, tags and dataset input."""
-        axes = {f"axis.{k}": _text(v) for k, v in flatten(cell.arm.axes).items()}
+        self._writable()
+        axes = {axis_tag(k): _text(v) for k, v in flatten(cell.arm.axes).items()}
         tags = {
-            ROLE: "cell",
-            HASH: cell.hash,
-            "mlflow.parentRunId": parent_id,
-            "ablation.experiment": self.experiment.name,
-            "ablation.arm": str(cell.arm.index),
-            "ablation.description": cell.arm.description,
-            "ablation.seed": str(cell.seed),
-            "ablation.attention": cell.config.model.attention.type,
+            ROLE: ROLE_CELL,
+            CONFIG_HASH: cell.hash,
+            PARENT_RUN: parent_id,
+            EXPERIMENT: self.experiment.name,
+            ARM: str(cell.arm.index),
+            DESCRIPTION: cell.arm.description,
+            SEED: str(cell.seed),
+            ATTENTION: cell.config.model.attention.type,
             DATA_IDENTITY: cell.arm.data.identity or "",
             **axes,
         }
+        if cell.arm.module_source:  # a user's own attention module: the source its results came from
+            tags[ATTENTION_SOURCE] = cell.arm.module_source["sha256"]
         run = self.client.create_run(self.experiment_id, run_name=cell.name, tags=tags)
         run_id = run.info.run_id
         params = [
@@ -242,6 +277,13 @@ class SweepStore:
         self._log_dataset(run_id, dataset)
         return run_id
 
+    def _writable(self) -> None:
+        # Runs made without an experiment id would land in MLflow's Default experiment.
+        if self.experiment_id is None:
+            raise RuntimeError(
+                f"the tracking store was opened for reading and has no experiment {self.experiment.name!r}"
+            )
+
     def _log_dataset(self, run_id: str, dataset: dict[str, str]) -> None:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
@@ -250,7 +292,7 @@ class SweepStore:
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(dataset["source"])
             entity = MetaDataset(source=source, name=dataset["name"], digest=dataset["digest"])._to_mlflow_entity()
-        context = InputTag(key="mlflow.data.context", value="train+validation")
+        context = InputTag(key=DATASET_CONTEXT, value="train+validation")
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
 
     def reopen(self, run_id: str) -> None:

@@ -10,6 +10,8 @@ Stem = Literal["imagenet", "cifar"]
 Layout = Literal["v1", "v1.5"]
 Dataset = Literal["cifar10-micro", "npz", "cifar10", "cifar100", "imagenet"]
 STEMS, LAYOUTS, DATASETS = get_args(Stem), get_args(Layout), get_args(Dataset)
+# Output formats, the default first: of ``runner.py table`` (ablation.report) and ``profile`` (ablation.profiler).
+TABLE_FORMATS, PROFILE_FORMATS = ("md", "latex", "csv", "html"), ("table", "csv", "md")
 
 # The smallest input each stem keeps at least 1 x 1 pixels through: the imagenet stem and four stages halve the
 # resolution five times (MobileNet v1 too), the cifar stem three times.

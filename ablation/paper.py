@@ -8,8 +8,9 @@ which adds 2.53M: Table 4 says 28.09M); ``note`` says so instead of correcting a
 Every number says where it came from (``PaperRow.sources``, ``SOURCES``), and the tables and the profile mark it
 and say so in a footnote, because no copy of the paper's PDF was reachable here to check any of them against:
 
-- transcribed: from shared/SPEC.md, which was itself transcribed from memory of the paper and two blog
-  reproductions; most numbers.
+- transcribed: from the project's specification notes (kept outside this repository, so the printed footnote
+  does not name them), which were themselves transcribed from memory of the paper and two blog reproductions;
+  most numbers.
 - recalled: not written in any source here; recalled from the paper. Table 5's SE / CBAM params and all of its
   GFLOPs (they agree with what this project measures for attention after every depthwise and pointwise conv,
   ``ablation.models.mobilenet``, which is not a confirmation of the printed numbers).
@@ -23,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ablation.attention.options import ATTENTION_OPTIONS
+from ablation.attention.registry import parse_attention
 
 TABLE_TITLES = {
     "table1": "Table 1: channel attention pooling (ResNet-50, ImageNet-1K)",
@@ -41,7 +42,8 @@ TABLE13_PARAMS_NOTE = (
 SOURCES = {
     "transcribed": (
         "†",
-        "transcribed from SPEC.md, itself transcribed from memory of the paper and two blog reproductions; "
+        "transcribed from the project's notes on the paper, themselves written from memory of it and two blog "
+        "reproductions; "
         "not checked against the PDF",
     ),
     "recalled": ("‡", "recalled from the paper, written in no source here; unverified"),
@@ -89,7 +91,7 @@ class PaperRow:
     def matches(self, arch: str, width: float, attention: dict[str, Any], stem: str, num_classes: int) -> bool:
         if (arch, width, stem, num_classes) != (self.arch, self.width, "imagenet", 1000):
             return False
-        expected = ATTENTION_OPTIONS[self.attention["type"]].model_validate(self.attention).model_dump()
+        expected = parse_attention(self.attention).model_dump()
         if attention.get("type") != expected["type"]:
             return False
         return all(attention.get(k) == v for k, v in expected.items() if k not in self.free)
@@ -270,7 +272,7 @@ for _table, _entries in (("table4", _TABLE4), ("table5", _TABLE5)):
                     _gflops,
                     width=_width,
                     baseline=not _suffix,
-                    # SPEC.md gives Table 5's errors and plain params; the rest of its costs are recalled.
+                    # The project's notes give Table 5's errors and plain params; the rest of its costs are recalled.
                     sources=(
                         (("gflops", "recalled"),) + ((("params_m", "recalled"),) if _suffix else ())
                         if _table == "table5"

@@ -21,6 +21,8 @@ from matplotlib.axes import Axes
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
+from ablation.tracking_names import EPOCH, TRAIN_LOSS, TRAIN_TOP1_ERR, VAL_LOSS, VAL_TOP1_ERR, VAL_TOP5_ERR
+
 DPI = 150
 ERROR_NOTE = "whiskers: ±1 std over seeds (n per row)"
 ERRORBAR_LABEL = "±1 std"
@@ -89,13 +91,13 @@ def learning_curve_figure(history: Sequence[Mapping[str, Any]], title: str = "")
     """Loss and top-1/top-5 error per epoch, side by side, so over-fitting and a stalled schedule show at a glance."""
     if not history:
         raise ValueError("learning_curve: the history is empty; nothing to draw")
-    epochs = _series(history, "epoch")
+    epochs = _series(history, EPOCH)
     if np.isnan(epochs).all():
         epochs = np.arange(1, len(history) + 1, dtype=float)
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, err_ax = fig.subplots(1, 2)
-    _plot_lines(loss_ax, epochs, history, [("train/loss", "train", "C0", "-"), ("val/loss", "val", "C1", "-")])
+    _plot_lines(loss_ax, epochs, history, [(TRAIN_LOSS, "train", "C0", "-"), (VAL_LOSS, "val", "C1", "-")])
     loss_ax.set_ylabel("loss")
     loss_ax.set_title("Loss")
     _plot_lines(
@@ -103,9 +105,9 @@ def learning_curve_figure(history: Sequence[Mapping[str, Any]], title: str = "")
         epochs,
         history,
         [
-            ("train/top1_err", "train top-1", "C0", "-"),
-            ("val/top1_err", "val top-1", "C1", "-"),
-            ("val/top5_err", "val top-5", "C1", "--"),
+            (TRAIN_TOP1_ERR, "train top-1", "C0", "-"),
+            (VAL_TOP1_ERR, "val top-1", "C1", "-"),
+            (VAL_TOP5_ERR, "val top-5", "C1", "--"),
         ],
     )
     err_ax.set_ylabel("error (%)")

@@ -6,6 +6,7 @@ import pandas as pd
 
 from ablation.grid import Arm, build_network
 from ablation.measure import measure
+from ablation.names import PROFILE_FORMATS
 from ablation.paper import SOURCES
 
 PARAMS_TOLERANCE_M = 0.01  # the paper prints params to 0.01M
@@ -64,6 +65,9 @@ def _mismatch_note(arm: Arm, params: int, gmacs: float) -> str:
     return "; ".join(dict.fromkeys(reasons))
 
 
+FORMATS = PROFILE_FORMATS  # what ``render`` draws (``runner.py profile --format``), the default first
+
+
 def render(frame: pd.DataFrame, fmt: str) -> str:
     """The profile as an aligned text table, CSV or Markdown; the paper's numbers carry their source's mark, and a
     footnote says what the marks mean."""
@@ -71,15 +75,18 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         return frame.to_csv(index=False)
     shown = frame.copy()
 
-    def marked(value, source: str, text: str) -> str:
-        return "" if pd.isna(value) else text + (SOURCES[source][0] if source else "")
+    def marked(value, source: str, fmt: str, unit: str = "") -> str:
+        # A column the paper has no number for holds None (not NaN) throughout: format only what is there.
+        if value is None or pd.isna(value):
+            return ""
+        return format(value, fmt) + unit + (SOURCES[source][0] if source else "")
 
     shown["params"] = shown["params"].map(lambda p: f"{p / 1e6:.2f}M ({p:,})")
     shown["paper_params_m"] = [
-        marked(p, s, f"{p:.2f}M") for p, s in zip(frame["paper_params_m"], frame["paper_params_source"], strict=True)
+        marked(p, s, ".2f", "M") for p, s in zip(frame["paper_params_m"], frame["paper_params_source"], strict=True)
     ]
     shown["paper_gflops"] = [
-        marked(g, s, f"{g:.3f}") for g, s in zip(frame["paper_gflops"], frame["paper_gflops_source"], strict=True)
+        marked(g, s, ".3f") for g, s in zip(frame["paper_gflops"], frame["paper_gflops_source"], strict=True)
     ]
     shown["gmacs"] = shown["gmacs"].map(lambda g: f"{g:.3f}")
     shown = shown.drop(columns=["paper_params_source", "paper_gflops_source"])

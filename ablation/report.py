@@ -14,29 +14,45 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation.mlflow_store import HASH, SweepStore
+from ablation.mlflow_store import SweepStore
+from ablation.names import TABLE_FORMATS
 from ablation.paper import sources_footnote
 from ablation.prepared import PreparedSweep
 from ablation.stats import describe_test, mean_std, welch
+from ablation.tracking_names import (
+    CONFIG_HASH,
+    FINAL_GMACS,
+    FINAL_PARAMS,
+    FINAL_TOP1_ERR_BEST,
+    FINAL_TOP1_ERR_LAST,
+    FINAL_TOP5_ERR_LAST,
+    FINAL_TRAIN_TIME,
+    RESULTS_DIR,
+    ROLE_CELL,
+    THROUGHPUT,
+    VAL_TOP1_ERR,
+)
 
+# Column of the runs frame -> the run's metric (a run's metrics hold each one's last value: for the throughput,
+# the last epoch's).
 RUN_METRICS = {
-    "top1_err": "final/top1_err_last",
-    "top5_err": "final/top5_err_last",
-    "top1_err_best": "final/top1_err_best",
-    "params": "final/params",
-    "gmacs": "final/gmacs",
-    "img_per_s": "throughput/img_per_s",
-    "train_time_s": "final/train_time_s",
+    "top1_err": FINAL_TOP1_ERR_LAST,
+    "top5_err": FINAL_TOP5_ERR_LAST,
+    "top1_err_best": FINAL_TOP1_ERR_BEST,
+    "params": FINAL_PARAMS,
+    "gmacs": FINAL_GMACS,
+    "img_per_s": THROUGHPUT,
+    "train_time_s": FINAL_TRAIN_TIME,
 }
 
 
 def collect_runs(prepared: PreparedSweep, tracking_uri: str) -> pd.DataFrame:
     """One row per finished cell of the experiment (matched by config hash), with its final metrics."""
-    store = SweepStore(tracking_uri, prepared.experiment, create=False)
+    store = SweepStore(tracking_uri, prepared.experiment)
     by_hash = {cell.hash: cell for cell in prepared.cells}
     rows = []
-    for run in store.runs("cell"):
-        cell = by_hash.get(run.data.tags.get(HASH))
+    for run in store.runs(ROLE_CELL):
+        cell = by_hash.get(run.data.tags.get(CONFIG_HASH))
         if cell is None or run.info.status != "FINISHED":
             continue
         metrics = run.data.metrics
@@ -229,6 +245,28 @@ def render_csv(summary: pd.DataFrame) -> str:
     return summary.to_csv(index=False, float_format="%.4f")
 
 
+# The table's formats (``runner.py table --format``), declared torch- and pandas-free in ablation.names for the
+# parser; here, in that order, each one's renderer and the file ``write_outputs`` writes it to.
+FORMATS = TABLE_FORMATS
+_FORMATS = dict(
+    zip(
+        FORMATS,
+        (
+            (render_markdown, "table.md"),
+            (render_latex, "table.tex"),
+            (lambda summary, prepared: render_csv(summary), "table.csv"),
+            (render_html, "table.html"),
+        ),
+        strict=True,
+    )
+)
+
+
+def render(summary: pd.DataFrame, prepared: PreparedSweep, fmt: str) -> str:
+    """The table in one of ``FORMATS``."""
+    return _FORMATS[fmt][0](summary, prepared)
+
+
 def collect_curves(runs: pd.DataFrame, tracking_uri: str) -> dict[str, list[list[float]]]:
     """Arm description -> validation top-1 error per epoch, one series per finished seed."""
     from mlflow import MlflowClient
@@ -236,7 +274,7 @@ def collect_curves(runs: pd.DataFrame, tracking_uri: str) -> dict[str, list[list
     client = MlflowClient(tracking_uri)
     curves: dict[str, list[list[float]]] = {}
     for row in runs.itertuples(index=False):
-        history = sorted(client.get_metric_history(row.run_id, "val/top1_err"), key=lambda m: (m.step, m.timestamp))
+        history = sorted(client.get_metric_history(row.run_id, VAL_TOP1_ERR), key=lambda m: (m.step, m.timestamp))
         by_epoch = {m.step: m.value for m in history}  # a resumed epoch logged twice counts once (the last)
         curves.setdefault(row.description, []).append([by_epoch[e] for e in sorted(by_epoch)])
     return curves
@@ -251,13 +289,8 @@ def write_outputs(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in (
-        ("table.md", render_markdown(summary, prepared)),
-        ("table.tex", render_latex(summary, prepared)),
-        ("table.csv", render_csv(summary)),
-        ("table.html", render_html(summary, prepared)),
-    ):
-        (out_dir / name).write_text(text)
+    for fmt, (_, name) in _FORMATS.items():
+        (out_dir / name).write_text(render(summary, prepared, fmt))
         written.append(out_dir / name)
     done = summary[summary["n"] > 0]
     title = prepared.experiment.title or prepared.experiment.name
@@ -280,10 +313,10 @@ def write_outputs(
 
 def log_to_parent(prepared: PreparedSweep, tracking_uri: str, paths: list[Path]) -> str | None:
     """Attach the table and figures to the sweep's parent run (under results/); its run id, or None."""
-    store = SweepStore(tracking_uri, prepared.experiment, create=False)
+    store = SweepStore(tracking_uri, prepared.experiment)
     parent = store.find_parent(prepared.cells)
     if parent is None:
         return None
     for path in paths:
-        store.client.log_artifact(parent.info.run_id, str(path), "results")
+        store.client.log_artifact(parent.info.run_id, str(path), RESULTS_DIR)
     return parent.info.run_id

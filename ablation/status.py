@@ -23,7 +23,7 @@ def sweep_status(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -
     has no state in ``storage_url`` for the tracking store ``tracking_uri`` (its state is bound to that store)."""
     if any(path is not None and not path.exists() for path in map(sqlite_path, (storage_url, tracking_uri))):
         return None  # reading must not create an empty store
-    store = SweepStore(tracking_uri, prepared.experiment, create=False)
+    store = SweepStore(tracking_uri, prepared.experiment)
     if store.fingerprint is None:
         return None
     storage = open_storage(storage_url)

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
+import torch
 from optuna.trial import TrialState
 
 from ablation.console import say
 from ablation.prepared import PreparedSweep, prepare_sweep
+from ablation.sweep_state import join_sweep
+from ablation.worker import run_worker
+from ablation.worker_args import WorkerOptions, worker_command
 
 __all__ = ["PreparedSweep", "SweepReport", "prepare_sweep", "run_sweep"]
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -46,10 +46,8 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def run_sweep(prepared: PreparedSweep, options, slots=None, retry_failed: bool = False) -> SweepReport:
-    """Run the sweep with ``options`` (a ``WorkerOptions``) on ``slots`` (default: one in-process worker)."""
-    from ablation.sweep_state import join_sweep
-
+def run_sweep(prepared: PreparedSweep, options: WorkerOptions, slots=None, retry_failed: bool = False) -> SweepReport:
+    """Run the sweep with ``options`` on ``slots`` (default: one in-process worker)."""
     began = time.perf_counter()
     queue, store = join_sweep(prepared, options)
     if retry_failed:
@@ -102,43 +100,8 @@ def _counts(queue) -> dict[str, int]:
     }
 
 
-def worker_command(prepared: PreparedSweep, options, name: str) -> list[str]:
-    """The ``runner.py worker`` command line that joins this sweep."""
-    command = [
-        sys.executable,
-        str(ROOT / "runner.py"),
-        "worker",
-        *prepared.command_args,
-        "--storage",
-        options.storage_url,
-        "--tracking-uri",
-        options.tracking_uri,
-        "--checkpoint-dir",
-        str(options.cell.checkpoint_dir),
-        "--heartbeat-interval",
-        str(options.heartbeat_interval),
-        "--grace-period",
-        str(options.grace_period),
-        "--gpus-per-job",
-        str(options.gpus_per_job),
-        "--name",
-        name,
-        "--loader-workers",
-        str(options.cell.workers),
-    ]
-    if options.cell.log_checkpoints:
-        command.append("--log-checkpoints")
-    return command
-
-
 def _run_here(prepared, options, slot, queue, store, counts, began: float, workers: int):
     """The in-process worker, with a sweep line after each of its cells."""
-    from dataclasses import replace
-
-    import torch
-
-    from ablation.worker import run_worker
-
     if slot is not None and slot.gpus:
         options = replace(options, cell=replace(options.cell, device=f"cuda:{slot.gpus[0]}"))
     elif slot is not None:
@@ -172,7 +135,7 @@ def _start_workers(prepared, options, slots) -> list[subprocess.Popen]:
     for slot in slots:
         env = {**os.environ, **slot.environment()}
         name = f"w{slot.index}" + (f"-gpu{','.join(map(str, slot.gpus))}" if slot.gpus else "")
-        processes.append(subprocess.Popen(worker_command(prepared, options, name), env=env))
+        processes.append(subprocess.Popen(worker_command(prepared.command_args, options, name), env=env))
     if slots:
         say(
             f"[sweep] started {len(slots)} worker processes: "

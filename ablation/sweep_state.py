@@ -35,6 +35,7 @@ from ablation.mlflow_store import SweepStore
 from ablation.prepared import PreparedSweep
 from ablation.queue import CELL, SweepQueue, open_storage, study_name
 from ablation.stores import probe_storage, probe_tracking
+from ablation.tracking_names import FINAL_TOP1_ERR_LAST, PARENT_RUN
 
 
 def join_sweep(prepared: PreparedSweep, options, say: Callable[[str], None] = say) -> tuple[SweepQueue, SweepStore]:
@@ -42,7 +43,7 @@ def join_sweep(prepared: PreparedSweep, options, say: Callable[[str], None] = sa
     probe_storage(options.storage_url)
     probe_tracking(options.tracking_uri)
     storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
-    store = SweepStore(options.tracking_uri, prepared.experiment)
+    store = SweepStore(options.tracking_uri, prepared.experiment, create=True)
     name = study_name(prepared.experiment.name, prepared.cells, store.fingerprint)
     checkpoint_dir = Path(options.cell.checkpoint_dir)
 
@@ -92,8 +93,8 @@ def _check(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, option
         replacement = store.parent_run(prepared.cells)
         queue.set_attr("parent_run_id", replacement)
         for run in runs.values():
-            if run.data.tags.get("mlflow.parentRunId") == parent:
-                store.log_tags(run.info.run_id, {"mlflow.parentRunId": replacement})
+            if run.data.tags.get(PARENT_RUN) == parent:
+                store.log_tags(run.info.run_id, {PARENT_RUN: replacement})
         say(f"[sweep] the sweep's parent run {parent} is not in {uri} (deleted?); its cells go under {replacement}")
     finished = {key for key, run in runs.items() if run.info.status == "FINISHED"}
     ours = {cell.hash for cell in prepared.cells}
@@ -119,7 +120,7 @@ def _mark_finished(queue: SweepQueue, runs: dict) -> int:
     for trial in queue.trials((TrialState.WAITING,)):
         run = runs.get(trial.user_attrs.get(CELL))
         if run is not None:
-            top1 = run.data.metrics.get("final/top1_err_last", math.nan)
+            top1 = run.data.metrics.get(FINAL_TOP1_ERR_LAST, math.nan)
             done += queue.mark_done(trial, top1, run.info.run_id)
     return done
 

@@ -1,4 +1,4 @@
-"""Training one job (an arm with one seed) on one device: the unit a sweep hands to any worker.
+"""Training one job (an arm with one seed), the unit a sweep hands to any worker: on one device, or on K together.
 
 ``train_job`` builds the network and data from a ``RunConfig``, trains with the configured recipe, evaluates
 top-1 / top-5 error after every epoch, checkpoints after every epoch and resumes exactly from the last
@@ -33,27 +33,36 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ablation.attention.cpu_kernels import prepare_for
+from ablation.attention.accel import accelerate
 from ablation.checkpoint import load_checkpoint, load_resumable, restore_rng_state, rng_state, save_checkpoint
 from ablation.config import RunConfig, TrainConfig, config_hash
 from ablation.console import say
 from ablation.data.catalog import DatasetInfo
-from ablation.data.loaders import make_loaders
+from ablation.data.loaders import FolderLoader, make_loaders
+from ablation.data.memory import InMemoryLoader
 from ablation.distributed import SINGLE, DistContext, all_reduce_sum, barrier, broadcast_buffers, broadcast_object
+from ablation.errors import ConfigError
 from ablation.faults import kill_point
 from ablation.host_memory import keep_freed_memory
 from ablation.metrics import topk_correct
 from ablation.tracker import Tracker
-
-EPOCH_METRICS = (
-    "train/loss",
-    "train/top1_err",
-    "val/loss",
-    "val/top1_err",
-    "val/top5_err",
-    "lr",
-    "throughput/img_per_s",
-    "time/epoch_s",
+from ablation.tracking_names import (
+    EPOCH,
+    EPOCH_METRICS,
+    EPOCH_TIME,
+    FINAL_EPOCHS,
+    FINAL_TOP1_ERR_BEST,
+    FINAL_TOP1_ERR_LAST,
+    FINAL_TOP5_ERR_BEST,
+    FINAL_TOP5_ERR_LAST,
+    FINAL_VAL_LOSS_LAST,
+    LR,
+    THROUGHPUT,
+    TRAIN_LOSS,
+    TRAIN_TOP1_ERR,
+    VAL_LOSS,
+    VAL_TOP1_ERR,
+    VAL_TOP5_ERR,
 )
 
 
@@ -73,8 +82,6 @@ class TrainResult:
 def resolve_device(spec: str = "auto") -> torch.device:
     """The device ``--device`` names, or a one-line ConfigError when it does not exist here (checked before any
     store is touched: a sweep must not create runs that no device can train)."""
-    from ablation.errors import ConfigError
-
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -157,9 +164,9 @@ def _evaluate(model: nn.Module, loader, criterion, autocast, dist: DistContext =
             totals[3] += len(labels)
     loss_sum, correct1, correct5, seen = all_reduce_sum(totals, dist).tolist()
     return {
-        "val/loss": loss_sum / seen,
-        "val/top1_err": 100.0 * (1.0 - correct1 / seen),
-        "val/top5_err": 100.0 * (1.0 - correct5 / seen),
+        VAL_LOSS: loss_sum / seen,
+        VAL_TOP1_ERR: 100.0 * (1.0 - correct1 / seen),
+        VAL_TOP5_ERR: 100.0 * (1.0 - correct5 / seen),
     }
 
 
@@ -168,12 +175,12 @@ def final_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     validation set itself and so is optimistically biased."""
     last = history[-1]
     return {
-        "final/top1_err_last": last["val/top1_err"],
-        "final/top5_err_last": last["val/top5_err"],
-        "final/top1_err_best": min(h["val/top1_err"] for h in history),
-        "final/top5_err_best": min(h["val/top5_err"] for h in history),
-        "final/val_loss_last": last["val/loss"],
-        "final/epochs": float(last["epoch"]),
+        FINAL_TOP1_ERR_LAST: last[VAL_TOP1_ERR],
+        FINAL_TOP5_ERR_LAST: last[VAL_TOP5_ERR],
+        FINAL_TOP1_ERR_BEST: min(h[VAL_TOP1_ERR] for h in history),
+        FINAL_TOP5_ERR_BEST: min(h[VAL_TOP5_ERR] for h in history),
+        FINAL_VAL_LOSS_LAST: last[VAL_LOSS],
+        FINAL_EPOCHS: float(last[EPOCH]),
     }
 
 
@@ -208,12 +215,88 @@ def train_job(
     that train the job together; every rank must make the same call (same config, same checkpoint path on a
     shared file system) and returns the same history. ``tracker`` is used on rank 0 only. On CUDA, ``device``
     must be this rank's GPU (``cuda`` alone means the current device, which ``init_from_env`` set).
+
+    The steps, in order: ``_set_up`` (device, network, loaders, optimiser), ``_resume`` (checkpoint and replay),
+    ``_Job.wrap_for_training`` (DDP, compilation), then per epoch ``_run_epoch`` (``_train_loop``,
+    ``_evaluate``) and, on rank 0, ``_checkpoint`` and logging.
     """
     dist = dist or SINGLE
+    job = _set_up(config, model, info, device, dist, workers, checkpoint_path, run_id)
+    history, start_epoch, train_time = _resume(job, tracker, say)
+    job.wrap_for_training()
+    for epoch in range(start_epoch, config.train.epochs):
+        if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
+            return TrainResult(history, False, train_time, start_epoch)
+        metrics = _run_epoch(job, epoch, description, progress)
+        train_time += metrics[EPOCH_TIME]
+        history.append(metrics)
+        if not dist.is_main:
+            continue
+        # Checkpoint first: a kill between the two leaves an epoch that the resumed job logs from the history.
+        _checkpoint(job, epoch + 1, history, train_time)
+        kill_point("epoch.checkpointed")
+        tracker.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=epoch + 1)
+        kill_point("epoch.logged")
+    barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
+    final = final_metrics(history)
+    if dist.is_main:
+        tracker.log_metrics(final)
+    return TrainResult(history, True, train_time, start_epoch, final)
+
+
+@dataclass
+class _Job:
+    """One training job once set up: what its resume, epoch and checkpoint steps share."""
+
+    train: TrainConfig
+    device: torch.device
+    dist: DistContext
+    net: nn.Module  # the unwrapped network: restored, evaluated and saved, so checkpoints do not depend on K
+    train_loader: InMemoryLoader | FolderLoader
+    val_loader: InMemoryLoader | FolderLoader
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    dtype: torch.dtype | None  # autocast's, None for full precision
+    key: str  # the job's config hash, which a checkpoint must carry to be resumed
+    checkpoint_path: Path
+    run_id: str | None
+    model: nn.Module | None = None  # what the training steps call: ``net``, wrapped by DDP and compiled
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def wrap_for_training(self) -> None:
+        """DDP and compilation, after the checkpoint is restored into ``net``."""
+        self.model = self.net
+        if self.dist.distributed:
+            # Wrapping broadcasts rank 0's parameters and buffers, so the ranks start identical.
+            index = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=index)
+        if self.train.compile == "on":
+            # Training steps only (after DDP, as PyTorch recommends); evaluation and checkpoints use ``net``, so
+            # saved state_dicts keep their plain keys. The first steps include the compilation time.
+            self.model = compile_for_training(self.model)
+
+
+def _set_up(
+    config: RunConfig,
+    model: nn.Module,
+    info: DatasetInfo,
+    device: torch.device,
+    dist: DistContext,
+    workers: int,
+    checkpoint_path: Path,
+    run_id: str | None,
+) -> _Job:
+    """The network on its device (accelerated), the loaders of this rank's shard, optimiser, schedule, scaler."""
     train_cfg = config.train
     if train_cfg.batch_size % dist.world_size:
-        from ablation.errors import ConfigError
-
         raise ConfigError(
             "train.batch_size", train_cfg.batch_size, f"must be divisible by the {dist.world_size} processes"
         )
@@ -227,7 +310,9 @@ def train_job(
         # the CPU, where SyncBatchNorm refuses to run (see the module docstring).
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    prepare_for(model, device)  # a first build of CBAM's CPU kernels must not count as training time
+    if getattr(config.model.attention, "impl", "fast") == "fast":
+        # Before the clock starts: a first build of accelerated kernels must not count as training time.
+        model = accelerate(model, device, compiled=train_cfg.compile == "on")
     keep_freed_memory()  # no page faults for the maps freed and re-allocated every step (host_memory.py)
     train_loader, val_loader = make_loaders(
         config.data,
@@ -242,26 +327,38 @@ def train_job(
     )
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
-        from ablation.errors import ConfigError
-
         raise ConfigError("train.batch_size", train_cfg.batch_size, f"exceeds the {info.name} training set")
     optimizer = build_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(train_cfg, step, steps_per_epoch))
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing)
+    return _Job(
+        train=train_cfg,
+        device=device,
+        dist=dist,
+        net=model,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
+        criterion=nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing),
+        dtype=dtype,
+        key=config_hash(config, info.identity),
+        checkpoint_path=checkpoint_path,
+        run_id=run_id,
+    )
 
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
 
-    key = config_hash(config, info.identity)
+def _resume(job: _Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[dict[str, float]], int, float]:
+    """The checkpoint's (history, epochs done, training time), restored into every rank; (``[]``, 0, 0.0) for a
+    fresh start. Rank 0 logs the history's epochs again (the tracker skips those it has)."""
+    dist = job.dist
 
     def restore(state: dict) -> None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        job.net.load_state_dict(state["model"])
+        job.optimizer.load_state_dict(state["optimizer"])
+        job.scheduler.load_state_dict(state["scheduler"])
+        job.scaler.load_state_dict(state["scaler"])
         restore_rng_state(state["rng"])
 
     # Every rank restores the checkpoint (into the unwrapped network, before DDP copies rank 0's weights): each
@@ -269,113 +366,102 @@ def train_job(
     # alone vets it (and moves a bad one aside) before the others read what it left.
     state = None
     if dist.is_main:
-        state = load_resumable(checkpoint_path, key=key, run_id=run_id, apply=restore, map_location=device, say=say)
+        state = load_resumable(
+            job.checkpoint_path, key=job.key, run_id=job.run_id, apply=restore, map_location=job.device, say=say
+        )
     barrier(dist)
     if not dist.is_main:
-        state = load_checkpoint(checkpoint_path, map_location=device)
+        state = load_checkpoint(job.checkpoint_path, map_location=job.device)
         if state is not None:
             restore(state)
-    history: list[dict[str, float]] = []
-    start_epoch, train_time = 0, 0.0
-    if state is not None:
-        history, start_epoch, train_time = list(state["history"]), state["epoch"], state["train_time_s"]
-        if dist.is_main:
-            for done in history:  # epochs whose logging a kill cut off; the tracker skips those it has
-                tracker.log_metrics({k: done[k] for k in EPOCH_METRICS}, step=int(done["epoch"]))
-    resumed_from = start_epoch
-    net = model  # the unwrapped network: evaluated, and saved, so checkpoints do not depend on K
-    if dist.distributed:
-        # Wrapping broadcasts rank 0's parameters and buffers, so the ranks start identical.
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    if train_cfg.compile == "on":
-        # Training steps only (after DDP, as PyTorch recommends); evaluation and checkpoints use ``net``, so saved
-        # state_dicts keep their plain keys. The first steps include the compilation time.
-        model = compile_for_training(model)
-
-    for epoch in range(start_epoch, train_cfg.epochs):
-        if stop_after_epochs is not None and epoch >= stop_after_epochs:
-            barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
-            return TrainResult(history, False, train_time, resumed_from)
-        _sync(device)
-        began = time.perf_counter()
-        model.train()
-        train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        # [loss sum, top-1 correct, images] of this rank, summed over ranks after the epoch.
-        totals = torch.zeros(3, dtype=torch.float64, device=device)
-        bar = tqdm(
-            train_loader,
-            total=steps_per_epoch,
-            desc=f"{_shorten(description, 60)} epoch {epoch + 1}/{train_cfg.epochs}".strip(),
-            leave=False,
-            disable=not progress or not dist.is_main,
-            unit="batch",
-            dynamic_ncols=True,
-        )
-        for images, labels in bar:
-            with autocast():
-                logits = model(images)
-                loss = criterion(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            totals[0] += loss.detach().double() * len(labels)
-            totals[1] += topk_correct(logits.detach().float(), labels, (1,))[0].double()
-            totals[2] += len(labels)
-            kill_point("train.batch")
-        bar.close()
-        # The sums over all ranks: the global epoch's numbers, and a NaN on any rank raises on every rank (a
-        # rank raising alone would leave the others waiting in the next collective).
-        loss_sum, correct, seen = all_reduce_sum(totals, dist).tolist()
-        _sync(device)
-        train_seconds = time.perf_counter() - began
-        train_loss = loss_sum / seen
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"training loss is {train_loss} in epoch {epoch + 1} (lr {lr:g})")
-        # Per-rank BN statistics (CPU) differ between ranks: evaluate, everywhere, the network rank 0 saves.
-        broadcast_buffers(net, dist)
-        metrics = {
-            "epoch": float(epoch + 1),
-            "train/loss": train_loss,
-            "train/top1_err": 100.0 * (1.0 - correct / seen),
-            **_evaluate(net, val_loader, criterion, autocast, dist),
-            "lr": lr,
-            "throughput/img_per_s": seen / train_seconds,
-        }
-        _sync(device)
-        metrics["time/epoch_s"] = time.perf_counter() - began
-        # Timings differ between ranks: every rank takes rank 0's, so all return (and resume) the same history.
-        metrics = broadcast_object(metrics, dist)
-        train_time += metrics["time/epoch_s"]
-        history.append(metrics)
-        if not dist.is_main:
-            continue
-        # Checkpoint first: a kill between the two leaves an epoch that the resumed job logs from the history.
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "config_hash": key,
-                "run_id": run_id,
-                "epoch": epoch + 1,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-                "history": history,
-                "train_time_s": train_time,
-            },
-        )
-        kill_point("epoch.checkpointed")
-        tracker.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=epoch + 1)
-        kill_point("epoch.logged")
-    barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
-    final = final_metrics(history)
+    if state is None:
+        return [], 0, 0.0
+    history = list(state["history"])
     if dist.is_main:
-        tracker.log_metrics(final)
-    return TrainResult(history, True, train_time, resumed_from, final)
+        for done in history:  # epochs whose logging a kill cut off; the tracker skips those it has
+            tracker.log_metrics({k: done[k] for k in EPOCH_METRICS}, step=int(done[EPOCH]))
+    return history, state["epoch"], state["train_time_s"]
+
+
+def _run_epoch(job: _Job, epoch: int, description: str, progress: bool) -> dict[str, float]:
+    """Train one epoch (0-based ``epoch``), then evaluate: the epoch's metrics, the same on every rank."""
+    _sync(job.device)
+    began = time.perf_counter()
+    lr = job.optimizer.param_groups[0]["lr"]
+    loss_sum, correct, seen = _train_loop(job, epoch, description, progress)
+    _sync(job.device)
+    train_seconds = time.perf_counter() - began
+    train_loss = loss_sum / seen
+    if not math.isfinite(train_loss):
+        raise NonFiniteLossError(f"training loss is {train_loss} in epoch {epoch + 1} (lr {lr:g})")
+    # Per-rank BN statistics (CPU) differ between ranks: evaluate, everywhere, the network rank 0 saves.
+    broadcast_buffers(job.net, job.dist)
+    metrics = {
+        EPOCH: float(epoch + 1),
+        TRAIN_LOSS: train_loss,
+        TRAIN_TOP1_ERR: 100.0 * (1.0 - correct / seen),
+        **_evaluate(job.net, job.val_loader, job.criterion, job.autocast, job.dist),
+        LR: lr,
+        THROUGHPUT: seen / train_seconds,
+    }
+    _sync(job.device)
+    metrics[EPOCH_TIME] = time.perf_counter() - began
+    # Timings differ between ranks: every rank takes rank 0's, so all return (and resume) the same history.
+    return broadcast_object(metrics, job.dist)
+
+
+def _train_loop(job: _Job, epoch: int, description: str, progress: bool) -> tuple[float, float, float]:
+    """One pass over this rank's shard of the training set: (loss sum, top-1 correct, images), summed over ranks."""
+    model = job.model
+    model.train()
+    job.train_loader.set_epoch(epoch)
+    totals = torch.zeros(3, dtype=torch.float64, device=job.device)
+    bar = tqdm(
+        job.train_loader,
+        total=job.steps_per_epoch,
+        desc=f"{_shorten(description, 60)} epoch {epoch + 1}/{job.train.epochs}".strip(),
+        leave=False,
+        disable=not progress or not job.dist.is_main,
+        unit="batch",
+        dynamic_ncols=True,
+    )
+    for images, labels in bar:
+        with job.autocast():
+            logits = model(images)
+            loss = job.criterion(logits, labels)
+        job.optimizer.zero_grad(set_to_none=True)
+        job.scaler.scale(loss).backward()
+        job.scaler.step(job.optimizer)
+        job.scaler.update()
+        job.scheduler.step()
+        totals[0] += loss.detach().double() * len(labels)
+        totals[1] += topk_correct(logits.detach().float(), labels, (1,))[0].double()
+        totals[2] += len(labels)
+        kill_point("train.batch")
+    bar.close()
+    # The sums over all ranks: the global epoch's numbers, and a NaN on any rank raises on every rank (a rank
+    # raising alone would leave the others waiting in the next collective).
+    loss_sum, correct, seen = all_reduce_sum(totals, job.dist).tolist()
+    return loss_sum, correct, seen
+
+
+def _checkpoint(job: _Job, epochs_done: int, history: list[dict[str, float]], train_time: float) -> None:
+    """Everything a resumed job needs to continue exactly: network, optimiser, schedule, scaler, RNG, history."""
+    save_checkpoint(
+        job.checkpoint_path,
+        {
+            "config_hash": job.key,
+            "run_id": job.run_id,
+            "epoch": epochs_done,
+            "model": job.net.state_dict(),
+            "optimizer": job.optimizer.state_dict(),
+            "scheduler": job.scheduler.state_dict(),
+            "scaler": job.scaler.state_dict(),
+            "rng": rng_state(),
+            "history": history,
+            "train_time_s": train_time,
+        },
+    )
 
 
 def compile_for_training(model: nn.Module, backend: str | Callable = "inductor") -> nn.Module:

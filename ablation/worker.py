@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,28 +18,17 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from ablation.cell import CellOptions, CellOutcome, run_cell
+from ablation.cell import CellOutcome, run_cell
 from ablation.console import say
 from ablation.mlflow_store import SweepStore
 from ablation.prepared import PreparedSweep
 from ablation.queue import NAME, Claim, Heartbeat, SweepQueue
 from ablation.sweep_state import join_sweep
 from ablation.tracker import Tracker
+from ablation.tracking_names import EPOCH_TIME, FINAL_TOP1_ERR_LAST, TRAIN_LOSS, VAL_TOP1_ERR
+from ablation.worker_args import CellLaunch, WorkerOptions, run_cell_command
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class WorkerOptions:
-    tracking_uri: str
-    storage_url: str
-    cell: CellOptions = field(default_factory=CellOptions)
-    heartbeat_interval: int = 15
-    grace_period: int = 60
-    poll_s: float = 2.0
-    name: str = "worker"
-    gpus_per_job: int = 1  # > 1: each cell runs as a torchrun-style launch of that many processes (DDP)
-    epoch_lines: bool = False  # one line per epoch (for workers whose progress bars nobody sees)
+__all__ = ["EpochLines", "WorkerOptions", "WorkerReport", "run_worker"]
 
 
 @dataclass
@@ -52,24 +40,29 @@ class WorkerReport:
     train_s: float = 0.0
 
 
-class _EpochLines:
-    """A Tracker that prints one line per epoch beside what it passes on: a worker process's visible progress."""
+class EpochLines:
+    """Any Tracker, with one line printed per epoch beside what it passes on: a worker process's visible progress.
 
-    def __init__(self, inner: Tracker, prefix: str) -> None:
+    A resumed cell replays its checkpoint's epochs into the tracker, which keeps what it has: no line for those.
+    """
+
+    def __init__(self, inner: Tracker, prefix: str, print_line: Callable[[str], None] | None = None) -> None:
         self.inner, self.prefix = inner, prefix
+        self.print_line = print_line or (lambda line: print(line, flush=True))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.inner.log_artifact(path, artifact_path)
 
+    def has(self, metric: str, step: int | None = None) -> bool:
+        return self.inner.has(metric, step)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        # A resumed cell replays its checkpoint's epochs into the tracker, which keeps what it has: no line for those.
-        known = (("val/top1_err", step) in self.inner.logged) if hasattr(self.inner, "logged") else False
+        fresh = step is not None and VAL_TOP1_ERR in metrics and not self.inner.has(VAL_TOP1_ERR, step)
         self.inner.log_metrics(metrics, step)
-        if step is not None and "val/top1_err" in metrics and not known:
-            print(
-                f"{self.prefix} epoch {step}: train loss {metrics['train/loss']:.3f}, val top-1 err "
-                f"{metrics['val/top1_err']:.2f}% ({metrics['time/epoch_s']:.1f}s)",
-                flush=True,
+        if fresh:
+            self.print_line(
+                f"{self.prefix} epoch {step}: train loss {metrics[TRAIN_LOSS]:.3f}, val top-1 err "
+                f"{metrics[VAL_TOP1_ERR]:.2f}% ({metrics[EPOCH_TIME]:.1f}s)"
             )
 
 
@@ -180,12 +173,12 @@ def _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finali
     existing = store.find_cell(cell.hash)
     if existing is not None and existing.info.status == "FINISHED":
         queue.set_run_id(claim, existing.info.run_id)
-        queue.complete(claim, existing.data.metrics.get("final/top1_err_last", math.nan))
+        queue.complete(claim, existing.data.metrics.get(FINAL_TOP1_ERR_LAST, math.nan))
         return None
     run_id = existing.info.run_id if existing is not None else None
     if options.gpus_per_job > 1:
         return _run_distributed(cell, claim, prepared, queue, store, parent_id, run_id, options)
-    wrapper = (lambda t: _EpochLines(t, f"[{options.name}] {cell.name}")) if options.epoch_lines else None
+    wrapper = (lambda t: EpochLines(t, f"[{options.name}] {cell.name}")) if options.epoch_lines else None
     return run_cell(
         cell,
         store,
@@ -201,35 +194,15 @@ def _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finali
 
 def _run_distributed(cell, claim, prepared, queue, store, parent_id, run_id, options) -> CellOutcome:
     """One cell on ``gpus_per_job`` processes, launched as torchrun does (rank 0 tracks and checkpoints)."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={options.gpus_per_job}",
-        str(ROOT / "runner.py"),
-        "run-cell",
-        *prepared.command_args,
-        "--cell",
-        cell.hash,
-        "--parent-run",
-        parent_id,
-        "--tracking-uri",
-        options.tracking_uri,
-        "--checkpoint-dir",
-        str(options.cell.checkpoint_dir),
-        "--device",
-        "cuda" if options.cell.device in ("auto", "cuda") else options.cell.device,
-    ]
-    if run_id:
-        command += ["--run-id", run_id]
+    launch = CellLaunch.for_worker(options, cell.hash, parent_id, run_id)
+    command = run_cell_command(prepared.command_args, launch, options.gpus_per_job)
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     run = store.find_cell(cell.hash)
     if run is not None:
         queue.set_run_id(claim, run.info.run_id)
     if result.returncode == 0 and run is not None and run.info.status == "FINISHED":
-        top1 = run.data.metrics.get("final/top1_err_last", math.nan)
+        top1 = run.data.metrics.get(FINAL_TOP1_ERR_LAST, math.nan)
         return CellOutcome("finished", run.info.run_id, time.perf_counter() - began, top1)
     tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
     return CellOutcome("failed", run.info.run_id if run else "", reason=" | ".join(tail) or f"exit {result.returncode}")

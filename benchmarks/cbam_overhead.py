@@ -1,9 +1,11 @@
 """Training-step cost of CBAM-ResNet-50 against plain ResNet-50 (shared/SPEC.md, "The cost that FLOPs hide").
 
-Rows: plain ResNet-50, our CBAM on the default path (impl="fast": one C++ op per block on CPU), on the
-straightforward path (impl="reference"), and timm's CBAM (if timm is installed), eager and/or torch.compile'd
-(--mode). Compiled, both of our CBAM rows trace the straightforward formulation, which the compiler fuses with
-the BN before it and the ReLU after it (an opaque C++ op in the graph measured slower: see the README).
+Rows: plain ResNet-50, our CBAM on the default path (impl="fast": the network set up by
+``ablation.attention.accel.accelerate`` as training does, one C++ op per block on CPU), on the straightforward
+path (impl="reference": the modules as built), and timm's CBAM (if timm is installed), eager and/or
+torch.compile'd (--mode). Compiled, both of our CBAM rows trace the straightforward formulation, which the
+compiler fuses with the BN before it and the ReLU after it (an opaque C++ op in the graph measured slower: see the
+README); the fast row's spatial conv then runs on the direct C++ kernel.
 One step = forward + cross-entropy + backward + SGD step. CPU: batch 16, 112 px, float32, all cores.
 CUDA: batch 64, 224 px, AMP (bf16) + channels_last.
 
@@ -41,25 +43,28 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ablation.attention.accel import accelerate
 from ablation.host_memory import keep_freed_memory
 from ablation.models import build_model
 
 TIMM_ROW = "timm cbam"
+# A row: the network's constructor, and whether it is accelerated (impl=fast) as training sets it up.
+Row = tuple[Callable[[], nn.Module], bool]
 
 
-def models(order: str = "channel-first") -> dict[str, Callable[[], nn.Module] | str]:
-    """name -> constructor, or a message why the row is skipped. ``order``: our CBAM rows' arrangement (timm's
-    CBAM is channel-first whatever it is)."""
+def models(order: str = "channel-first") -> dict[str, Row | str]:
+    """name -> row, or a message why the row is skipped. ``order``: our CBAM rows' arrangement (timm's CBAM is
+    channel-first whatever it is)."""
     cbam = {"type": "cbam", "order": order}
-    rows: dict[str, Callable[[], nn.Module] | str] = {
-        "plain": lambda: build_model("resnet50", num_classes=1000, attention={"type": "none"}),
-        "cbam fast (default)": lambda: build_model("resnet50", num_classes=1000, attention=cbam),
-        "cbam reference": lambda: build_model("resnet50", num_classes=1000, attention={**cbam, "impl": "reference"}),
+    rows: dict[str, Row | str] = {
+        "plain": (lambda: build_model("resnet50", num_classes=1000, attention={"type": "none"}), True),
+        "cbam fast (default)": (lambda: build_model("resnet50", num_classes=1000, attention=cbam), True),
+        "cbam reference": (lambda: build_model("resnet50", num_classes=1000, attention=cbam), False),
     }
     try:
         import timm
 
-        rows[TIMM_ROW] = lambda: timm.create_model("resnet50", block_args={"attn_layer": "cbam"})
+        rows[TIMM_ROW] = (lambda: timm.create_model("resnet50", block_args={"attn_layer": "cbam"}), False)
     except ImportError:
         rows[TIMM_ROW] = "skipped: timm is not installed (pip install timm)"
     return rows
@@ -85,8 +90,12 @@ class Setup:
             f"batch {self.batch}, {self.size} px, {precision}"
         )
 
-    def model(self, make: Callable[[], nn.Module]) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def model(self, row: Row, compiled: bool = False) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The row's network on the device, set up as training does (for torch.compile when ``compiled``)."""
+        make, accelerated = row
         model = make().to(self.device, memory_format=self.fmt).train()
+        if accelerated:
+            model = accelerate(model, self.device, compiled=compiled)
         return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step_fn(self, net: nn.Module, opt: torch.optim.Optimizer) -> Callable[[], None]:
@@ -141,9 +150,9 @@ def peak_memory_child(name: str, args: argparse.Namespace) -> None:
     """Run in a fresh process: two training steps of one row; print its peak memory growth as JSON."""
     set_malloc(args.malloc)
     setup = Setup(args.batch, args.size)
-    make = models(args.order)[name]
-    assert not isinstance(make, str), make
-    model, opt = setup.model(make)
+    row = models(args.order)[name]
+    assert not isinstance(row, str), row
+    model, opt = setup.model(row)
     step = setup.step_fn(model, opt)
     if setup.cuda:
         torch.cuda.synchronize()
@@ -217,13 +226,15 @@ def main() -> None:
     steps: dict[tuple[str, str], Callable[[], None]] = {}
     saved: dict[str, int] = {}
     peaks: dict[str, int | None] = {}
-    for name, make in models(args.order).items():
-        if isinstance(make, str):
-            print(f"{name}: {make}")
+    for name, row in models(args.order).items():
+        if isinstance(row, str):
+            print(f"{name}: {row}")
             continue
-        model, opt = setup.model(make)
-        saved[name] = saved_bytes(setup, model)
+        eager = setup.model(row)  # also where the saved-tensor bytes are counted, in every mode
+        saved[name] = saved_bytes(setup, eager[0])
         for run_mode in modes:
+            # Each mode its own network: an accelerated one is set up for the mode it runs in.
+            model, opt = eager if run_mode == "eager" else setup.model(row, compiled=True)
             # dynamic=False: every row compiled for its static shapes, as training compiles them. Should a graph
             # break ever split the blocks into frames of their own, dynamo's automatic dynamic shapes would
             # otherwise recompile later blocks for symbolic shapes (seen while developing: slower code, and on

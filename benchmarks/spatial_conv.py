@@ -1,9 +1,10 @@
 """CBAM's spatial k x k conv (2 -> 1 channels, 'same' padding) on each CPU kernel, forward + backward.
 
 Three kernels compute the same convolution: oneDNN (what ``F.conv2d`` and a compiled graph's conv call on CPU),
-ATen's im2col + GEMM (``thnn_conv2d``: ``fast.small_conv``, the per-op fast path) and our direct C++ conv
-(``torch.ops.ablation_cbam.spatial_conv``: the C++ CBAM op, and compiled graphs through direct_conv.py). Shapes
-are ResNet-50's four stages at 112 px, batch 16; the per-step column multiplies by the number of blocks per stage.
+ATen's im2col + GEMM (``thnn_conv2d``: ``small_conv``'s fallback where the C++ kernels cannot be built) and our
+direct C++ conv (``torch.ops.ablation_cbam.spatial_conv``: the C++ CBAM op, the per-op fast path and compiled
+graphs; ablation/attention/accel/direct_conv.py). Shapes are ResNet-50's four stages at 112 px, batch 16; the
+per-step column multiplies by the number of blocks per stage.
 Timing: repetitions interleaved across kernels, medians.
 
     python benchmarks/spatial_conv.py [--reps 41] [--kernel 7] [--batch 16]
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation.attention.cpu_kernels import cpu_kernels_available
+from ablation.attention.accel.cpu_kernels import cpu_kernels_available
 
 STAGES = ((28, 3), (14, 4), (7, 6), (4, 3))  # ResNet-50 at 112 px: (map side, blocks)
 

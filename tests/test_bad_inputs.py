@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import runner
+from ablation.attention import ATTENTION_TYPES
 from tests.conftest import ROOT
 
 GOOD = {
@@ -81,8 +82,46 @@ CASES = [
     Case(
         "unknown attention",
         [],
-        ("model.attention.type", "eca", "allowed: none, se, cbam, bam"),
-        experiment(model="{attention: {type: eca}}"),
+        ("model.attention.type", "gcnet", f"allowed: {', '.join(ATTENTION_TYPES)}"),
+        experiment(model="{attention: {type: gcnet}}", grid=LR_GRID),
+    ),
+    Case(
+        "even ECA kernel",
+        [],
+        ("model.attention.kernel_size", "4", "odd integer"),
+        experiment(model="{attention: {type: eca, kernel_size: 4}}", grid=LR_GRID),
+    ),
+    Case(
+        "custom module without a target",
+        [],
+        ("model.attention.target", "Field required"),
+        experiment(model="{attention: {type: custom}}", grid=LR_GRID),
+    ),
+    Case(
+        "custom target not a path",
+        [],
+        ("model.attention.target", "mypkg.MyAttention", "package.module:Name"),
+        experiment(model="{stem: cifar, attention: {type: custom, target: mypkg.MyAttention}}", grid=LR_GRID),
+    ),
+    Case(
+        "custom target not importable",
+        [],
+        ("model.attention.target", "nosuchpkg.attn:Gate", "cannot be imported", "No module named 'nosuchpkg'"),
+        experiment(model="{stem: cifar, attention: {type: custom, target: 'nosuchpkg.attn:Gate'}}", grid=LR_GRID),
+    ),
+    Case(
+        "custom target not callable",
+        [],
+        ("model.attention.target", "math:pi", "not a class or callable"),
+        experiment(model="{stem: cifar, attention: {type: custom, target: 'math:pi'}}", grid=LR_GRID),
+    ),
+    Case(
+        "custom placement",
+        [],
+        ("model.attention.placement", "everywhere", "allowed: block, stage"),
+        experiment(
+            model="{stem: cifar, attention: {type: custom, target: 'math:pi', placement: everywhere}}", grid=LR_GRID
+        ),
     ),
     Case(
         "even kernel",

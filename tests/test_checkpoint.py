@@ -10,12 +10,13 @@ from ablation.config import config_hash
 from ablation.data.catalog import dataset_info
 from ablation.grid import build_network
 from ablation.tracker import MemoryTracker
+from ablation.tracking_names import LR, TRAIN_LOSS, TRAIN_TOP1_ERR, VAL_LOSS, VAL_TOP1_ERR, VAL_TOP5_ERR
 from ablation.train import seed_everything, train_job
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-COMPARED = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr")
+COMPARED = (TRAIN_LOSS, TRAIN_TOP1_ERR, VAL_LOSS, VAL_TOP1_ERR, VAL_TOP5_ERR, LR)
 
 
 def _config(npz, epochs=3, seed=0):
@@ -50,7 +51,7 @@ def straight(tiny_npz, tmp_path_factory):
     return tracker
 
 
-def _steps(tracker, key="val/top1_err"):
+def _steps(tracker, key=VAL_TOP1_ERR):
     return [step for step, metrics in tracker.metrics if key in metrics]
 
 

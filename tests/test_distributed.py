@@ -44,7 +44,16 @@ from ablation.data.memory import InMemoryLoader
 from ablation.distributed import DistContext, destroy, init_from_env
 from ablation.models import build_model
 from ablation.tracker import MemoryTracker
-from ablation.train import EPOCH_METRICS, TrainResult, _evaluate, compile_for_training, seed_everything, train_job
+from ablation.tracking_names import (
+    EPOCH_METRICS,
+    EPOCH_TIME,
+    FINAL_TOP1_ERR_LAST,
+    THROUGHPUT,
+    VAL_LOSS,
+    VAL_TOP1_ERR,
+    VAL_TOP5_ERR,
+)
+from ablation.train import TrainResult, _evaluate, seed_everything, train_job
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,7 +314,7 @@ def _torchrun_worker(npz: Path, out: Path) -> None:
 
 
 def _untimed(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in h.items() if k not in ("time/epoch_s", "throughput/img_per_s")} for h in history]
+    return [{k: v for k, v in h.items() if k not in (EPOCH_TIME, THROUGHPUT)} for h in history]
 
 
 @pytest.mark.slow
@@ -328,7 +337,7 @@ def test_train_job_under_torchrun_reports_from_rank0_and_resumes_on_one_process(
     assert rank1["metrics"] is None
     steps = [(step, sorted(m)) for step, m in rank0["metrics"]]
     assert steps[:2] == [(1, sorted(EPOCH_METRICS)), (2, sorted(EPOCH_METRICS))]
-    assert steps[2][0] is None and "final/top1_err_last" in steps[2][1]
+    assert steps[2][0] is None and FINAL_TOP1_ERR_LAST in steps[2][1]
     assert rank0["completed"] == rank1["completed"] == [False, True]
     # Every rank returns rank 0's history: the all-reduced, global numbers (and rank 0's timings).
     for key in ("first", "second", "bn_free"):
@@ -347,8 +356,8 @@ def test_train_job_under_torchrun_reports_from_rank0_and_resumes_on_one_process(
     model.load_state_dict(state["model"])  # strict: the unwrapped network's keys, no "module." prefix
     _, val = make_loaders(config.data, dataset_info(config.data), batch_size=20, seed=0, device=torch.device("cpu"))
     single = _evaluate(model, val, nn.CrossEntropyLoss(), contextlib.nullcontext)
-    assert single["val/top1_err"] == epoch1["val/top1_err"] and single["val/top5_err"] == epoch1["val/top5_err"]
-    assert single["val/loss"] == pytest.approx(epoch1["val/loss"], rel=1e-5)
+    assert single[VAL_TOP1_ERR] == epoch1[VAL_TOP1_ERR] and single[VAL_TOP5_ERR] == epoch1[VAL_TOP5_ERR]
+    assert single[VAL_LOSS] == pytest.approx(epoch1[VAL_LOSS], rel=1e-5)
 
     # One process resumes the 2-process checkpoint of epoch 1 and finishes the job.
     resume = tmp_path / "resume" / "last.pt"
@@ -373,40 +382,3 @@ def test_train_job_under_torchrun_reports_from_rank0_and_resumes_on_one_process(
 
 if __name__ == "__main__":  # a torchrun process of the test above
     _torchrun_worker(Path(sys.argv[1]), Path(sys.argv[2]))
-
-
-def test_compiled_training_matches_eager_and_saves_plain_checkpoints(tiny_npz, tmp_path):
-    """train.compile=on: real torch.compile (inductor) of the training steps. The compiled run's metrics track
-    the eager run's (the same function, fused differently: rounding-level differences), and its checkpoint holds
-    the plain network's keys, so either mode can resume the other's run."""
-    results, states = {}, {}
-    for mode in ("off", "on"):
-        config = _job_config(tiny_npz, epochs=1)
-        config = config.model_copy(update={"train": config.train.model_copy(update={"compile": mode})})
-        checkpoint = tmp_path / mode / "last.pt"
-        results[mode] = _run_job(config, "resnet", checkpoint, MemoryTracker())
-        states[mode] = torch.load(checkpoint, weights_only=True)["model"]
-    assert set(states["on"]) == set(states["off"])
-    assert not any(key.startswith("_orig_mod") for key in states["on"])
-    eager, compiled = results["off"].history[-1], results["on"].history[-1]
-    assert compiled["train/loss"] == pytest.approx(eager["train/loss"], rel=1e-3)
-
-
-def test_every_cell_of_a_worker_process_is_compiled() -> None:
-    """A worker trains its cells one after another in one process. Past dynamo's recompile limit (8 model
-    structures through the same forward code) a plain torch.compile silently runs later models eagerly; every
-    cell must get its own compiled graph however many came before (a recording backend stands in for inductor)."""
-    graphs: list[int] = []
-
-    def record(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
-        graphs.append(len(gm.graph.nodes))
-        return gm.forward
-
-    x = torch.randn(2, 3, 32, 32)
-    structures = [(k, pools) for pools in (["avg"], ["max"], ["avg", "max"]) for k in (1, 3, 7)] + [(5, ["avg"])]
-    for cell, (k, pools) in enumerate(structures, 1):  # ten different CBAM networks, more than the limit
-        attention = {"type": "cbam", "reduction": 4, "kernel_size": k, "channel_pool": pools}
-        model = build_model("resnet18", width=0.125, stem="cifar", num_classes=10, attention=attention)
-        before = len(graphs)
-        compile_for_training(model, backend=record)(x)
-        assert len(graphs) == before + 1, f"cell {cell} ({k}x{k}, {pools}) ran uncompiled"

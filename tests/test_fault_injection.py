@@ -21,14 +21,32 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from ablation.tracking_names import (
+    DESCRIPTION,
+    FINAL_PARAMS,
+    FINAL_TOP1_ERR_BEST,
+    FINAL_TOP1_ERR_LAST,
+    FINAL_TOP5_ERR_LAST,
+    FINAL_VAL_LOSS_LAST,
+    LR,
+    ROLE,
+    ROLE_CELL,
+    ROLE_SWEEP,
+    TRAIN_LOSS,
+    TRAIN_TOP1_ERR,
+    VAL_LOSS,
+    VAL_TOP1_ERR,
+    VAL_TOP5_ERR,
+    role_filter,
+)
 from tests import processes
 from tests.conftest import ROOT, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
 GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
-COMPARED = ("train/loss", "train/top1_err", "val/loss", "val/top1_err", "val/top5_err", "lr")
-FINAL = ("final/top1_err_last", "final/top5_err_last", "final/top1_err_best", "final/val_loss_last", "final/params")
+COMPARED = (TRAIN_LOSS, TRAIN_TOP1_ERR, VAL_LOSS, VAL_TOP1_ERR, VAL_TOP5_ERR, LR)
+FINAL = (FINAL_TOP1_ERR_LAST, FINAL_TOP5_ERR_LAST, FINAL_TOP1_ERR_BEST, FINAL_VAL_LOSS_LAST, FINAL_PARAMS)
 EPOCHS, BATCHES = 2, 4  # 100 training images, batch 25
 # Two scenarios run at a time, each process on one thread (the reference too: the same numbers need the same threads).
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -78,13 +96,13 @@ def _runs(folder):
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     cells: dict[str, list] = {}
-    for run in client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'"):
+    for run in client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL)):
         history = {
             key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] for key in COMPARED
         }
         final = {key: run.data.metrics.get(key) for key in FINAL}
-        cells.setdefault(run.data.tags["ablation.description"], []).append((run.info.status, history, final))
-    parents = [r.info.status for r in client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'sweep'")]
+        cells.setdefault(run.data.tags[DESCRIPTION], []).append((run.info.status, history, final))
+    parents = [r.info.status for r in client.search_runs([experiment.experiment_id], role_filter(ROLE_SWEEP))]
     return cells, parents
 
 
@@ -166,8 +184,8 @@ def test_ctrl_c_ends_in_one_line_with_exit_130_and_the_runs_killed(tiny_npz, tmp
     assert "Traceback" not in err
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
-    statuses = {r.data.tags["ablation.role"]: r.info.status for r in client.search_runs([experiment.experiment_id])}
-    assert statuses == {"sweep": "KILLED", "cell": "KILLED"}
+    statuses = {r.data.tags[ROLE]: r.info.status for r in client.search_runs([experiment.experiment_id])}
+    assert statuses == {ROLE_SWEEP: "KILLED", ROLE_CELL: "KILLED"}
 
 
 @pytest.mark.parametrize("device", ["cuda:9", "foo", "cuda"])

@@ -16,6 +16,7 @@ from ablation.errors import ConfigError
 from ablation.gradcam import grad_cam, gradcam_for_experiment, pick_images, target_layer
 from ablation.grid import Cell, build_network, expand_arms, expand_cells
 from ablation.models import build_model
+from ablation.tracking_names import GRADCAM_DIR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -145,7 +146,7 @@ def _experiment(seeds: list[int]) -> Experiment:
 
 def test_gradcam_for_experiment_end_to_end(tmp_path: Path) -> None:
     from ablation.cell import CellOptions, checkpoint_path
-    from ablation.sweep import PreparedSweep
+    from ablation.prepared import PreparedSweep
 
     experiment = _experiment([3, 5])
     arms = expand_arms(experiment)
@@ -184,7 +185,7 @@ def test_gradcam_for_experiment_end_to_end(tmp_path: Path) -> None:
 
 
 def test_gradcam_for_experiment_rejects_imagenet(tmp_path: Path) -> None:
-    from ablation.sweep import PreparedSweep
+    from ablation.prepared import PreparedSweep
 
     experiment = _experiment([0]).model_copy(
         update={"base": {"model": {"arch": "resnet18"}, "data": {"dataset": "imagenet", "root": str(tmp_path)}}}
@@ -199,13 +200,13 @@ def test_gradcam_for_experiment_rejects_imagenet(tmp_path: Path) -> None:
 def test_log_gradcam_to_the_sweeps_parent_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ablation.gradcam import log_gradcam
     from ablation.mlflow_store import SweepStore
-    from ablation.sweep import PreparedSweep
+    from ablation.prepared import PreparedSweep
 
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns
     experiment = _experiment([0])
     arms = expand_arms(experiment)
     prepared = PreparedSweep(experiment, arms, expand_cells(experiment, arms))
-    store = SweepStore(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment)
+    store = SweepStore(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment, create=True)
     figure = tmp_path / "gradcam.png"
     figure.write_bytes(PNG_MAGIC)
     assert log_gradcam(store, prepared, [figure]) is None, "no sweep yet: nothing to log to, nothing created"
@@ -214,5 +215,5 @@ def test_log_gradcam_to_the_sweeps_parent_run(tmp_path: Path, monkeypatch: pytes
     parent = store.parent_run(prepared.cells)
     store.finish(parent, "FINISHED")
     assert log_gradcam(store, prepared, [figure]) == parent
-    assert [a.path for a in store.client.list_artifacts(parent, "gradcam")] == ["gradcam/gradcam.png"]
+    assert [a.path for a in store.client.list_artifacts(parent, GRADCAM_DIR)] == [f"{GRADCAM_DIR}/gradcam.png"]
     assert store.client.get_run(parent).info.status == "FINISHED", "drawing the figure does not reopen the sweep"

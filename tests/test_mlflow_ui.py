@@ -21,7 +21,15 @@ from PIL import Image
 
 from ablation.config import load_experiment
 from ablation.mlflow_store import dashboard_hint
-from ablation.sweep import prepare_sweep
+from ablation.prepared import prepare_sweep
+from ablation.tracking_names import (
+    DESCRIPTION,
+    EXPERIMENT_KIND,
+    FINAL_TOP1_ERR_LAST,
+    ROLE_CELL,
+    ROLE_SWEEP,
+    role_filter,
+)
 from tests.conftest import sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -104,17 +112,15 @@ def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tm
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
     experiment_id = experiment.experiment_id
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # a model-training experiment
-    (sweep,) = client.search_runs([experiment_id], "tags.`ablation.role` = 'sweep'")
-    cells = client.search_runs([experiment_id], "tags.`ablation.role` = 'cell'", order_by=["attributes.run_name"])
+    assert experiment.tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]  # a model-training experiment
+    (sweep,) = client.search_runs([experiment_id], role_filter(ROLE_SWEEP))
+    cells = client.search_runs([experiment_id], role_filter(ROLE_CELL), order_by=["attributes.run_name"])
     cell = cells[0]
     assert sweep.info.run_name == "tiny"  # the parent run is named after the experiment
     # What the UI must show per arm: the mean over seeds of the last epoch's top-1 error.
     means: dict[str, float] = {}
-    for description in {c.data.tags["ablation.description"] for c in cells}:
-        values = [
-            c.data.metrics["final/top1_err_last"] for c in cells if c.data.tags["ablation.description"] == description
-        ]
+    for description in {c.data.tags[DESCRIPTION] for c in cells}:
+        values = [c.data.metrics[FINAL_TOP1_ERR_LAST] for c in cells if c.data.tags[DESCRIPTION] == description]
         means[description] = sum(values) / len(values)
 
     port = free_port()
@@ -145,10 +151,10 @@ def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tm
 
                 # As the README says: the final error as a column, then the runs grouped by the arm tag.
                 page.get_by_role("button", name="Columns").click()
-                page.get_by_text("final/top1_err_last", exact=True).click()
+                page.get_by_text(FINAL_TOP1_ERR_LAST, exact=True).click()
                 page.keyboard.press("Escape")
                 page.get_by_role("button", name="Group by").click()
-                page.get_by_text("ablation.description", exact=True).click()
+                page.get_by_text(DESCRIPTION, exact=True).click()
                 page.keyboard.press("Escape")
                 page.get_by_text("(average)").first.wait_for(timeout=WAIT_MS)
                 rows = ui_rows(page)
@@ -157,7 +163,7 @@ def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tm
                 # One cell's run page: its name, its metrics table, and "Parent run" linking back to the sweep.
                 page.goto(f"{base}/#/experiments/{experiment_id}/runs/{cell.info.run_id}?workflowType=machine_learning")
                 page.get_by_text(cell.info.run_name, exact=True).first.wait_for(timeout=WAIT_MS)
-                page.get_by_text("final/top1_err_last", exact=True).first.wait_for(timeout=WAIT_MS)
+                page.get_by_text(FINAL_TOP1_ERR_LAST, exact=True).first.wait_for(timeout=WAIT_MS)
                 parent_link = page.locator(f'a[href$="/runs/{sweep.info.run_id}"]').first
                 expect(parent_link).to_have_text("tiny", timeout=WAIT_MS)  # the parent's name loads last
                 lines = [line.strip() for line in page.inner_text("body").splitlines()]
@@ -181,8 +187,8 @@ def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tm
     assert groups == {description: ui_number(mean) for description, mean in means.items()}, rows
 
     # The metrics table shows each name on one line and its value on the next.
-    top1 = cell.data.metrics["final/top1_err_last"]
-    name_at = lines.index("final/top1_err_last")
+    top1 = cell.data.metrics[FINAL_TOP1_ERR_LAST]
+    name_at = lines.index(FINAL_TOP1_ERR_LAST)
     assert lines[name_at + 1] == ui_number(top1), lines[name_at : name_at + 2]
 
     if KEPT is not None:

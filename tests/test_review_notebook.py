@@ -6,7 +6,8 @@ from mlflow import MlflowClient
 from nbclient import NotebookClient
 
 from ablation.config import load_experiment
-from ablation.sweep import prepare_sweep
+from ablation.prepared import prepare_sweep
+from ablation.tracking_names import ROLE_CELL, role_filter
 from tests.conftest import ROOT, sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
@@ -72,7 +73,7 @@ def test_the_review_notebook_runs_headless_on_a_finished_sweep(tmp_path, tiny_np
     client = MlflowClient(options.tracking_uri)
     experiment_id = client.get_experiment_by_name("tiny").experiment_id
     links = text(outputs["links"], "text/markdown")
-    for run in client.search_runs([experiment_id], "tags.`ablation.role` = 'cell'"):
+    for run in client.search_runs([experiment_id], role_filter(ROLE_CELL)):
         assert f"#/experiments/{experiment_id}/runs/{run.info.run_id})" in links
 
 

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 import runner
 from ablation.queue import open_storage
+from ablation.tracking_names import CONFIG_HASH, ROLE_CELL, ROLE_SWEEP, role_filter
 from tests import processes
 from tests.conftest import tiny_experiment
 
@@ -145,11 +146,11 @@ def _every_cell_exactly_once(storage, tracking, cells):
     assert {t.state for t in trials} == {TrialState.COMPLETE}
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'")
-    assert sorted(r.data.tags["ablation.config_hash"] for r in runs) == sorted(hashes)
+    runs = client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL))
+    assert sorted(r.data.tags[CONFIG_HASH] for r in runs) == sorted(hashes)
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in runs}
-    assert len(client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'sweep'")) == 1
+    assert len(client.search_runs([experiment.experiment_id], role_filter(ROLE_SWEEP))) == 1
 
 
 @pytest.mark.slow
@@ -191,3 +192,43 @@ def test_reading_commands_fail_fast_too_and_create_nothing(tmp_path, capsys, wri
     assert runner.main(["status", str(path)]) == 0
     assert "not started" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+def test_reading_an_unswept_experiment_creates_nothing(tmp_path, capsys, write_experiment, tiny_npz, monkeypatch):
+    """A real SQLite MLflow store that holds another experiment: ``table`` and ``status`` of one never swept there
+    say so in one line, and neither they nor the lookups of the table, Grad-CAM and dashboard write anything."""
+    from mlflow.entities import ViewType
+
+    from ablation.gradcam import log_gradcam
+    from ablation.mlflow_store import SweepStore, dashboard_hint
+    from ablation.prepared import read_only_sweep
+    from ablation.report import collect_runs, log_to_parent
+    from ablation.status import sweep_status
+
+    path = write_experiment(tiny_experiment(tiny_npz, GRID, "[0]", epochs=1))
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("another", tags={"kept": "as it was"})
+
+    def experiments():
+        found = client.search_experiments(view_type=ViewType.ALL)
+        return sorted((e.experiment_id, e.name, sorted(e.tags.items()), e.last_update_time) for e in found)
+
+    before, files = experiments(), sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert runner.main(["table", str(path), "--tracking-uri", uri]) == 0
+    out, err = capsys.readouterr()
+    (line,) = out.strip().splitlines()
+    assert line.startswith("tiny: never swept in ") and err == ""
+    assert runner.main(["status", str(path), "--tracking-uri", uri]) == 0
+    assert "not started" in capsys.readouterr().out
+
+    prepared = read_only_sweep(*runner._arms(runner.build_parser().parse_args(["table", str(path)])))
+    store = SweepStore(uri, prepared.experiment)
+    assert not store.exists and store.runs(ROLE_CELL) == [] and store.find_cell(prepared.cells[0].hash) is None
+    assert collect_runs(prepared, uri).empty and log_to_parent(prepared, uri, [path]) is None
+    assert log_gradcam(store, prepared, [path]) is None and dashboard_hint(uri, store.experiment_id) == ""
+    assert sweep_status(prepared, f"sqlite:///{tmp_path / 'sweeps.db'}", uri) is None
+    assert experiments() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # no results folder, no sweep state

@@ -10,8 +10,28 @@ from mlflow import MlflowClient
 
 import runner
 from ablation.config import load_experiment
+from ablation.prepared import prepare_sweep
 from ablation.report import collect_runs, summarize
-from ablation.sweep import prepare_sweep
+from ablation.tracking_names import (
+    ARM,
+    CONFIG_FILE,
+    CONFIG_HASH,
+    CURVE_FILE,
+    ENVIRONMENT_FILE,
+    EPOCH_METRICS,
+    FAILURE,
+    FINAL_PARAMS,
+    FINAL_TOP1_ERR_LAST,
+    FINAL_TOP5_ERR_LAST,
+    FINAL_VAL_LOSS_LAST,
+    PARENT_RUN,
+    ROLE_CELL,
+    ROLE_SWEEP,
+    SEED,
+    TRAIN_LOSS,
+    VAL_TOP1_ERR,
+    role_filter,
+)
 from tests import processes
 from tests.conftest import sweep_in, tiny_experiment
 
@@ -29,7 +49,7 @@ def sweep(path, tmp_path, retry_failed=False, **cell_options):
 def cell_runs(uri):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny")
-    return client, client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'")
+    return client, client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL))
 
 
 def test_sweep_tracks_every_cell_and_the_table_equals_the_runs(tmp_path, tiny_npz, write_experiment):
@@ -39,53 +59,42 @@ def test_sweep_tracks_every_cell_and_the_table_equals_the_runs(tmp_path, tiny_np
 
     client, runs = cell_runs(uri)
     assert len(runs) == 4  # 2 arms x 2 seeds
-    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    parents = {r.data.tags[PARENT_RUN] for r in runs}
     assert parents == {report.parent_run_id}
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert run.info.run_name.endswith(f"| seed {run.data.tags['ablation.seed']}")
-        for key in (
-            "train/loss",
-            "train/top1_err",
-            "val/loss",
-            "val/top1_err",
-            "val/top5_err",
-            "lr",
-            "throughput/img_per_s",
-            "time/epoch_s",
-        ):
+        assert run.info.run_name.endswith(f"| seed {run.data.tags[SEED]}")
+        for key in EPOCH_METRICS:
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == [1, 2], key
         assert run.data.params["train.epochs"] == "2"
         assert run.data.params["model.attention.type"] in ("none", "cbam")
-        assert len(run.data.tags["ablation.config_hash"]) == 12
+        assert len(run.data.tags[CONFIG_HASH]) == 12
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "environment.json", "learning_curve.png"} <= artifacts
+        assert {CONFIG_FILE, ENVIRONMENT_FILE, CURVE_FILE} <= artifacts
         if run.data.params["model.attention.type"] == "cbam":
             # A reader comparing timings must see which CBAM implementation ran.
-            local = client.download_artifacts(run.info.run_id, "environment.json", str(tmp_path / run.info.run_id))
+            local = client.download_artifacts(run.info.run_id, ENVIRONMENT_FILE, str(tmp_path / run.info.run_id))
             environment = json.loads(Path(local).read_text())
             assert environment["cbam_cpu_kernels"] == "loaded"
             assert environment["host_memory"] == "kept"
         assert run.inputs.dataset_inputs[0].dataset.name == "npz"
-        last = client.get_metric_history(run.info.run_id, "val/top1_err")[-1].value
-        assert run.data.metrics["final/top1_err_last"] == last
-        assert 0 < run.data.metrics["final/params"] < 1e6
+        last = client.get_metric_history(run.info.run_id, VAL_TOP1_ERR)[-1].value
+        assert run.data.metrics[FINAL_TOP1_ERR_LAST] == last
+        assert 0 < run.data.metrics[FINAL_PARAMS] < 1e6
 
     summary = summarize(prepared, collect_runs(prepared, uri))
     assert summary["n"].tolist() == [2, 2]
     from scipy import stats
 
-    by_arm = [
-        [r.data.metrics["final/top1_err_last"] for r in runs if r.data.tags["ablation.arm"] == str(i)] for i in (0, 1)
-    ]
+    by_arm = [[r.data.metrics[FINAL_TOP1_ERR_LAST] for r in runs if r.data.tags[ARM] == str(i)] for i in (0, 1)]
     if len(set(by_arm[0] + by_arm[1])) > 1 and min(len(set(v)) for v in by_arm) > 1:
         assert summary["vs_baseline_p"][1] == pytest.approx(
             stats.ttest_ind(by_arm[1], by_arm[0], equal_var=False).pvalue
         )
     assert summary["vs_baseline"][0] == "baseline"
     for arm in prepared.arms:
-        values = [r.data.metrics["final/top1_err_last"] for r in runs if r.data.tags["ablation.arm"] == str(arm.index)]
+        values = [r.data.metrics[FINAL_TOP1_ERR_LAST] for r in runs if r.data.tags[ARM] == str(arm.index)]
         row = summary.iloc[arm.index]
         assert row["top1_err_mean"] == pytest.approx(sum(values) / 2)
         assert row["top1_err_std"] == pytest.approx(pd.Series(values).std(ddof=1))
@@ -110,13 +119,13 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_npz, write
     client, (resumed,) = cell_runs(uri)
     assert resumed.info.run_id == interrupted.info.run_id  # the same MLflow run carried on
     assert resumed.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "val/top1_err")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, VAL_TOP1_ERR)] == [1, 2, 3]
 
     _, (reference,) = cell_runs(straight_uri)
-    for key in ("final/top1_err_last", "final/top5_err_last", "final/val_loss_last"):
+    for key in (FINAL_TOP1_ERR_LAST, FINAL_TOP5_ERR_LAST, FINAL_VAL_LOSS_LAST):
         assert resumed.data.metrics[key] == reference.data.metrics[key], key
-    assert client.get_metric_history(resumed.info.run_id, "train/loss")[-1].value == (
-        MlflowClient(straight_uri).get_metric_history(reference.info.run_id, "train/loss")[-1].value
+    assert client.get_metric_history(resumed.info.run_id, TRAIN_LOSS)[-1].value == (
+        MlflowClient(straight_uri).get_metric_history(reference.info.run_id, TRAIN_LOSS)[-1].value
     )
 
 
@@ -129,9 +138,7 @@ def test_a_diverging_cell_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, 
     assert "NonFiniteLossError" in reason
     _client, runs = cell_runs(uri)
     failed = next(r for r in runs if r.info.status == "FAILED")
-    assert (
-        "loss is nan" in failed.data.tags["ablation.failure"] or "loss is inf" in failed.data.tags["ablation.failure"]
-    )
+    assert "loss is nan" in failed.data.tags[FAILURE] or "loss is inf" in failed.data.tags[FAILURE]
     # A rerun leaves the failed cell alone unless asked; --retry-failed runs it again (and it fails again).
     _, again, _ = sweep(path, tmp_path)
     assert (again.trained_now, len(again.failed), again.done) == (0, 1, 1)
@@ -199,7 +206,7 @@ def test_cli_sweep_then_table_formats(tmp_path, tiny_npz, write_experiment, caps
     # The table and figures are attached to the sweep's parent run.
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny")
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'sweep'")
+    (parent,) = client.search_runs([experiment.experiment_id], role_filter(ROLE_SWEEP))
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
     assert {"results/table.md", "results/top1_err.png", "results/learning_curves.png"} <= logged
     latex = (tmp_path / "results" / "tiny" / "table.tex").read_text()

@@ -9,12 +9,23 @@ from mlflow import MlflowClient
 
 from ablation.config import load_experiment
 from ablation.sweep import prepare_sweep
+from ablation.tracking_names import (
+    CONFIG_HASH,
+    LR,
+    PARENT_RUN,
+    ROLE_CELL,
+    ROLE_SWEEP,
+    TRAIN_LOSS,
+    VAL_TOP1_ERR,
+    VAL_TOP5_ERR,
+    role_filter,
+)
 from tests.conftest import sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
 GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
-EPOCH_KEYS = ("train/loss", "val/top1_err", "val/top5_err", "lr")
+EPOCH_KEYS = (TRAIN_LOSS, VAL_TOP1_ERR, VAL_TOP5_ERR, LR)
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +55,16 @@ def _copy(trained, tmp_path, *drop):
 def _assert_one_finished_run_per_cell(uri, cells=2):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'")
+    runs = client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL))
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert len({r.data.tags["ablation.config_hash"] for r in finished}) == len(finished) == cells
+    assert len({r.data.tags[CONFIG_HASH] for r in finished}) == len(finished) == cells
     assert not [r for r in runs if r.info.status == "RUNNING"]
     for run in finished:
         for key in EPOCH_KEYS:
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'sweep'")
+    (parent,) = client.search_runs([experiment.experiment_id], role_filter(ROLE_SWEEP))
     assert parent.info.status == "FINISHED"
-    assert {r.data.tags["mlflow.parentRunId"] for r in finished} <= {parent.info.run_id}
+    assert {r.data.tags[PARENT_RUN] for r in finished} <= {parent.info.run_id}
 
 
 def _lines(err):
@@ -121,8 +132,8 @@ def test_runs_deleted_in_the_dashboard(trained, tmp_path, capsys):
     uri = f"sqlite:///{case / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("tiny")
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'sweep'")
-    first, _ = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'cell'")
+    (parent,) = client.search_runs([experiment.experiment_id], role_filter(ROLE_SWEEP))
+    first, _ = client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL))
     client.delete_run(parent.info.run_id)
     client.delete_run(first.info.run_id)
     capsys.readouterr()

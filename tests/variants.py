@@ -1,5 +1,5 @@
 """The CBAM ablation variants the attention tests sweep, written out literally (not read from the package), and
-their shared tolerances: one list for tests/test_attention.py and tests/test_fast_cbam.py."""
+their shared tolerances: one list for the tests of tests/attention/ and tests/attention/accel/."""
 
 from __future__ import annotations
 

@@ -1,24 +1,22 @@
-"""The attention family. Its name -> module table lives in ``registry`` and is loaded on first use, so that reading
-and validating an experiment (``options``, pydantic only) never waits for torch: a typo in a config is reported
-in well under a second."""
+"""The attention family: reference modules (``se``, ``cbam``, ``bam``, ``eca``; ``channel`` and ``spatial`` are
+CBAM's gates), their options (``options``), the one registry that names them (``registry``), a user's own module
+(``custom``, ``adapter``) and the accelerator seam (``accel``). Importing the package imports no torch: the
+registry loads a module when a network is built."""
 
-from __future__ import annotations
+from ablation.attention.registry import (
+    ATTENTION_TYPES,
+    REGISTRY,
+    AttentionOptions,
+    build_attention,
+    parse_attention,
+    placement,
+)
 
-from typing import Any
-
-_REGISTRY_NAMES = (
-    "ATTENTION_MODULES",
-    "ATTENTION_PLACEMENT",
+__all__ = [
     "ATTENTION_TYPES",
+    "REGISTRY",
+    "AttentionOptions",
     "build_attention",
     "parse_attention",
     "placement",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _REGISTRY_NAMES:
-        from ablation.attention import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module 'ablation.attention' has no attribute {name!r}")
+]

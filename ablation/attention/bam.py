@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ablation.attention.base import Attention
 from ablation.attention.channel import hidden_channels
 
 
@@ -30,7 +31,7 @@ def _conv_bn_relu(cin: int, cout: int, kernel_size: int, dilation: int = 1) -> l
     ]
 
 
-class BAM(nn.Module):
+class BAM(Attention):
     """F * (1 + sigmoid(Mc(F) + Ms(F))): a residual attention, so a gate of 0 keeps F rather than erasing it."""
 
     def __init__(self, channels: int, *, reduction: int = 16, dilation: int = 4) -> None:

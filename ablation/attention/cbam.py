@@ -16,25 +16,28 @@ Orders, for a feature map F (Mc: ChannelGate, (B, C, 1, 1); Ms: SpatialGate, (B,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ablation.attention.base import Attention
 from ablation.attention.channel import ChannelGate, check_pools
-from ablation.attention.fused import fused_cbam, fused_supported
+from ablation.attention.options import Order, ParallelCombine
 from ablation.attention.spatial import SpatialGate, check_spatial
 from ablation.errors import ConfigError
 
-ORDERS = ("channel-first", "spatial-first", "parallel", "channel-only", "spatial-only")
-PARALLEL_COMBINES = ("product", "sum-logits")
-IMPLS = ("fast", "reference")
+# Declared by the schema (ablation/attention/options.py); checked here again for direct construction.
+ORDERS: tuple[str, ...] = get_args(Order)
+PARALLEL_COMBINES: tuple[str, ...] = get_args(ParallelCombine)
 
 
-class CBAM(nn.Module):
+class CBAM(Attention):
     """Channel and/or spatial attention on a C-channel map; options as ``CBAMOptions`` (same names, defaults).
 
     ``self.channel`` is None for ``spatial-only`` and ``self.spatial`` None for ``channel-only``, so a model's
-    state_dict holds exactly the parameters its arm uses.
+    state_dict holds exactly the parameters its arm uses. This is the straightforward formulation; the faster ones
+    (same parameters, same function up to float rounding) are made from it by ``ablation.attention.accel``.
     """
 
     def __init__(
@@ -50,7 +53,6 @@ class CBAM(nn.Module):
         mlp_bias: bool = True,
         spatial_bn: bool = True,
         spatial_bn_zero_init: bool = True,
-        impl: str = "fast",
     ) -> None:
         super().__init__()
         # The pydantic schema checks these too; repeated here for direct construction (tests, notebooks), and
@@ -61,8 +63,6 @@ class CBAM(nn.Module):
             raise ConfigError(
                 "model.attention.parallel_combine", parallel_combine, f"allowed: {', '.join(PARALLEL_COMBINES)}"
             )
-        if impl not in IMPLS:
-            raise ConfigError("model.attention.impl", impl, f"allowed: {', '.join(IMPLS)}")
         check_pools(channel_pool)
         check_spatial(kernel_size, spatial)
         self.order = order
@@ -83,37 +83,8 @@ class CBAM(nn.Module):
                 bn_zero_init=spatial_bn_zero_init,
             )
         )
-        self.impl = impl
-        # The impl only switches how the gates compute (ablation/attention/fast.py), never which parameters exist:
-        # both impls have the same state_dict and compute the same function up to float rounding.
-        for gate in (self.channel, self.spatial):
-            if gate is not None:
-                gate.fast = impl == "fast"
-        # impl="fast" runs the variants the fused path covers through it (ablation/attention/fused.py: the C++ op
-        # on CPU, FusedCBAM elsewhere; spatial-first only on the C++ op), and the others (sum-logits, lp/lse
-        # pools) through the gates' per-op fast path.
-        self.fused = impl == "fast" and fused_supported(self)
-
-    def forward_add(self, x: Tensor, residual: Tensor) -> Tensor:
-        """``self(x) + residual`` (a new tensor), the residual block's addition. The fused path does the addition
-        in its gating pass instead of writing CBAM's output and reading it back; same values, one map pass less."""
-        if self._runs_fused(x) and residual.shape == x.shape and residual.dtype == x.dtype:
-            out = fused_cbam(self, x, residual)
-            if out is not None:
-                return out
-        return self(x) + residual
-
-    def _runs_fused(self, x: Tensor) -> bool:
-        """The fused Function computes the same function in fewer passes over x. torch.compile fuses the
-        straightforward formulation by itself, so a compiled model traces that instead; so does the meta-device
-        profiler (ablation/measure.py), which counts the paper's FLOPs, not our kernels'."""
-        return self.fused and x.device.type != "meta" and not torch.compiler.is_compiling()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._runs_fused(x):
-            out = fused_cbam(self, x, None)
-            if out is not None:
-                return out
         if self.order == "channel-first":
             x = x * self.channel(x)
             return x * self.spatial(x)

@@ -9,16 +9,18 @@ pool followed by a sum (a common blog version) would range over (0, P).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
-from ablation.attention.fast import avg_max
+from ablation.attention.options import ChannelPool
 from ablation.errors import ConfigError
 
-# Global poolings over H x W, (B, C, H, W) -> (B, C). "lp" and "lse" are the extras of the official code
-# (Jongchan/attention-module, cbam.py): lp = F.lp_pool2d(p=2) over the full window = the L2 norm (a sum, not a
-# mean); lse = its logsumexp_2d, a log-sum-exp over all H*W positions (again a sum, not a mean).
+# Global poolings over H x W, (B, C, H, W) -> (B, C), one per name of the schema's ChannelPool. "lp" and "lse"
+# are the extras of the official code (Jongchan/attention-module, cbam.py): lp = F.lp_pool2d(p=2) over the full
+# window = the L2 norm (a sum, not a mean); lse = its logsumexp_2d, a log-sum-exp over all H*W positions (again a
+# sum, not a mean).
 POOLS: dict[str, Callable[[Tensor], Tensor]] = {
     "avg": lambda x: x.mean(dim=(2, 3)),
     "max": lambda x: x.amax(dim=(2, 3)),
@@ -29,10 +31,14 @@ POOLS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 def check_pools(pools: Sequence[str]) -> None:
-    """Raise ConfigError unless ``pools`` is a non-empty, repeat-free subset of the known poolings."""
-    if not pools or len(set(pools)) != len(pools) or not set(pools) <= POOLS.keys():
+    """Raise ConfigError unless ``pools`` is a non-empty, repeat-free subset of the schema's poolings (the schema
+    checks this too; repeated for direct construction: tests, notebooks)."""
+    allowed = get_args(ChannelPool)
+    if not pools or len(set(pools)) != len(pools) or not set(pools) <= set(allowed):
         raise ConfigError(
-            "model.attention.channel_pool", pools, f"allowed: a non-empty subset of {', '.join(POOLS)} without repeats"
+            "model.attention.channel_pool",
+            pools,
+            f"allowed: a non-empty subset of {', '.join(allowed)} without repeats",
         )
 
 
@@ -58,8 +64,6 @@ class ChannelGate(nn.Module):
         check_pools(pools)
         hidden = hidden_channels(channels, reduction)
         self.pools = tuple(pools)
-        # impl="fast" (set by CBAM): avg and max pooled together by fast.AvgMaxPool; same function and weights.
-        self.fast = False
         # nn.Linear as the official code (timm uses 1x1 convs without bias: mlp_bias=False).
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden, bias=mlp_bias),
@@ -74,19 +78,8 @@ class ChannelGate(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """sum_p MLP(Pool_p(x)), (B, C, 1, 1), before the sigmoid (BAM-style merges add these to Ms's logits)."""
         # One (P, B, C) batch through the shared MLP: one pair of matmuls whatever the number of pools.
-        # Under torch.compile the plain pools: the compiler fuses them better than it traces a custom Function.
-        fast = self.fast and not torch.compiler.is_compiling()
-        pooled = torch.stack(self._fast_pools(x) if fast else [POOLS[name](x) for name in self.pools])
+        pooled = torch.stack([POOLS[name](x) for name in self.pools])
         return self.mlp(pooled).sum(dim=0)[:, :, None, None]
-
-    def _fast_pools(self, x: Tensor) -> list[Tensor]:
-        """The pools of ``self.pools``, in that order; avg and max from one AvgMaxPool (fused backward)."""
-        want_avg, want_max = "avg" in self.pools, "max" in self.pools
-        if not (want_avg or want_max):
-            return [POOLS[name](x) for name in self.pools]
-        avg, mx = avg_max(x, (2, 3), want_avg, want_max)
-        fused = {"avg": avg, "max": mx}  # (B, C, 1, 1); an unwanted one is a dummy never looked up
-        return [fused[name].flatten(1) if name in fused else POOLS[name](x) for name in self.pools]
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(x))

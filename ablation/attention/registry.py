@@ -1,48 +1,96 @@
-"""The attention registry: a name -> module table, so a backbone never knows which attention it got.
+"""The attention registry: one entry per attention type, so a backbone never knows which attention it got.
 
-Every module is built as ``Module(channels, **options)`` from the options of ``model.attention`` in an
-experiment (see ``options.py``). ``placement`` says where a backbone puts it: ``"block"`` inside every
-residual block (after its last BN, before the residual add: CBAM, SE), ``"stage"`` after stages 1-3 (BAM),
-or ``None`` for the plain network.
+An entry names the type's options schema (``options.py``: its fields, defaults, checks and table label), the
+module it builds, as ``Module(channels, **options)``, and where a backbone puts it: ``"block"`` inside every
+residual block (after its last BN, before the residual add: CBAM, SE, ECA), ``"stage"`` after stages 1-3 (BAM),
+``None`` nowhere (the plain network), or ``"option"``: where the options' ``placement`` says (a user's module).
+The pydantic union of ``model.attention``, the type names in error messages, the labels and the tests all come
+from ``REGISTRY``; adding an attention type is one module file plus one line here.
+
+Torch-free: modules are named by import path and loaded when a network is built, so reading and validating an
+experiment never waits for torch.
 """
 
 from __future__ import annotations
 
+import importlib
+import operator
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from functools import cache, reduce
+from typing import Annotated, Any, Literal, get_args
 
-from torch import nn
+from pydantic import Field
 
-from ablation.attention.bam import BAM
-from ablation.attention.cbam import CBAM
-from ablation.attention.options import ATTENTION_OPTIONS, StrictModel
-from ablation.attention.se import SE
+from ablation.attention.options import (
+    AttentionSchema,
+    BAMOptions,
+    CBAMOptions,
+    CustomOptions,
+    ECAOptions,
+    NoAttentionOptions,
+    SEOptions,
+)
 from ablation.errors import ConfigError
 
-ATTENTION_MODULES: dict[str, type[nn.Module]] = {"none": nn.Identity, "se": SE, "cbam": CBAM, "bam": BAM}
-ATTENTION_PLACEMENT: dict[str, str | None] = {"none": None, "se": "block", "cbam": "block", "bam": "stage"}
-ATTENTION_TYPES = tuple(ATTENTION_MODULES)
+
+@dataclass(frozen=True)
+class AttentionType:
+    """One attention type: its options schema, the module it builds and where a backbone puts that module."""
+
+    options: type[AttentionSchema]
+    module: str  # "package.module:Name", called as Name(channels, **options.constructor_kwargs())
+    placement: Literal["block", "stage", "option"] | None
+
+    @property
+    def name(self) -> str:
+        """The ``type`` of model.attention: the schema's ``type`` literal."""
+        return get_args(self.options.model_fields["type"].annotation)[0]
 
 
-def parse_attention(options: StrictModel | Mapping[str, Any]) -> StrictModel:
+REGISTRY: tuple[AttentionType, ...] = (
+    AttentionType(NoAttentionOptions, "ablation.attention.base:NoAttention", placement=None),
+    AttentionType(SEOptions, "ablation.attention.se:SE", placement="block"),
+    AttentionType(CBAMOptions, "ablation.attention.cbam:CBAM", placement="block"),
+    AttentionType(BAMOptions, "ablation.attention.bam:BAM", placement="stage"),
+    AttentionType(ECAOptions, "ablation.attention.eca:ECA", placement="block"),
+    AttentionType(CustomOptions, "ablation.attention.adapter:build_custom", placement="option"),
+)
+ENTRIES: dict[str, AttentionType] = {entry.name: entry for entry in REGISTRY}
+ATTENTION_TYPES: tuple[str, ...] = tuple(ENTRIES)
+OPTIONS: dict[str, type[AttentionSchema]] = {name: entry.options for name, entry in ENTRIES.items()}
+# The schema of model.attention: one of the registered options, told apart by ``type``.
+AttentionOptions = Annotated[reduce(operator.or_, OPTIONS.values()), Field(discriminator="type")]
+
+
+def parse_attention(options: AttentionSchema | Mapping[str, Any]) -> AttentionSchema:
     """Validated options for ``options`` (a mapping with a ``type`` key, or already-validated options)."""
-    if isinstance(options, StrictModel):
+    if isinstance(options, AttentionSchema):
         return options
     kind = options.get("type")
-    if not isinstance(kind, str) or kind not in ATTENTION_OPTIONS:
-        raise ConfigError("model.attention.type", kind, f"required; allowed: {', '.join(ATTENTION_OPTIONS)}")
-    return ATTENTION_OPTIONS[kind].model_validate(dict(options))
+    if not isinstance(kind, str) or kind not in OPTIONS:
+        raise ConfigError("model.attention.type", kind, f"required; allowed: {', '.join(ATTENTION_TYPES)}")
+    return OPTIONS[kind].model_validate(dict(options))
 
 
-def placement(options: StrictModel | Mapping[str, Any]) -> str | None:
+def placement(options: AttentionSchema | Mapping[str, Any]) -> str | None:
     """Where a backbone puts this attention: "block", "stage" or None (no attention)."""
-    return ATTENTION_PLACEMENT[parse_attention(options).type]
+    parsed = parse_attention(options)
+    where = ENTRIES[parsed.type].placement
+    return parsed.placement if where == "option" else where
 
 
-def build_attention(options: StrictModel | Mapping[str, Any], channels: int) -> nn.Module:
+@cache
+def load(path: str) -> Any:
+    """The object an import path "package.module:Name" names (a registered module, imported on first use)."""
+    module, _, name = path.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in name.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def build_attention(options: AttentionSchema | Mapping[str, Any], channels: int):
     """The attention module of ``options`` for a ``channels``-channel feature map."""
     parsed = parse_attention(options)
-    kwargs = parsed.model_dump(exclude={"type"})
-    if parsed.type == "none":
-        return nn.Identity()
-    return ATTENTION_MODULES[parsed.type](channels, **kwargs)
+    return load(ENTRIES[parsed.type].module)(channels, **parsed.constructor_kwargs())

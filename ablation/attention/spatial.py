@@ -8,14 +8,15 @@ The BN (BatchNorm2d(1, momentum=0.01), no ReLU) and its zero-initialised weight 
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import Tensor, nn
 
-from ablation.attention import direct_conv
-from ablation.attention.fast import avg_max, small_conv, uses_direct_conv
+from ablation.attention.options import SpatialDescriptor
 from ablation.errors import ConfigError
 
-DESCRIPTORS = ("pool", "conv")
+DESCRIPTORS: tuple[str, ...] = get_args(SpatialDescriptor)  # declared by the schema; checked again below
 
 
 def check_spatial(kernel_size: int, descriptor: str) -> None:
@@ -50,8 +51,6 @@ class SpatialGate(nn.Module):
             1 if self.compress is not None else 2, 1, kernel_size, padding=kernel_size // 2, bias=False
         )
         self.bn = nn.BatchNorm2d(1, momentum=0.01) if batch_norm else None
-        # impl="fast" (set by CBAM): fused channel pools and the CPU-friendly k x k conv (see fast.py).
-        self.fast = False
         # Official init: kaiming-normal fan_out convs; the spatial BN's weight 0 (the gate starts at 0.5), bias 0.
         for conv in (self.compress, self.conv):
             if conv is not None:
@@ -62,24 +61,12 @@ class SpatialGate(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """BN(conv(D(x))), (B, 1, H, W), before the sigmoid."""
-        # Under torch.compile the straightforward ops, which the compiler fuses itself, and for the conv (which it
-        # cannot fuse) the direct C++ one on CPU (direct_conv.py).
-        fast = self.fast and not torch.compiler.is_compiling()
         if self.compress is None:
             # Paper order [avg; max] (the official code stacks [max; avg]: only the conv's inputs are permuted).
-            if fast:
-                descriptor = torch.cat(avg_max(x, (1,), True, True), dim=1)
-            else:
-                descriptor = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
+            descriptor = torch.cat((x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)), dim=1)
         else:
             descriptor = self.compress(x)
-        weight, padding = self.conv.weight, self.conv.padding[0]
-        if fast:  # the same conv (same weight) on a CPU kernel that suits one output channel (fast.small_conv)
-            out = small_conv(descriptor, weight, padding)
-        elif self.fast and uses_direct_conv(descriptor, weight, padding):
-            out = direct_conv.spatial_conv(descriptor, weight)  # compiled, on CPU: the direct C++ conv
-        else:
-            out = self.conv(descriptor)
+        out = self.conv(descriptor)
         return out if self.bn is None else self.bn(out)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ablation.attention.options import StrictModel
+from ablation.attention.options import AttentionSchema
 from ablation.errors import ConfigError
 from ablation.models.mobilenet import MobileNetV1
 from ablation.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -45,7 +45,7 @@ def build_model(
     arch: str,
     *,
     num_classes: int,
-    attention: StrictModel | Mapping[str, Any],
+    attention: AttentionSchema | Mapping[str, Any],
     width: float = 1.0,
     stem: str = "imagenet",
     layout: str = "v1.5",

@@ -2,7 +2,7 @@
 
 The CBAM paper (Table 5) adds SE / CBAM to MobileNet without saying where. Putting one module after every
 depthwise conv's BN-ReLU and one after every pointwise conv's BN-ReLU (26 in all) is the placement that
-reproduces its printed parameter counts (see tests/test_models.py). BAM's "stage" placement goes where the
+reproduces its printed parameter counts (see tests/models/test_mobilenet.py). BAM's "stage" placement goes where the
 resolution is about to drop, after the last block at 1/4, 1/8 and 1/16 of the input, as in the ResNets.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ablation.attention import build_attention, parse_attention, placement
-from ablation.attention.options import StrictModel
+from ablation.attention.base import NoAttention
+from ablation.attention.options import AttentionSchema
 
 # Howard et al. 2017, Table 1: (output channels, stride) of the 13 depthwise-separable blocks, split into
 # four stages at the last three stride-2 blocks, so BAM can sit between stages as in the ResNets.
@@ -40,9 +41,9 @@ class DepthwiseSeparable(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         self.depthwise = _conv_bn_relu(in_channels, in_channels, 3, stride, groups=in_channels)
-        self.depthwise_attention: nn.Module = nn.Identity()
+        self.depthwise_attention: nn.Module = NoAttention()
         self.pointwise = _conv_bn_relu(in_channels, out_channels, 1, 1)
-        self.pointwise_attention: nn.Module = nn.Identity()
+        self.pointwise_attention: nn.Module = NoAttention()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pointwise_attention(self.pointwise(self.depthwise_attention(self.depthwise(x))))
@@ -58,7 +59,7 @@ class MobileNetV1(nn.Module):
         self,
         *,
         num_classes: int,
-        attention: StrictModel | Mapping[str, Any],
+        attention: AttentionSchema | Mapping[str, Any],
         width: float = 1.0,
         stem: str = "imagenet",
         layout: str = "v1.5",
@@ -96,7 +97,7 @@ class MobileNetV1(nn.Module):
                     block.depthwise_attention = build_attention(options, block.depthwise[0].out_channels)
                     block.pointwise_attention = build_attention(options, block.pointwise[0].out_channels)
         self.stage_attention = nn.ModuleList(
-            build_attention(options, stage[-1].pointwise[0].out_channels) if where == "stage" else nn.Identity()
+            build_attention(options, stage[-1].pointwise[0].out_channels) if where == "stage" else NoAttention()
             for stage in self.stages[:-1]
         )
 

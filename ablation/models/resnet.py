@@ -20,15 +20,8 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
 from ablation.attention import build_attention, parse_attention, placement
-from ablation.attention.options import StrictModel
-
-
-def attend_and_add(attention: nn.Module, out: Tensor, identity: Tensor) -> Tensor:
-    """attention(out) + identity, out of place (an attention module's backward may need the tensor it returned).
-    Modules with a ``forward_add`` (CBAM, SE) fold the addition into their last pass over the map; the plain
-    network's blocks do the same single addition, so a CBAM-vs-plain comparison stays like for like."""
-    forward_add = getattr(attention, "forward_add", None)
-    return forward_add(out, identity) if forward_add is not None else attention(out) + identity
+from ablation.attention.base import Attention, NoAttention
+from ablation.attention.options import AttentionSchema
 
 
 class BasicBlock(tv.BasicBlock):
@@ -36,7 +29,7 @@ class BasicBlock(tv.BasicBlock):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.attention: nn.Module = nn.Identity()
+        self.attention: Attention = NoAttention()
 
     @property
     def out_channels(self) -> int:
@@ -45,7 +38,8 @@ class BasicBlock(tv.BasicBlock):
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(attend_and_add(self.attention, self.bn2(self.conv2(out)), identity))
+        # attention(out) + identity, the addition in the attention module's last pass (ablation/attention/base.py)
+        return self.relu(self.attention.forward_add(self.bn2(self.conv2(out)), identity))
 
 
 class Bottleneck(tv.Bottleneck):
@@ -53,7 +47,7 @@ class Bottleneck(tv.Bottleneck):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.attention: nn.Module = nn.Identity()
+        self.attention: Attention = NoAttention()
 
     @property
     def out_channels(self) -> int:
@@ -63,7 +57,7 @@ class Bottleneck(tv.Bottleneck):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(attend_and_add(self.attention, self.bn3(self.conv3(out)), identity))
+        return self.relu(self.attention.forward_add(self.bn3(self.conv3(out)), identity))
 
 
 class ResNet(tv.ResNet):
@@ -80,7 +74,7 @@ class ResNet(tv.ResNet):
         layers: list[int],
         *,
         num_classes: int,
-        attention: StrictModel | Mapping[str, Any],
+        attention: AttentionSchema | Mapping[str, Any],
         width: float = 1.0,
         stem: str = "imagenet",
         layout: str = "v1.5",
@@ -110,7 +104,7 @@ class ResNet(tv.ResNet):
                 for stage_block in stage:
                     stage_block.attention = build_attention(options, stage_block.out_channels)
         self.stage_attention = nn.ModuleList(
-            build_attention(options, stage[-1].out_channels) if where == "stage" else nn.Identity()
+            build_attention(options, stage[-1].out_channels) if where == "stage" else NoAttention()
             for stage in stages[:3]
         )
 

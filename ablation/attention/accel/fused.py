@@ -14,7 +14,7 @@ and input_grad). The big-map passes are six kernels:
     forward:  channel_stats (mean, max over positions)  spatial_stats (D)  gate_forward (out, + residual)
     backward: gate_backward (grads of c and s)  spatial_backward (grads of a and ce from D)  input_grad (grad x)
 
-In a residual block, ``CBAM.forward_add`` passes the block's shortcut as ``residual`` and gate_forward writes
+In a residual block, ``forward_add`` passes the block's shortcut as ``residual`` and gate_forward writes
 x * c * s + residual directly (the gradient of the residual is the incoming gradient itself).
 
 Everything between them is on (N, C) or (N, 2, H, W) tensors: the MLP, the k x k conv, the BN, the sigmoids.
@@ -28,43 +28,51 @@ Gradient of x, term by term (the reference path's autograd computes the same sum
     + [x * ce == dmax] * ce * gdmax / ties      through its channel max (shared among ties, as amax)
     + gpa / HW + [x == pmax] * gpm / ties       through the channel gate's avg and max pools
 
-Two implementations of that computation (``fused_cbam`` picks one):
-- On CPU (contiguous float32/float64 maps) the whole module, forward and backward, is one C++ op,
-  ``torch.ops.ablation_cbam.cbam`` (csrc/cbam_cpu_function.cpp, map passes in csrc/cbam_cpu.cpp): no Python between
-  the passes, which on 2 cores was a third of what the fused path still cost over plain ResNet.
-- Elsewhere (CUDA, AMP's bfloat16/float16, channels_last, or where the C++ cannot be built) ``FusedCBAM``: this
-  module's autograd Function, the map passes in PyTorch ops (``TorchKernels``; on CUDA this still saves the memory
-  of the intermediate maps) and the small parts below.
-Under ``torch.compile`` the CBAM module uses the straightforward formulation instead, which the compiler fuses.
+Two implementations of that computation, as two modules that ``accelerate`` puts in place of a reference CBAM:
+- ``CppOpCBAM``, on CPU where the kernels build: for contiguous float32/float64 maps the whole module, forward and
+  backward, is one C++ op, ``torch.ops.ablation_cbam.cbam`` (csrc/cbam_cpu_function.cpp, map passes in
+  csrc/cbam_cpu.cpp), with no Python between the passes (on CPU that Python-side work was a large part of what
+  the fused Function still cost over plain ResNet: see ``benchmarks/README.md``).
+- ``FunctionCBAM`` elsewhere (CUDA, or a CPU where the C++ cannot be built): ``FusedCBAM``, this module's
+  autograd Function, the map passes in PyTorch ops (``TorchKernels``; on CUDA this still saves the memory of the
+  intermediate maps) and the small parts below. ``CppOpCBAM`` runs it too for the calls the C++ op does not take
+  (AMP's bfloat16/float16 maps, channels_last).
+A compiled model keeps the straightforward formulation instead, which the compiler fuses.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ablation.attention import direct_conv
-from ablation.attention.cpu_kernels import cpu_kernels_available, kernels_take
-from ablation.attention.fast import small_conv, uses_direct_conv
+from ablation.attention.accel import direct_conv
+from ablation.attention.accel.cpu_kernels import kernels_take
+from ablation.attention.accel.fast import small_conv, uses_direct_conv
+from ablation.attention.cbam import CBAM
 
-if TYPE_CHECKING:
-    from ablation.attention.cbam import CBAM
-
-FUSED_ORDERS = ("channel-first", "parallel", "channel-only", "spatial-only")  # both implementations
-CPP_ONLY_ORDERS = ("spatial-first",)  # the C++ op only; elsewhere the per-op path of the gates
+# The orders as the C++ op numbers them (kChannelFirst ... in csrc/cbam_cpu_function.cpp), and its pools.
+ORDER_CODES = {"channel-first": 0, "parallel": 1, "channel-only": 2, "spatial-only": 3, "spatial-first": 4}
+POOL_CODES = {"avg": 0, "max": 1}
+FUSED_ORDERS = ("channel-first", "parallel", "channel-only", "spatial-only")  # the C++ op and FusedCBAM
+CPP_ONLY_ORDERS = ("spatial-first",)  # the C++ op only; elsewhere the per-op fast gates
 FUSED_POOLS = {"avg", "max"}
 
 
-def fused_supported(module: CBAM) -> bool:
-    """Whether ``module``'s variant is one the fused path computes (others use the per-op fast path)."""
-    if module.order not in FUSED_ORDERS + CPP_ONLY_ORDERS:
+def cpp_op_covers(module: CBAM) -> bool:
+    """Whether ``module``'s variant is one the C++ op computes: every order but sum-logits, avg/max pools."""
+    if module.order not in ORDER_CODES:
         return False
     if module.order == "parallel" and module.parallel_combine != "product":
         return False
     return module.channel is None or set(module.channel.pools) <= FUSED_POOLS
+
+
+def function_covers(module: CBAM) -> bool:
+    """Whether ``module``'s variant is one the FusedCBAM Function computes: the C++ op's, spatial-first aside."""
+    return cpp_op_covers(module) and module.order in FUSED_ORDERS
 
 
 class TorchKernels:
@@ -135,29 +143,49 @@ class TorchKernels:
         return gx
 
 
-ORDER_CODES = {name: code for code, name in enumerate(FUSED_ORDERS + CPP_ONLY_ORDERS)}  # as the C++ op numbers them
-POOL_CODES = {"avg": 0, "max": 1}
+class FunctionCBAM(CBAM):
+    """A CBAM (its gates, the same objects) computed by the FusedCBAM Function, for ``function_covers`` variants."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._fused(x, None)
+
+    def forward_add(self, x: Tensor, residual: Tensor) -> Tensor:
+        """``self(x) + residual`` (a new tensor), the residual block's addition, done in the gating pass instead
+        of writing CBAM's output and reading it back: same values, one map pass less."""
+        if residual.shape == x.shape and residual.dtype == x.dtype:
+            return self._fused(x, residual)
+        return self(x) + residual
+
+    def _fused(self, x: Tensor, residual: Tensor | None) -> Tensor:
+        return FusedCBAM.apply(self, x, residual, *module_params(self))
 
 
-def uses_cpp_op(x: Tensor, params: list[Tensor | None]) -> bool:
-    """Whether the whole-module C++ op runs this call: contiguous float32/float64 CPU maps with parameters of the
-    same dtype, when the kernels build. Otherwise (CUDA, AMP's bfloat16/float16 maps, channels_last, no compiler)
-    ``FusedCBAM`` runs the same math with its map passes in PyTorch ops."""
-    return kernels_take(x, *params) and x.is_contiguous() and cpu_kernels_available()
+class CppOpCBAM(FunctionCBAM):
+    """A CBAM computed by the C++ op, for ``cpp_op_covers`` variants on a CPU where the kernels are built.
+
+    A call whose tensors the op does not take (``cpp_op_takes``) runs the FusedCBAM Function instead, or, for
+    spatial-first, which that Function does not cover, the per-op fast gates (``accelerate`` gives this module
+    those: ``fast.FastChannelGate``, ``fast.FastSpatialGate``)."""
+
+    def _fused(self, x: Tensor, residual: Tensor | None) -> Tensor:
+        params = module_params(self)
+        if cpp_op_takes(x, params):
+            return cpp_op(self, x, residual, params)
+        if self.order in CPP_ONLY_ORDERS:
+            out = CBAM.forward(self, x)
+            return out if residual is None else out + residual
+        return FusedCBAM.apply(self, x, residual, *params)
 
 
-def fused_cbam(module: CBAM, x: Tensor, residual: Tensor | None) -> Tensor | None:
-    """CBAM(x) (+ residual) for the variants of ``fused_supported``, on the C++ op where it applies; None where
-    neither implementation covers the call (spatial-first off the C++ op): the caller runs the per-op path."""
-    params = module_params(module)
-    if uses_cpp_op(x, params):
-        return _cpp_op(module, x, residual, params)
-    if module.order in CPP_ONLY_ORDERS:
-        return None
-    return FusedCBAM.apply(module, x, residual, *params)
+def cpp_op_takes(x: Tensor, params: list[Tensor | None]) -> bool:
+    """Whether the whole-module C++ op takes this call's tensors: contiguous float32/float64 CPU maps with
+    parameters of the same dtype. Otherwise (AMP's bfloat16/float16 maps, channels_last, float64 maps with float32
+    parameters) the same math runs on PyTorch ops."""
+    return kernels_take(x, *params) and x.is_contiguous()
 
 
-def _cpp_op(module: CBAM, x: Tensor, residual: Tensor | None, params: list[Tensor | None]) -> Tensor:
+def cpp_op(module: CBAM, x: Tensor, residual: Tensor | None, params: list[Tensor | None]) -> Tensor:
+    """CBAM(x) (+ residual) on the C++ op, the kernels loaded."""
     w1, b1, w2, b2, compress_w, conv_w, bn_w, bn_b = params
     channel, spatial = module.channel, module.spatial
     bn = spatial.bn if spatial is not None else None
@@ -186,7 +214,7 @@ def _cpp_op(module: CBAM, x: Tensor, residual: Tensor | None, params: list[Tenso
 
 # ---------------------------------------------------------------------------------------------------------------
 # The small parts: forward in PyTorch ops, backward written out (what autograd would compute, without building a
-# graph twice per block; that Python-side cost was a sixth of the remaining overhead).
+# graph twice per block: that Python-side cost was a visible part of the remaining overhead).
 
 
 def conv_backward(grad: Tensor, inp: Tensor, weight: Tensor, padding: int) -> tuple[Tensor, Tensor]:
@@ -302,7 +330,7 @@ def module_params(module: CBAM) -> list[Tensor | None]:
 
 
 class FusedCBAM(torch.autograd.Function):
-    """out = CBAM(x) for the variants of ``fused_supported``; see the module docstring for the math.
+    """out = CBAM(x) for the variants of ``function_covers``; see the module docstring for the math.
 
     Mixed precision: the map passes run in the map's dtype (bfloat16 / float16 under AMP), the small parts in the
     parameters' dtype (float32) with autocast off, the way autocast runs reductions and BN in float32; each

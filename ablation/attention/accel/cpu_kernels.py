@@ -1,10 +1,11 @@
 """Build (once) and load CBAM's C++ CPU op and kernels (csrc/cbam_cpu*.cpp) as ``torch.ops.ablation_cbam``.
 
-Built on first use with PyTorch's own extension builder (g++ and ninja; about 30 s on 2 cores) and cached by it
-(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); later processes only load the library.
-Concurrent first uses are serialised by PyTorch's lock file. Without a compiler, or with
-``ABLATION_CPU_KERNELS=0``, :func:`cpu_kernels_available` is False and the fused path runs on PyTorch ops instead
-(same math, slower): a warning says so once.
+Built on first use with PyTorch's own extension builder (g++ and ninja; tens of seconds, see
+``benchmarks/README.md``) and cached by it (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``);
+later processes only load the library. ``accelerate`` asks for them when it sets a model up for the CPU, so a
+first build is never timed as training. Concurrent first uses are serialised by PyTorch's lock file. Without a
+compiler, or with ``ABLATION_CPU_KERNELS=0``, :func:`cpu_kernels_available` is False and the fused path runs on
+PyTorch ops instead (same math, slower): a warning says so once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ablation.attention import direct_conv
+from ablation.attention.accel import direct_conv
 
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("cbam_cpu.cpp", "cbam_cpu_function.cpp")]
 NAME = "ablation_cbam_cpu"
@@ -29,7 +30,7 @@ _why_not: list[str] = []
 
 def cpu_kernels_state() -> str:
     """For the run's environment record, without building anything: "loaded", "unavailable: <why>" or
-    "not used" (nothing in this process has needed them: a GPU run, or no fused CBAM on CPU)."""
+    "not used" (nothing in this process has needed them: a GPU run, or no accelerated CBAM on CPU)."""
     if "ok" not in _state:
         return "not used"
     return "loaded" if _state["ok"] else f"unavailable: {_why_not[0] if _why_not else 'unknown'}"
@@ -59,13 +60,6 @@ def kernels_take(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
         and x.dtype in (torch.float32, torch.float64)
         and all(t is None or t.dtype == x.dtype for t in others)
     )
-
-
-def prepare_for(model: torch.nn.Module, device: torch.device) -> None:
-    """Build / load the kernels now if ``model`` will use them on ``device``, so that a first build (~30 s) is
-    not counted in the first epoch's time and throughput."""
-    if device.type == "cpu" and any(getattr(m, "fused", False) for m in model.modules()):
-        cpu_kernels_available()
 
 
 def _load() -> bool:

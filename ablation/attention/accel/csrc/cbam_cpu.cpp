@@ -1,4 +1,4 @@
-// Fused CPU kernels of CBAM's feature-map passes (ablation/attention/fused.py holds the math and the autograd).
+// Fused CPU kernels of CBAM's feature-map passes (ablation/attention/accel/fused.py holds the math and the autograd).
 //
 // Every kernel reads the (N, C, HW) feature map x once; only gate_forward and input_grad write a map. The small
 // per-channel (N, C) and per-position (N, HW) tensors are computed by PyTorch ops around these kernels. Inputs are

@@ -1,23 +1,17 @@
-"""Figures (files that open, fonts that journals accept, error bars only where seeds give a spread) and the
-environment record (keys present, honest versions, never an exception)."""
+"""Figures (ablation/plots.py): files that open, fonts that journals accept, error bars only where seeds give a
+spread."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import math
-import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from ablation import environment as env_module
-from ablation.environment import environment, git_state
 from ablation.plots import error_bar_figure, error_bars, errorbar_container, learning_curve
+from ablation.tracking_names import EPOCH, LR, TRAIN_LOSS, TRAIN_TOP1_ERR, VAL_LOSS, VAL_TOP1_ERR, VAL_TOP5_ERR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,13 +19,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def history(epochs: int = 5) -> list[dict]:
     return [
         {
-            "epoch": e,
-            "train/loss": 2.0 / e,
-            "val/loss": 2.2 / e + 0.1,
-            "train/top1_err": 60.0 / e,
-            "val/top1_err": 65.0 / e + 5,
-            "val/top5_err": 30.0 / e + 2,
-            "lr": 0.1 * 0.9**e,
+            EPOCH: e,
+            TRAIN_LOSS: 2.0 / e,
+            VAL_LOSS: 2.2 / e + 0.1,
+            TRAIN_TOP1_ERR: 60.0 / e,
+            VAL_TOP1_ERR: 65.0 / e + 5,
+            VAL_TOP5_ERR: 30.0 / e + 2,
+            LR: 0.1 * 0.9**e,
         }
         for e in range(1, epochs + 1)
     ]
@@ -69,11 +63,6 @@ def bar_labels(fig) -> list[str]:
     if not ax.yaxis_inverted():
         ticks.reverse()
     return [label.get_text() for _, label in ticks]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# plots
-# --------------------------------------------------------------------------------------------------------------
 
 
 def test_learning_curve_writes_a_png(tmp_path):
@@ -200,105 +189,3 @@ def test_many_long_rows_grow_the_figure(tmp_path):
 def test_error_bars_rejects_a_frame_without_the_columns(tmp_path):
     with pytest.raises(ValueError, match="std"):
         error_bars(frame().drop(columns="std"), tmp_path / "x.png")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# environment
-# --------------------------------------------------------------------------------------------------------------
-
-KEYS = {
-    "python",
-    "platform",
-    "hostname",
-    "cpu_count",
-    "torch_num_threads",
-    "torch_build",
-    "packages",
-    "cuda_available",
-    "cuda_version",
-    "cudnn_version",
-    "cuda_devices",
-    "device",
-    "git_commit",
-    "git_dirty",
-}
-
-
-def test_environment_keys_versions_and_json():
-    env = environment("cpu")
-    assert env.keys() >= KEYS
-    assert env["device"] == "cpu"
-    assert env["torch_build"] == torch.__version__
-    assert env["packages"]["torch"] == importlib.metadata.version("torch")
-    assert torch.__version__.startswith(env["packages"]["torch"])
-    assert set(env["packages"]) >= {"torchvision", "numpy", "mlflow", "optuna", "pandas", "pydantic", "cbam-ablation"}
-    assert env["torch_num_threads"] == torch.get_num_threads()
-    assert env["cuda_available"] == torch.cuda.is_available()
-    assert len(env["cuda_devices"]) == (torch.cuda.device_count() if env["cuda_available"] else 0)
-    commit = env["git_commit"]
-    assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
-    assert (env["git_dirty"] is None) == (commit is None)
-    json.dumps(env)  # an MLflow artifact: must serialise as is
-
-
-def test_environment_commit_matches_git_when_available():
-    root = env_module.PROJECT_ROOT
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except OSError:
-        pytest.skip("git is not installed")
-    if done.returncode != 0:
-        pytest.skip("the project is not a git checkout")
-    assert environment()["git_commit"] == done.stdout.strip()
-
-
-def test_environment_never_raises_without_git(monkeypatch):
-    monkeypatch.setenv("PATH", "")
-    env = environment()
-    assert env["git_commit"] is None and env["git_dirty"] is None
-    assert env["device"] is None
-
-
-def test_git_state_outside_a_checkout_is_none(tmp_path, monkeypatch):
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # even if tmp lies inside a repository
-    (tmp_path / "pyproject.toml").write_text("")
-    assert git_state(tmp_path) == {"git_commit": None, "git_dirty": None}
-    assert git_state(tmp_path / "missing") == {"git_commit": None, "git_dirty": None}
-
-
-def test_missing_package_reads_not_installed():
-    assert env_module.package_version("surely-not-a-real-distribution-xyz") == "not installed"
-
-
-def test_waiting_threads_sleep_unless_the_user_chose_otherwise(monkeypatch):
-    from ablation.threads import configure_threads, thread_state
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("ABLATION_SET_OMP_WAIT_POLICY", raising=False)
-    configure_threads()
-    state = thread_state()
-    assert (state["omp_wait_policy"], state["omp_wait_policy_set_by"]) == ("PASSIVE", "harness")
-    assert state["torch_num_threads"] == torch.get_num_threads()
-
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    monkeypatch.delenv("ABLATION_SET_OMP_WAIT_POLICY")
-    configure_threads()
-    assert thread_state()["omp_wait_policy"] == "ACTIVE" and thread_state()["omp_wait_policy_set_by"] == "user"
-
-
-def test_runner_sets_the_wait_policy_before_torch_starts_its_threads():
-    """In a fresh process: importing the command line imports no torch, and its first act sets the policy, so the
-    OpenMP runtime that torch starts later reads it."""
-    import os
-    import sys
-
-    from tests.conftest import EXPERIMENTS, ROOT
-
-    probe = (
-        "import os, sys, runner; before = 'torch' in sys.modules; "
-        f"runner.main(['profile', r'{EXPERIMENTS / 'demo.yaml'}', '--format', 'csv']); "
-        "print(before, 'torch' in sys.modules, os.environ['OMP_WAIT_POLICY'], file=sys.stderr)"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "ABLATION_SET_OMP_WAIT_POLICY")}
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.stderr.split()[-3:] == ["False", "True", "PASSIVE"], done.stderr

@@ -2,12 +2,12 @@
 torch.compile can keep in its graph.
 
 For this one-output-channel conv on a 1- or 2-channel map, oneDNN's kernel (what ``F.conv2d`` and a compiled
-graph call on CPU) and ATen's im2col + GEMM are both slow (``benchmarks/spatial_conv.py``, 2 cores, forward +
-backward, 7 x 7, ResNet-50's stages at 112 px: oneDNN 2.3-4.6x the direct conv, im2col 1.9-2.3x; over a step
-21.1 / 14.7 / 7.2 ms in one run). The C++ CBAM op calls the kernel itself; this module registers the fake kernels
-and the autograd formula that let everything else use it: the per-op fast path and FusedCBAM on CPU
-(``fast.small_conv``), and compiled models, which trace CBAM's straightforward formulation for the compiler to
-fuse (better, measured, than keeping the whole C++ CBAM op opaque in the graph) but cannot fuse the conv.
+graph call on CPU) and ATen's im2col + GEMM are both slower than a direct loop (``benchmarks/spatial_conv.py``;
+figures in ``benchmarks/README.md``). The C++ CBAM op calls the kernel itself; this module registers the fake
+kernels and the autograd formula that let everything else use it: the per-op fast path and FusedCBAM on CPU
+(``fast.small_conv``), and compiled models (``fast.DirectConv2d``), which trace CBAM's straightforward
+formulation for the compiler to fuse (better, measured, than keeping the whole C++ CBAM op opaque in the graph)
+but cannot fuse the conv.
 """
 
 from __future__ import annotations

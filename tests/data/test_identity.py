@@ -1,9 +1,9 @@
-"""A result's identity includes its data: the same config on other images is another cell, the same images moved
-elsewhere are not; data files that are corrupt or malformed fail before any run exists."""
+"""A result's identity includes its data (ablation/data/identity.py): the same config on other images is another
+cell, the same images moved elsewhere are not, and runs from before data identities are adopted only for the
+same data."""
 
 import shutil
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -12,9 +12,9 @@ from mlflow import MlflowClient
 from ablation.config import load_experiment, parse_run_config
 from ablation.data import identity
 from ablation.data.catalog import dataset_info
-from ablation.errors import ConfigError
 from ablation.report import collect_runs
 from ablation.sweep import prepare_sweep
+from ablation.tracking_names import CONFIG_HASH, DATA_IDENTITY, LEGACY_HASH
 from tests.conftest import sweep_in, tiny_experiment
 
 GRID = "  model.attention.order: [channel-first]"
@@ -71,7 +71,7 @@ def test_the_same_experiment_on_other_data_is_other_cells(tiny_npz, tmp_path, wr
     runs_a, runs_b = collect_runs(prepared_a, uri), collect_runs(prepared_b, uri)
     assert len(runs_a) == len(runs_b) == 1 and runs_a["run_id"][0] != runs_b["run_id"][0]
     client = MlflowClient(uri)
-    assert client.get_run(runs_b["run_id"][0]).data.tags["ablation.data_identity"] == prepared_b.arms[0].data.identity
+    assert client.get_run(runs_b["run_id"][0]).data.tags[DATA_IDENTITY] == prepared_b.arms[0].data.identity
 
     # The first data moved elsewhere: the same cells, nothing to train.
     moved = tmp_path / "moved" / "tiny.npz"
@@ -93,8 +93,8 @@ def test_finished_runs_from_before_data_identities_are_adopted_only_for_the_same
     (cell,) = prepared.cells
     run_id = collect_runs(prepared, uri)["run_id"][0]
     # What the earlier harness logged: the key without the data, no identity tag, the checkpoint under that key.
-    client.set_tag(run_id, "ablation.config_hash", cell.legacy_hash)
-    client.delete_tag(run_id, "ablation.data_identity")
+    client.set_tag(run_id, CONFIG_HASH, cell.legacy_hash)
+    client.delete_tag(run_id, DATA_IDENTITY)
     checkpoints = tmp_path / "old" / "checkpoints" / "tiny"
     (checkpoints / cell.hash).rename(checkpoints / cell.legacy_hash)
     (tmp_path / "old" / "sweeps.db").unlink()
@@ -110,7 +110,7 @@ def test_finished_runs_from_before_data_identities_are_adopted_only_for_the_same
     assert again.trained_now == 0 and again.done == 1, err
     assert "1 hold this data (same image digest)" in err
     tags = client.get_run(run_id).data.tags
-    assert tags["ablation.config_hash"] == cell.hash and tags["ablation.legacy_config_hash"] == cell.legacy_hash
+    assert tags[CONFIG_HASH] == cell.hash and tags[LEGACY_HASH] == cell.legacy_hash
     assert (checkpoints / cell.hash / "last.pt").is_file()  # Grad-CAM finds it under the new key
 
 
@@ -138,62 +138,3 @@ def test_a_folder_is_identified_by_its_file_list_and_listed_once(tmp_path, monke
     (root / "train" / "b" / "2.jpg").unlink()
     shutil.copytree(root, moved, copy_function=shutil.copy2)  # mtimes kept, as cp -a / rsync -t do
     assert identity.folder_identity(moved, say=lines.append) == first
-
-
-def _write_npz(path, **changes):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.integers(0, 255, (20, 8, 8, 3), dtype=np.uint8),
-        "y_train": np.arange(20) % 4,
-        "x_test": rng.integers(0, 255, (8, 8, 8, 3), dtype=np.uint8),
-        "y_test": np.arange(8) % 4,
-        "classes": np.array(["a", "b", "c", "d"]),
-    }
-    arrays.update(changes)
-    np.savez(path, **arrays)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("changes", "words"),
-    [
-        ({"x_train": np.zeros((20, 8, 8, 3), dtype=np.float32)}, "dtype float32; images must be uint8"),
-        ({"y_test": np.array([0, 1, 2, 3, 4, 5, 6, 7])}, "label 4, outside the 4 classes"),
-        ({"y_train": np.arange(20) - 1}, "label -1, outside the 4 classes"),
-        ({"y_train": np.arange(20) * 0.5}, "labels must be integers"),
-        ({"x_test": np.zeros((8, 16, 16, 3), dtype=np.uint8)}, "mixed sizes"),
-        ({"x_train": np.zeros((0, 8, 8, 3), dtype=np.uint8), "y_train": np.zeros(0, int)}, "holds no images"),
-        ({"y_train": np.arange(19) % 4}, "one label per image"),
-        ({"classes": np.array(["only"])}, "at least 2 class names"),
-    ],
-)
-def test_a_malformed_npz_is_one_line_naming_the_file_and_the_problem(tmp_path, changes, words):
-    path = _write_npz(tmp_path / "bad.npz", **changes)
-    with pytest.raises(ConfigError) as error:
-        dataset_info(parse_run_config({"data": {"dataset": "npz", "root": str(path)}}).data)
-    message = str(error.value)
-    assert message.startswith("data.root:") and str(path) in message and words in message, message
-    assert "\n" not in message
-
-
-@pytest.mark.parametrize("where", ["first bytes", "last bytes"])
-def test_a_damaged_npz_member_fails_its_crc_check(tmp_path, where):
-    """np.savez stores members uncompressed, so a flipped byte is silently different pixels unless the CRC is read;
-    a damage near a member's end is past what reading the array headers touches."""
-    rng = np.random.default_rng(0)
-    path = _write_npz(
-        tmp_path / "good.npz",
-        x_train=rng.integers(0, 255, (2000, 8, 8, 3), dtype=np.uint8),
-        y_train=np.arange(2000) % 4,
-    )
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo("x_train.npy")
-    data_start = info.header_offset + 30 + len(info.filename) + len(info.extra)
-    offset = data_start + 200 if where == "first bytes" else data_start + info.compress_size - 10
-    raw = bytearray(path.read_bytes())
-    raw[offset] ^= 0xFF
-    damaged = tmp_path / "damaged.npz"
-    damaged.write_bytes(bytes(raw))
-    with pytest.raises(ConfigError) as error:
-        dataset_info(parse_run_config({"data": {"dataset": "npz", "root": str(damaged)}}).data)
-    assert "x_train.npy" in str(error.value) and "CRC" in str(error.value), error.value

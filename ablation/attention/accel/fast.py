@@ -1,7 +1,7 @@
-"""The fast CBAM path (``impl="fast"``): the same function as the straightforward modules, fewer slow kernels.
+"""The per-op fast pieces: the same function as the reference gates, fewer slow kernels.
 
-Profiling the straightforward CBAM on the project's CPU (PyTorch 2.x, batch 16, 112 px) showed that its cost is
-not the pooling passes themselves but two pathological kernels:
+Profiling the straightforward CBAM on the project's CPU (PyTorch 2.x) showed that its cost is not the pooling
+passes themselves but two pathological kernels:
 
 1. ``amax``'s autograd backward. It is computed as ``grad * (x == amax).to(float) / count`` followed by an add
    into the other pooling's gradient: an ``eq``, a bool -> float copy, a float sum, a division, a multiply and an
@@ -11,12 +11,16 @@ not the pooling passes themselves but two pathological kernels:
    ``where`` that writes the summed avg + max gradient directly.
 2. The k x k convolution of the spatial gate, 2 (or 1) -> 1 channels: oneDNN (mkldnn), which ``F.conv2d`` picks on
    CPU, is slow for these one-output-channel convolutions. ``small_conv`` runs our direct C++ conv instead
-   (direct_conv.py; 2.3-4.6x faster than oneDNN forward + backward on ResNet-50's maps, benchmarks/spatial_conv.py),
-   or, where the C++ library cannot be built, ATen's im2col + GEMM convolution (``thnn_conv2d``, about half
-   oneDNN's time there). On CUDA cuDNN is used as before.
+   (direct_conv.py), or, where the C++ library cannot be built, ATen's im2col + GEMM convolution
+   (``thnn_conv2d``), both faster than oneDNN there (``benchmarks/spatial_conv.py``; figures in
+   ``benchmarks/README.md``). On CUDA cuDNN is used as before.
 
-Both keep the parameters, the state_dict and the result (up to float rounding: summation order) of the
-reference path; tests/test_fast_cbam.py checks forward and gradients of every ablation variant against it.
+``FastChannelGate`` and ``FastSpatialGate`` are the reference gates with these pieces; ``accelerate`` gives them
+to the variants the fused path does not cover (sum-logits, lp/lse pools, spatial-first off the C++ op).
+``DirectConv2d`` is the spatial gate's conv on the direct C++ kernel alone, for compiled models. All keep the
+parameters, the state_dict and the result (up to float rounding: summation order) of the reference modules;
+tests/attention/accel/ (test_fast.py, test_fused.py) checks forward and gradients of every ablation variant
+against them.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ablation.attention import direct_conv
-from ablation.attention.cpu_kernels import cpu_kernels_available, kernels_take
+from ablation.attention.accel import direct_conv
+from ablation.attention.accel.cpu_kernels import cpu_kernels_available, kernels_take
+from ablation.attention.accel.sharing import adopt
+from ablation.attention.channel import POOLS, ChannelGate
+from ablation.attention.spatial import SpatialGate
 
 
 class AvgMaxPool(torch.autograd.Function):
@@ -93,3 +100,51 @@ def uses_direct_conv(x: Tensor, weight: Tensor, padding: int) -> bool:
     kernel with 'same' padding (k // 2 on both sides), and the C++ library built."""
     k = weight.shape[-1]
     return k % 2 == 1 and padding == k // 2 and kernels_take(x, weight) and cpu_kernels_available()
+
+
+class FastChannelGate(ChannelGate):
+    """The channel gate with avg and max pooled together by ``AvgMaxPool`` (one fused backward)."""
+
+    @classmethod
+    def made_from(cls, gate: ChannelGate) -> FastChannelGate:
+        return adopt(cls, gate)
+
+    def logits(self, x: Tensor) -> Tensor:
+        want_avg, want_max = "avg" in self.pools, "max" in self.pools
+        if want_avg or want_max:
+            avg, mx = avg_max(x, (2, 3), want_avg, want_max)
+            fused = {"avg": avg, "max": mx}  # (B, C, 1, 1); an unwanted one is a dummy never looked up
+            pooled = [fused[name].flatten(1) if name in fused else POOLS[name](x) for name in self.pools]
+        else:
+            pooled = [POOLS[name](x) for name in self.pools]
+        return self.mlp(torch.stack(pooled)).sum(dim=0)[:, :, None, None]
+
+
+class FastSpatialGate(SpatialGate):
+    """The spatial gate with its channel pools from ``AvgMaxPool`` and its conv on ``small_conv``."""
+
+    @classmethod
+    def made_from(cls, gate: SpatialGate) -> FastSpatialGate:
+        return adopt(cls, gate)
+
+    def logits(self, x: Tensor) -> Tensor:
+        # [avg; max], in the reference's order, or the learned 1x1 conv.
+        descriptor = torch.cat(avg_max(x, (1,), True, True), dim=1) if self.compress is None else self.compress(x)
+        out = small_conv(descriptor, self.conv.weight, self.conv.padding[0])
+        return out if self.bn is None else self.bn(out)
+
+
+class DirectConv2d(nn.Conv2d):
+    """The spatial gate's conv (its very weight) on the direct C++ kernel where the call's tensors fit it.
+
+    For compiled models: the compiler fuses the rest of CBAM's straightforward formulation, not this conv, and
+    the kernel it would call (oneDNN) is slow for it. A traceable op (direct_conv.py), so the graph stays whole."""
+
+    @classmethod
+    def made_from(cls, conv: nn.Conv2d) -> DirectConv2d:
+        return adopt(cls, conv)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if uses_direct_conv(x, self.weight, self.padding[0]):
+            return direct_conv.spatial_conv(x, self.weight)
+        return super().forward(x)

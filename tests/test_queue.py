@@ -1,0 +1,65 @@
+"""The sweep's queue of cells (ablation/queue.py) on real processes: a cell left running by a SIGKILLed worker on
+another machine is taken up after the grace period and resumed (cold starts: tests/test_stores.py)."""
+
+import os
+import signal
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+import runner
+from ablation.queue import OWNER, open_storage
+from ablation.tracking_names import ROLE_CELL, VAL_TOP1_ERR, role_filter
+from tests import processes
+from tests.conftest import tiny_experiment
+
+
+@pytest.mark.slow
+def test_a_cell_of_a_worker_on_another_machine_is_taken_up_after_the_grace_period(
+    tmp_path, tiny_npz, write_experiment, capsys, monkeypatch
+):
+    """Local default storage (sweeps.db) and MLflow store (mlflow.db) in the working folder. The sweep is SIGKILLed
+    mid-cell and its claim made to look like another machine's, whose process nobody here can see: the rerun says
+    what it waits for, takes the cell up once its heartbeat is older than the grace period, and resumes it."""
+    path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", "[0]", epochs=5))
+    argv = ["sweep", str(path), "--heartbeat-interval", "1", "--grace-period", "3", "--no-progress"]
+    one = {"OMP_NUM_THREADS": "1"}
+    first = processes.start(argv, tmp_path, tmp_path / "first.txt", one)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "checkpoints" / "tiny").glob("*/last.pt")):
+        assert first.is_alive(), "the sweep ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.join()
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    (killed,) = client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL))
+    assert killed.info.status == "RUNNING"  # nobody closed it: the process died
+    storage = open_storage(f"sqlite:///{tmp_path / 'sweeps.db'}")
+    (running,) = [
+        t for t in storage.get_all_trials(storage.get_all_studies()[0]._study_id) if t.state.name == "RUNNING"
+    ]
+    storage.set_trial_user_attr(running._trial_id, OWNER, "gpu-node-7|other-boot|4026531836|4242|99")
+
+    second = processes.run(argv, tmp_path, tmp_path / "second.txt", one)
+    assert second.exitcode == 0, second.log[-3000:]
+    # It says what it waits for and why, then why it takes the cell up.
+    assert "waiting for 1 running elsewhere: ResNet18" in second.log and "is silent for 3s" in second.log
+    assert "was left running by a worker on gpu-node-7 that has been silent for" in second.log
+    (resumed,) = client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL))
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, VAL_TOP1_ERR)]
+    assert steps == [1, 2, 3, 4, 5]  # each epoch once, the one in flight at the kill included
+
+    monkeypatch.chdir(tmp_path)  # status and sweep read the default stores of the working folder
+    capsys.readouterr()
+    assert runner.main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 cells: 0 pending, 0 running, 1 done, 0 failed" in out
+    assert " 2 " in out.splitlines()[1]  # two attempts: the killed one and the resumed one
+    # A finished sweep starts nothing when run again.
+    assert runner.main(["sweep", str(path), "--no-progress"]) == 0
+    assert "0 to run" in capsys.readouterr().err
