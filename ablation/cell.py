@@ -116,6 +116,7 @@ def run_cell(
             workers=options.workers,
             description=cell.name,
             run_id=run_id,
+            key=cell.hash,
             say=say,
             **({"dist": dist} if dist is not None else {}),
         )
@@ -178,6 +179,7 @@ def run_distributed_cell(prepared: PreparedSweep, launch: CellLaunch) -> None:
         tracker=MemoryTracker(),
         progress=False,
         dist=ctx,
+        key=cell.hash,
     )
 
 

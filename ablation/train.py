@@ -198,14 +198,18 @@ def train_job(
     description: str = "",
     dist: DistContext | None = None,
     run_id: str | None = None,
+    key: str | None = None,
     say: Callable[[str], None] = say,
 ) -> TrainResult:
     """Train ``model`` (freshly built under ``seed_everything(config.seed)``) as ``config`` says.
 
     Resumes from ``checkpoint_path`` if it holds a checkpoint of this job (its config and data) written for
     ``run_id``, the MLflow run this attempt logs to (None: any); a checkpoint that does not load or is not this
-    job's is moved aside with a line to ``say`` (``ablation.checkpoint.load_resumable``). ``stop_after_epochs``
-    ends the call once that many epochs are done in total (an interruption, for tests and time-sliced workers).
+    job's is moved aside with a line to ``say`` (``ablation.checkpoint.load_resumable``). ``key`` is the job's key,
+    which its checkpoints carry: a cell's ``Cell.hash`` (so a user's attention module is keyed by the source digest
+    its sweep expanded, and its file is not read again); None computes it from the config and the data, as a
+    cell's key is. ``stop_after_epochs`` ends the call once that many epochs are done in total (an interruption,
+    for tests and time-sliced workers).
 
     Each epoch is checkpointed, then logged. A resumed job first logs the epochs of its checkpoint's history, so
     an epoch whose logging a kill cut off is logged now; trackers keep one value per (metric, step), so nothing
@@ -221,7 +225,8 @@ def train_job(
     ``_evaluate``) and, on rank 0, ``_checkpoint`` and logging.
     """
     dist = dist or SINGLE
-    job = _set_up(config, model, info, device, dist, workers, checkpoint_path, run_id)
+    key = key or config_hash(config, info.identity)
+    job = _set_up(config, model, info, device, dist, workers, checkpoint_path, run_id, key)
     history, start_epoch, train_time = _resume(job, tracker, say)
     job.wrap_for_training()
     for epoch in range(start_epoch, config.train.epochs):
@@ -293,6 +298,7 @@ def _set_up(
     workers: int,
     checkpoint_path: Path,
     run_id: str | None,
+    key: str,
 ) -> _Job:
     """The network on its device (accelerated), the loaders of this rank's shard, optimiser, schedule, scaler."""
     train_cfg = config.train
@@ -343,7 +349,7 @@ def _set_up(
         scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16),
         criterion=nn.CrossEntropyLoss(label_smoothing=train_cfg.label_smoothing),
         dtype=dtype,
-        key=config_hash(config, info.identity),
+        key=key,
         checkpoint_path=checkpoint_path,
         run_id=run_id,
     )

@@ -53,9 +53,10 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _odd_kernel(value: int) -> int:
+def _odd_kernel(value: int, kept: str = "the size") -> int:
+    """A conv kernel whose padding k // 2 keeps ``kept`` (CBAM's H x W, ECA's channel count)."""
     if value < 1 or value % 2 == 0:
-        raise ValueError("must be an odd integer >= 1 (1, 3, 7, ...), so the padding k // 2 keeps the size")
+        raise ValueError(f"must be an odd integer >= 1 (1, 3, 7, ...), so the padding k // 2 keeps {kept}")
     return value
 
 
@@ -150,9 +151,7 @@ class CBAMOptions(_Reduced):
     @field_validator("kernel_size")
     @classmethod
     def _kernel(cls, value: int) -> int:
-        if value < 1 or value % 2 == 0:
-            raise ValueError("must be an odd integer >= 1 (1, 3, 7, ...), so the padding k // 2 keeps H x W")
-        return value
+        return _odd_kernel(value, "H x W")
 
     def table_label(self) -> str:
         """'CBAM', or 'CBAM (...)' listing every option that differs from the paper's."""
