@@ -210,10 +210,23 @@ def cmd_table(args: argparse.Namespace, prepared=None) -> None:
     if not store.exists:
         print(f"{prepared.experiment.name}: never swept in {uri} (no such MLflow experiment); nothing to tabulate")
         return
-    runs = collect_runs(prepared, uri)
-    summary = summarize(prepared, runs)
     out_dir = Path(args.out) if args.out else Path("results") / prepared.experiment.name
-    written = write_outputs(summary, prepared, out_dir, collect_curves(runs, uri))
+    if prepared.experiment.planned:  # which cells it ran is in its state: the storage
+        from ablation.planned_report import planned_outputs, planned_view
+        from ablation.queue import DEFAULT_STORAGE
+
+        storage = getattr(args, "storage", None) or DEFAULT_STORAGE
+        view = planned_view(prepared, storage, uri)
+        if view is None:
+            print(f"{prepared.experiment.name}: no state of this sweep in {storage} for {uri}; nothing to tabulate")
+            return
+        prepared, runs, summary = view.main, view.runs, view.summary
+        written = write_outputs(summary, prepared, out_dir, collect_curves(runs, uri))
+        written += planned_outputs(view, out_dir)
+    else:
+        runs = collect_runs(prepared, uri)
+        summary = summarize(prepared, runs)
+        written = write_outputs(summary, prepared, out_dir, collect_curves(runs, uri))
     try:
         parent = log_to_parent(prepared, uri, written)
     except Exception as exc:  # a read-only store still gets its table, just not attached to the run
@@ -349,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_experiment_args(table)
     add_tracking_arg(table)
+    add_storage_arg(table)
     table.add_argument("--format", choices=TABLE_FORMATS, default=TABLE_FORMATS[0])
     table.add_argument("--out", default=None, help="output folder (default: results/<experiment>/)")
     table.set_defaults(func=cmd_table)

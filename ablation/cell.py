@@ -36,13 +36,17 @@ from ablation.tracking_names import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     CURVE_FILE,
+    DEVICE,
     ENVIRONMENT_FILE,
     FINAL_GMACS,
     FINAL_PARAMS,
     FINAL_TRAIN_TIME,
+    PHASE_TUNE,
+    TUNE_PRUNED_AT,
+    TUNE_STATE,
     VAL_TOP1_ERR,
 )
-from ablation.train import resolve_device, seed_everything, train_job
+from ablation.train import NonFiniteLossError, resolve_device, seed_everything, train_job
 from ablation.worker_args import CellLaunch, CellOptions
 
 
@@ -54,6 +58,7 @@ class CellOutcome:
     top1_err: float = float("nan")  # last epoch's validation top-1 error
     reason: str = ""  # why it failed
     finalizing: Future | None = None  # final metrics + artifacts + run closed, when run on a background thread
+    pruned: bool = False  # a tuning trial its pruner stopped (finished: its record is the epochs it ran)
 
 
 def checkpoint_path(options: CellOptions, experiment: str, cell: Cell) -> Path:
@@ -63,10 +68,13 @@ def checkpoint_path(options: CellOptions, experiment: str, cell: Cell) -> Path:
 def dataset_input(cell: Cell) -> dict[str, str]:
     arm = cell.arm
     arrays = load_arrays(arm.config.data) if arm.config.data.dataset != "imagenet" else None
+    holdout = cell.config.data.holdout
     return {
         "name": arm.data.name,
         "source": arrays.source if arrays else str(arm.data.path),
         "digest": arrays.digest if arrays else "imagenet-folder",
+        # A tuning trial trains and is scored inside the training set: the test set is not read.
+        "context": f"train minus a {holdout.fraction:g} holdout + that holdout" if holdout else "train+validation",
     }
 
 
@@ -82,23 +90,28 @@ def run_cell(
     on_run: Callable[[str], None] | None = None,
     tracker_wrapper: Callable[[MlflowTracker], Tracker] | None = None,
     dist=None,
+    on_epoch: Callable[[list[dict], bool], bool] | None = None,
+    tune_study: str = "",
     say: Callable[[str], None] = say,
 ) -> CellOutcome:
     """Train ``cell`` into its MLflow run: a new one, or ``run_id`` (an interrupted attempt's) reopened.
 
     ``cost`` is the network's (params, MACs); ``dist`` the rank-0 context of a multi-process cell. With a
     ``finalizer`` the final metrics, artifacts and the closing of the run happen on that executor
-    (``CellOutcome.finalizing``) while the caller moves on.
+    (``CellOutcome.finalizing``) while the caller moves on. A tuning trial passes its pruning as ``on_epoch``
+    (``ablation.tuning.pruning_callback``) and its arm's study as ``tune_study``; a trial its pruner stopped ends
+    FINISHED, tagged PRUNED, with the metrics of the epochs it ran.
     """
     reopened = run_id is not None
     if run_id is None:
-        run_id = store.start_cell(cell, parent_id, dataset_input(cell))
+        run_id = store.start_cell(cell, parent_id, dataset_input(cell), tune_study)
     else:
         store.reopen(run_id)
     kill_point("cell.run_open")
     if on_run is not None:
         on_run(run_id)
     device = resolve_device(options.device)
+    store.log_tags(run_id, {DEVICE: device.type})
     seed_everything(cell.seed, device)
     model = build_network(cell.arm)
     checkpoint = checkpoint_path(options, store.experiment.name, cell)
@@ -117,6 +130,7 @@ def run_cell(
             description=cell.name,
             run_id=run_id,
             key=cell.hash,
+            on_epoch=on_epoch,
             say=say,
             **({"dist": dist} if dist is not None else {}),
         )
@@ -125,13 +139,21 @@ def run_cell(
         raise
     except Exception as exc:  # the sweep goes on; the reason is kept on the run and in the sweep's state
         reason = f"{type(exc).__name__}: {exc}"
+        if cell.spec is not None and cell.spec.phase == PHASE_TUNE and isinstance(exc, NonFiniteLossError):
+            store.log_tags(run_id, {TUNE_STATE: "FAIL"})  # a diverged trial ended: its values do not train
         store.finish(run_id, "FAILED", reason + "\n" + traceback.format_exc(limit=8))
         return CellOutcome("failed", run_id, reason=reason)
-    if not result.completed:
+    if not result.completed and not result.pruned:
         store.finish(run_id, "KILLED", f"stopped after epoch {len(result.history)}; a rerun resumes it")
         return CellOutcome("interrupted", run_id, result.train_time_s)
     params, macs = cost
     final = {FINAL_PARAMS: params, FINAL_GMACS: macs / 1e9, FINAL_TRAIN_TIME: result.train_time_s}
+    if result.pruned:  # the epochs it ran are its record: the final metrics of those, and where it stopped
+        final.update({**result.final, TUNE_PRUNED_AT: float(len(result.history))})
+        store.log_tags(run_id, {TUNE_STATE: "PRUNED"})
+        store.client.update_run(run_id, name=f"{cell.name} (pruned at epoch {len(result.history)})")
+    elif cell.spec is not None and cell.spec.phase == PHASE_TUNE:
+        store.log_tags(run_id, {TUNE_STATE: "COMPLETE"})
     kept = checkpoint if options.log_checkpoints else None
 
     def finalize() -> None:
@@ -143,7 +165,9 @@ def run_cell(
         kill_point("final.finished")
         discard_previous(checkpoint)  # only the final checkpoint is read from now on (Grad-CAM)
 
-    outcome = CellOutcome("finished", run_id, result.train_time_s, result.history[-1][VAL_TOP1_ERR])
+    outcome = CellOutcome(
+        "finished", run_id, result.train_time_s, result.history[-1][VAL_TOP1_ERR], pruned=result.pruned
+    )
     if finalizer is None:
         finalize()
     else:

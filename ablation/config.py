@@ -26,6 +26,7 @@ from ablation.attention.registry import ATTENTION_TYPES, OPTIONS, AttentionOptio
 from ablation.config_base import StrictModel
 from ablation.errors import ConfigError
 from ablation.names import ARCHS, Dataset, Layout, Stem
+from ablation.tune_config import SeedRule, TuneConfig
 
 
 class ModelConfig(StrictModel):
@@ -66,6 +67,21 @@ class ModelConfig(StrictModel):
         return value
 
 
+class Holdout(StrictModel):
+    """A fixed split of the training set: ``fraction`` of each class held out, chosen by ``seed``
+    (``ablation.data.holdout``)."""
+
+    fraction: float
+    seed: int = 0
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError("must be a fraction in (0, 1) of the training set")
+        return value
+
+
 class DataConfig(StrictModel):
     """Which images. ``cifar10-micro`` ships with the package, so demos and tests need no download."""
 
@@ -77,6 +93,9 @@ class DataConfig(StrictModel):
     image_size: int | None = None
     # Random crop (with 4-pixel zero padding for 32 px data, RandomResizedCrop for imagenet) and flip.
     augment: bool = True
+    # Train on a class-stratified part of the training set and evaluate on the rest of it, never on the test
+    # set: what a tuning trial does (``tune.holdout``). None (the default): train on all of it, test on the test set.
+    holdout: Holdout | None = None
 
     @field_validator("image_size")
     @classmethod
@@ -167,6 +186,8 @@ def config_hash(config: RunConfig, data_identity: str | None = None, module_sha2
     recorded when the experiment was expanded (``module_sha256``), else the file's as it is now. Without
     ``data_identity`` it is the digest the cell key had before data identities were part of it."""
     flat = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in HASH_EXCLUDED}
+    if flat.get("data.holdout") is None:  # no holdout: the keys cells had before the option existed
+        flat.pop("data.holdout", None)
     if data_identity is not None:
         flat["data.identity"] = data_identity
     if module_sha256 is None:  # None for every built-in type: their keys are unchanged
@@ -295,7 +316,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 # Experiment files
 
 GridBlock = dict[str, Any]
-SEEDS_ALLOWED = "must be a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]"
+SEEDS_ALLOWED = (
+    "must be a non-empty list of distinct integers >= 0, e.g. [0, 1, 2], or a rule such as "
+    "{min: 3, max: 10, until: ci95 excludes 0}"
+)
 
 
 class Experiment(StrictModel):
@@ -308,12 +332,28 @@ class Experiment(StrictModel):
     paper: list[str] = Field(default_factory=list)
     base: dict[str, Any] = Field(default_factory=dict)
     grid: list[GridBlock] = Field(default_factory=lambda: [{}])
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    # A list of seeds, or a rule that adds seeds until each arm's difference to the baseline is resolved.
+    seeds: list[int] | SeedRule = Field(default_factory=lambda: [0])
+    # Tune every arm with an equal Optuna budget before the final runs (``ablation.tune_config``).
+    tune: TuneConfig | None = None
     source: str = ""
+
+    @property
+    def initial_seeds(self) -> list[int]:
+        """The seeds every arm starts with: the list, or the rule's first ``min``."""
+        return self.seeds.seeds(self.seeds.min) if isinstance(self.seeds, SeedRule) else list(self.seeds)
+
+    @property
+    def planned(self) -> bool:
+        """Whether cells are added as the sweep goes (tuning trials, final runs of tuned values, seed rounds)
+        rather than all known up front."""
+        return self.tune is not None or isinstance(self.seeds, SeedRule)
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _seeds(cls, value: Any) -> list[int]:
+    def _seeds(cls, value: Any) -> list[int] | SeedRule:
+        if isinstance(value, dict | SeedRule):
+            return SeedRule.model_validate(value)
         if (
             not isinstance(value, list)
             or not value
@@ -370,6 +410,11 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"]) or "experiment"
         if err["loc"][:1] == ("seeds",):
+            if isinstance(raw.get("seeds"), dict):  # the rule's own message names what is wrong with it
+                message = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    message = f"unknown key {err['loc'][-1]}; allowed: {', '.join(SeedRule.model_fields)}"
+                raise ConfigError("seeds", raw.get("seeds"), message) from None
             raise ConfigError("seeds", raw.get("seeds"), SEEDS_ALLOWED) from None
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(f for f in Experiment.model_fields if f != "source")
@@ -382,7 +427,11 @@ def apply_overrides(experiment: Experiment, overrides: list[tuple[str, Any]]) ->
     base = copy.deepcopy(experiment.base)
     seeds = experiment.seeds
     grid_keys = {k for block in experiment.grid for k in block if k != "description"}
+    tune = experiment.tune
     for key, value in overrides:
+        if key.startswith("tune."):
+            tune = _override_tune(tune, key, value)
+            continue
         if key == "seeds":
             value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
             try:
@@ -399,7 +448,24 @@ def apply_overrides(experiment: Experiment, overrides: list[tuple[str, Any]]) ->
             allowed = "allowed keys start with model., data., train., or are seed / seeds"
             raise ConfigError(f"--set {key}", value, allowed)
         set_dotted(base, key, value)
-    return experiment.model_copy(update={"base": base, "seeds": seeds})
+    return experiment.model_copy(update={"base": base, "seeds": seeds, "tune": tune})
+
+
+def _override_tune(tune: TuneConfig | None, key: str, value: Any) -> TuneConfig:
+    """``--set tune.trials=2``, ``--set tune.pruner.type=none``: a value of the experiment's tune section."""
+    if tune is None:
+        raise ConfigError(f"--set {key}", value, "the experiment has no tune section to change")
+    field = key.split(".")[1]
+    if field not in TuneConfig.model_fields or field == "space":
+        allowed = ", ".join(f"tune.{f}" for f in TuneConfig.model_fields if f != "space")
+        raise ConfigError(f"--set {key}", value, f"allowed: {allowed} (edit the file to change the space)")
+    tree = tune.model_dump()
+    set_dotted(tree, key.removeprefix("tune."), value)
+    try:
+        return TuneConfig.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise ConfigError(f"--set {key}", value, err["msg"].removeprefix("Value error, ")) from None
 
 
 def _overlaps(a: str, b: str) -> bool:

@@ -325,8 +325,10 @@ def gradcam_for_experiment(
     experiment, arms = prepared.experiment, prepared.arms
     if images < 1:
         raise ConfigError("--images", images, "allowed: an integer >= 1")
-    if not 0 <= seed_index < len(experiment.seeds):
-        raise ConfigError("--seed-index", seed_index, f"allowed: 0..{len(experiment.seeds) - 1} ({experiment.seeds})")
+    if not 0 <= seed_index < len(experiment.initial_seeds):
+        raise ConfigError(
+            "--seed-index", seed_index, f"allowed: 0..{len(experiment.initial_seeds) - 1} ({experiment.initial_seeds})"
+        )
     data = arms[0].config.data
     if data.dataset not in ARRAY_DATASETS:
         raise ConfigError(
@@ -339,7 +341,7 @@ def gradcam_for_experiment(
     if len(same_images) > 1:
         raise ConfigError("data", sorted({d.dataset for d in same_images}), "Grad-CAM compares arms on one dataset")
     device = resolve_device(str(device))
-    seed = experiment.seeds[seed_index]
+    seed = experiment.initial_seeds[seed_index]
     options = CellOptions(checkpoint_dir=Path(checkpoint_dir))
 
     trained: list[_TrainedArm] = []
@@ -425,7 +427,7 @@ def log_gradcam(store: SweepStore, prepared: PreparedSweep, paths: Sequence[Path
     (nothing logged) when the sweep has no parent run in this tracking store."""
     from ablation.mlflow_store import MlflowTracker
 
-    parent = store.find_parent(prepared.cells)
+    parent = store.find_parent(prepared.key)
     if parent is None:
         return None
     run_id = parent.info.run_id

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import itertools
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -57,11 +58,46 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class CellSpec:
+    """What a planned sweep (``ablation.plan``) makes a cell from, kept with it in the queue and on its MLflow run:
+    which arm and seed, its phase (a tuning trial, or a final run the table reports), its recipe (the experiment's
+    default or the arm's tuned values), the values it sets (dotted key -> value) and, for a trial, its number in
+    the arm's Optuna study. The cell's key is still its config's: the spec says how the config was made."""
+
+    arm: int
+    seed: int
+    phase: str = "final"  # "tune" or "final"
+    recipe: str = "default"  # "default" or "tuned"
+    values: tuple[tuple[str, Any], ...] = ()
+    trial: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "arm": self.arm,
+                "seed": self.seed,
+                "phase": self.phase,
+                "recipe": self.recipe,
+                "values": [list(pair) for pair in self.values],
+                "trial": self.trial,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> CellSpec:
+        raw = json.loads(text)
+        values = tuple((key, value) for key, value in raw.pop("values"))
+        return cls(values=values, **raw)
+
+
+@dataclass(frozen=True)
 class Cell:
-    """One training job: an arm with one seed."""
+    """One training job: an arm with one seed (a planned sweep's cells also carry the spec they were made from)."""
 
     arm: Arm
     seed: int
+    spec: CellSpec | None = None
 
     @cached_property
     def config(self) -> RunConfig:
@@ -81,6 +117,11 @@ class Cell:
 
     @property
     def name(self) -> str:
+        spec = self.spec
+        if spec is not None and spec.phase == "tune":
+            return f"{self.arm.description} | tune trial {spec.trial}"
+        if spec is not None and spec.recipe == "tuned":
+            return f"{self.arm.description} | tuned | seed {self.seed}"
         return f"{self.arm.description} | seed {self.seed}"
 
 
@@ -104,7 +145,7 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
             tree = copy.deepcopy(experiment.base)
             for key, value in point.items():
                 set_dotted(tree, key, value)
-            tree["seed"] = experiment.seeds[0]
+            tree["seed"] = experiment.initial_seeds[0]
             config = parse_run_config(tree)
             data = dataset_info(config.data, check_paths=check_paths)
             _check_fit(config, data)
@@ -140,6 +181,10 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
     duplicate = next((label for label in labels if labels.count(label) > 1), None)
     if duplicate is not None:
         raise ConfigError("grid.description", duplicate, "labels two arms; give the grid block a description template")
+    if experiment.tune is not None:
+        from ablation.search_space import check_space  # optuna's distributions: only for a tuned experiment
+
+        check_space(experiment, [arm.config for arm in arms])
     return arms
 
 
@@ -165,9 +210,9 @@ def sweep_key(cells: list[Cell]) -> str:
 
 
 def expand_cells(experiment: Experiment, arms: list[Arm] | None = None) -> list[Cell]:
-    """Arms x seeds, seed-major within each arm (all seeds of arm 0 first)."""
+    """Arms x seeds, seed-major within each arm (all seeds of arm 0 first); a seed rule's first ``min`` seeds."""
     arms = expand_arms(experiment) if arms is None else arms
-    return [Cell(arm, seed) for arm in arms for seed in experiment.seeds]
+    return [Cell(arm, seed) for arm in arms for seed in experiment.initial_seeds]
 
 
 def _describe(config: RunConfig, point: dict[str, Any]) -> str:

@@ -31,12 +31,13 @@ from mlflow.exceptions import MlflowException
 
 from ablation.config import Experiment, flatten
 from ablation.errors import StoreError
-from ablation.grid import Cell, sweep_key
+from ablation.grid import Cell
 from ablation.stores import exclusive, sqlite_path, with_busy_timeout
 from ablation.tracking_names import (
     ARM,
     ATTENTION,
     ATTENTION_SOURCE,
+    CELL_SPEC,
     CELLS,
     CONFIG_HASH,
     DATA_IDENTITY,
@@ -48,6 +49,10 @@ from ablation.tracking_names import (
     LEGACY_HASH,
     NOTE,
     PARENT_RUN,
+    PHASE,
+    PHASE_FINAL,
+    PHASE_TUNE,
+    RECIPE,
     ROLE,
     ROLE_CELL,
     ROLE_SWEEP,
@@ -55,6 +60,8 @@ from ablation.tracking_names import (
     SOURCE,
     SWEEP_KEY,
     TITLE,
+    TUNE_STUDY,
+    TUNE_TRIAL,
     axis_tag,
     role_filter,
 )
@@ -212,9 +219,8 @@ class SweepStore:
 
     # ---- writing
 
-    def find_parent(self, cells: list[Cell]) -> Run | None:
-        """The parent run of the sweep of these cells, if it exists; read-only."""
-        key = sweep_key(cells)
+    def find_parent(self, key: str) -> Run | None:
+        """The parent run of the sweep ``key`` (``PreparedSweep.key``), if it exists; read-only."""
         runs = [run for run in self.runs(ROLE_SWEEP) if run.data.tags.get(SWEEP_KEY) == key]
         return max(runs, key=lambda run: run.info.start_time or 0, default=None)
 
@@ -227,30 +233,31 @@ class SweepStore:
         except MlflowException:
             return False
 
-    def parent_run(self, cells: list[Cell]) -> str:
-        """The sweep's parent run, reopened: the same one again when the same set of cells is swept again."""
+    def parent_run(self, key: str, cells: int) -> str:
+        """The parent run of the sweep ``key`` of ``cells`` cells (known up front), reopened: the same one again
+        when the same sweep runs again."""
         self._writable()
-        run = self.find_parent(cells)
+        run = self.find_parent(key)
         if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
-        key = sweep_key(cells)
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.experiment.name,
             tags={
                 ROLE: ROLE_SWEEP,
                 SWEEP_KEY: key,
-                CELLS: str(len(cells)),
+                CELLS: str(cells),
                 SOURCE: self.experiment.source,
                 NOTE: self.experiment.title,
             },
         )
         return run.info.run_id
 
-    def start_cell(self, cell: Cell, parent_id: str, dataset: dict[str, str]) -> str:
-        """Create the child run of ``cell`` with its params, tags and dataset input."""
+    def start_cell(self, cell: Cell, parent_id: str, dataset: dict[str, str], tune_study: str = "") -> str:
+        """Create the child run of ``cell`` with its params, tags and dataset input (a tuning trial's run is
+        tagged with its arm's study, ``tune_study``)."""
         self._writable()
         axes = {axis_tag(k): _text(v) for k, v in flatten(cell.arm.axes).items()}
         tags = {
@@ -267,6 +274,16 @@ class SweepStore:
         }
         if cell.arm.module_source:  # a user's own attention module: the source its results came from
             tags[ATTENTION_SOURCE] = cell.arm.module_source["sha256"]
+        spec = cell.spec
+        tags[PHASE] = spec.phase if spec else PHASE_FINAL
+        if spec is not None:
+            tags[CELL_SPEC] = spec.to_json()
+            if spec.phase == PHASE_TUNE:
+                tags[TUNE_TRIAL] = str(spec.trial)
+                if tune_study:
+                    tags[TUNE_STUDY] = tune_study
+            else:
+                tags[RECIPE] = spec.recipe
         run = self.client.create_run(self.experiment_id, run_name=cell.name, tags=tags)
         run_id = run.info.run_id
         params = [
@@ -292,7 +309,7 @@ class SweepStore:
             warnings.simplefilter("ignore")
             source = resolve_dataset_source(dataset["source"])
             entity = MetaDataset(source=source, name=dataset["name"], digest=dataset["digest"])._to_mlflow_entity()
-        context = InputTag(key=DATASET_CONTEXT, value="train+validation")
+        context = InputTag(key=DATASET_CONTEXT, value=dataset.get("context", "train+validation"))
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
 
     def reopen(self, run_id: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ablation.config import Experiment
 from ablation.data.sources import check_data
-from ablation.grid import Arm, Cell, build_network, expand_arms, expand_cells
+from ablation.grid import Arm, Cell, build_network, expand_arms, expand_cells, sweep_key
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,21 @@ class PreparedSweep:
     costs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arm index -> (params, MACs)
     # The experiment file and its --set overrides, to start worker processes on the very same experiment.
     command_args: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The sweep's identity, which its state and parent run are keyed by: its set of cells; for a planned
+        sweep (tuning, a seed rule), whose cells are added as it goes, the arms' cells and the plan itself."""
+        if not self.experiment.planned:
+            return sweep_key(self.cells)
+        from ablation.plan import plan_key
+
+        return plan_key(self)
+
+    @property
+    def baseline(self) -> int:
+        """The arm differences are tested against: the paper's baseline row if the table has one, else the first."""
+        return next((arm.index for arm in self.arms if arm.paper_row and arm.paper_row.baseline), 0)
 
 
 def prepare_sweep(

@@ -42,13 +42,14 @@ from optuna.trial import TrialState
 
 from ablation.errors import StoreError
 from ablation.faults import kill_point
-from ablation.grid import Cell, sweep_key
+from ablation.grid import Cell
 from ablation.stores import exclusive, sqlite_path, with_busy_timeout
 
 DEFAULT_STORAGE = "sqlite:///sweeps.db"
 HEARTBEAT_INTERVAL_S = 15
 GRACE_PERIOD_S = 60
 CELL, NAME, RUN_ID, FAILURE, OWNER = "cell_hash", "cell_name", "mlflow_run_id", "failure", "owner"
+SPEC = "cell_spec"  # a planned sweep's cell: the CellSpec it was made from (JSON), which any worker rebuilds it from
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and their retry callback are marked experimental (stable since Optuna 2.9); the warning is noise here.
@@ -85,18 +86,20 @@ class Claim:
     trial_id: int
     number: int
     cell_hash: str
+    spec: str | None = None  # a planned sweep's cell: its CellSpec as JSON
 
 
-def study_name(experiment_name: str, cells: list[Cell], store_fingerprint: str) -> str:
-    """The sweep's study: its experiment, its set of cells, and the tracking store its results go to."""
-    return f"{experiment_name}:{sweep_key(cells)}:{store_fingerprint}"
+def study_name(experiment_name: str, key: str, store_fingerprint: str) -> str:
+    """The sweep's study: its experiment, its key (``PreparedSweep.key``: its set of cells, or its plan), and the
+    tracking store its results go to."""
+    return f"{experiment_name}:{key}:{store_fingerprint}"
 
 
 class SweepQueue:
     """The Optuna study of one sweep (experiment x set of cells x tracking store)."""
 
-    def __init__(self, storage: RDBStorage, study_name: str, say: Callable[[str], None] = print) -> None:
-        self.storage, self.study_name, self.say = storage, study_name, say
+    def __init__(self, storage: RDBStorage, study_name: str, say: Callable[[str], None] = print, url: str = "") -> None:
+        self.storage, self.study_name, self.say, self.url = storage, study_name, say, url
         self.study = optuna.load_study(study_name=study_name, storage=storage)
         self.study_id = storage.get_study_id_from_name(study_name)
 
@@ -120,14 +123,14 @@ class SweepQueue:
         with exclusive(storage_url, f"sweep:{name}", "setting up this sweep"):
             with contextlib.suppress(optuna.exceptions.DuplicatedStudyError):
                 optuna.create_study(study_name=name, storage=storage, direction="minimize")
-            queue = cls(storage, name, say)
+            queue = cls(storage, name, say, storage_url)
             ready = queue.get_attr("ready") is not None
             if not ready:
                 kill_point("setup.created")
                 queued = {t.user_attrs.get(CELL) for t in queue.trials()}
                 for cell in cells:
                     if cell.hash not in queued:
-                        queue.study.enqueue_trial({}, user_attrs={CELL: cell.hash, NAME: cell.name})
+                        queue.enqueue(cell)
                 kill_point("setup.enqueued")
             if setup is not None:
                 setup(queue, not ready)
@@ -161,7 +164,7 @@ class SweepQueue:
                 kill_point("claim.won")
                 self.storage.record_heartbeat(trial_id)
                 self.storage.set_trial_user_attr(trial_id, OWNER, this_process())
-                return Claim(trial_id, trial.number, trial.user_attrs[CELL])
+                return Claim(trial_id, trial.number, trial.user_attrs[CELL], trial.user_attrs.get(SPEC))
         return None
 
     def take_back_orphans(self) -> int:
@@ -255,12 +258,23 @@ class SweepQueue:
         self.fail(claim, f"released: {reason}")
         self.retry([claim.cell_hash])
 
+    def enqueue(self, cell: Cell) -> None:
+        """Add ``cell`` to the queue, waiting (with the spec a planned sweep's workers rebuild it from)."""
+        attrs = {CELL: cell.hash, NAME: cell.name}
+        if cell.spec is not None:
+            attrs[SPEC] = cell.spec.to_json()
+        self.study.enqueue_trial({}, user_attrs=attrs)
+
     def retry(self, cell_hashes: Iterable[str]) -> int:
         """Enqueue failed cells again (``--retry-failed``); returns how many."""
-        names = {t.user_attrs[CELL]: t.user_attrs.get(NAME, "") for t in self.trials()}
+        attrs = {}
+        for trial in self.trials():  # the newest trial of each cell: its name and spec
+            attrs[trial.user_attrs[CELL]] = {
+                k: trial.user_attrs[k] for k in (CELL, NAME, SPEC) if k in trial.user_attrs
+            }
         count = 0
         for cell_hash in cell_hashes:
-            self.study.enqueue_trial({}, user_attrs={CELL: cell_hash, NAME: names.get(cell_hash, "")})
+            self.study.enqueue_trial({}, user_attrs=attrs.get(cell_hash, {CELL: cell_hash, NAME: ""}))
             count += 1
         return count
 

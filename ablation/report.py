@@ -73,7 +73,7 @@ def collect_runs(prepared: PreparedSweep, tracking_uri: str) -> pd.DataFrame:
 
 def baseline_arm(prepared: PreparedSweep) -> int:
     """The row significance is tested against: the paper's baseline row if the table has one, else the first."""
-    return next((arm.index for arm in prepared.arms if arm.paper_row and arm.paper_row.baseline), 0)
+    return prepared.baseline
 
 
 def summarize(prepared: PreparedSweep, runs: pd.DataFrame) -> pd.DataFrame:
@@ -118,6 +118,15 @@ def summarize(prepared: PreparedSweep, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Columns a tuned or seed-rule sweep's summary adds (``ablation.planned_report``), shown after the test column.
+EXTRA_COLUMNS = (
+    ("tuned_values", "Tuned values"),
+    ("tuning_trials", "Trials (pruned)"),
+    ("tuning_cost", "Tuning cost"),
+    ("seeds_rule", "Seeds (rule)"),
+)
+
+
 def _mean_std(mean: float, std: float, plus_minus: str = " ± ") -> str:
     if math.isnan(mean):
         return "-"
@@ -133,6 +142,8 @@ def display_rows(summary: pd.DataFrame, with_paper: bool, style: str = "md") -> 
     pm = {"latex": r" $\pm$ ", "html": " &plusmn; "}.get(style, " ± ")
     bold = {"latex": r"\textbf{{{}}}", "html": "<b>{}</b>"}.get(style, "**{}**")
     header = ["Description", "n", "Params", "GMACs", "Top-1 err (%)", "Top-5 err (%)", "vs baseline (Welch)"]
+    extra = [(column, title) for column, title in EXTRA_COLUMNS if column in summary.columns]
+    header += [title for _, title in extra]
     if with_paper:
         header += ["Paper top-1", "Paper top-5", "Δ top-1", "Paper params", "Paper GFLOPs"]
     best1 = summary["top1_err_mean"].min(skipna=True)
@@ -150,6 +161,7 @@ def display_rows(summary: pd.DataFrame, with_paper: bool, style: str = "md") -> 
             bold.format(top5) if r.top5_err_mean == best5 else top5,
             r.vs_baseline if r.n else "-",
         ]
+        cells += [str(getattr(r, column)) for column, _ in extra]
         if with_paper:
             cells += [
                 r.paper_top1_shown,
@@ -164,20 +176,46 @@ def display_rows(summary: pd.DataFrame, with_paper: bool, style: str = "md") -> 
 
 def table_note(prepared: PreparedSweep) -> str:
     """What produced the numbers: dataset, recipe, epochs, seeds, and how to read them."""
+    experiment = prepared.experiment
     config = prepared.arms[0].config
     train, data = config.train, config.data
-    seeds = prepared.experiment.seeds
+    seeds = experiment.seeds
     base = prepared.arms[baseline_arm(prepared)].description
     identities = sorted({arm.data.identity for arm in prepared.arms if arm.data.identity})
     identity = f", {', '.join(identities)}" if identities else ""
+    if isinstance(seeds, list):
+        seeds_text = f"seeds {', '.join(map(str, seeds))}"
+    else:
+        seeds_text = (
+            f"seeds from {seeds.start}, {seeds.min} per arm, then one more per round to each arm whose difference to "
+            f"the baseline has a 95% CI (Welch) containing 0, and to the baseline, up to {seeds.max} (a stopping "
+            "rule for spending seeds: looking after every round makes 'resolved' weaker than a 5% test)"
+        )
+    tune = experiment.tune
+    recipe = "" if tune is None else " (the default recipe; each tuned row trains its 'Tuned values' instead)"
     note = (
         f"Dataset {data.dataset} ({prepared.arms[0].data.image_size} px{identity}); SGD lr {train.lr:g}, momentum "
         f"{train.momentum:g}, weight decay {train.weight_decay:g}, batch {train.batch_size}, {train.epochs} epochs, "
-        f"{train.schedule} schedule; seeds {', '.join(map(str, seeds))}. Errors: last epoch, mean ± sample std over "
+        f"{train.schedule} schedule{recipe}; {seeds_text}. Errors: last epoch, mean ± sample std over "
         "the n seeds that finished ('-': n = 1 has no spread); bold: the lowest mean. 'vs baseline': difference "
         f"in top-1 error to '{base}' in points and the two-sided p of Welch's t-test over seeds (* p < 0.05; needs "
         "n >= 2 per arm, and three or more seeds to mean much)."
     )
+    if tune is not None:
+        space = ", ".join(
+            f"{key} {'in ' + str(p.choices) if p.type == 'categorical' else f'{p.low:g}..{p.high:g}'}"
+            + (" (log)" if p.log else "")
+            for key, p in tune.space.items()
+        )
+        note += (
+            f" Tuning: every arm its own Optuna study of exactly {tune.trials} trials of "
+            f"{tune.epochs or train.epochs} epochs ({tune.sampler.type} sampler, seed {tune.sampler.seed}; pruner "
+            f"{tune.pruner.type.replace('_', ' ')}) over {space}, each trial trained on a class-stratified "
+            f"{1 - tune.holdout:.0%} of the training set and scored by the last epoch's top-1 error on the other "
+            f"{tune.holdout:.0%} (split seed {tune.split_seed}); the test set was never read while tuning. The best "
+            "trial's values were then trained on the whole training set with the seeds above. Tuning cost: the "
+            "training + evaluation time of the arm's trials."
+        )
     if prepared.experiment.paper:
         note += (
             " Paper columns: the numbers the paper prints (ImageNet-1K, 224 px, one run each); Δ top-1 = ours - "
@@ -192,10 +230,20 @@ def render_markdown(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     title = prepared.experiment.title or prepared.experiment.name
-    return f"**{title}**\n\n" + "\n".join(lines) + f"\n\n{table_note(prepared)}\n"
+    return f"**{title}**\n\n" + "\n".join(lines) + f"\n\n{table_note(prepared)}\n" + _comparison(summary, "md")
 
 
-def _latex_escape(text: str) -> str:
+def _comparison(summary: pd.DataFrame, style: str) -> str:
+    """The default-vs-tuned table a tuned sweep's summary carries (``summary.attrs["comparison"]``), or ""."""
+    comparison = summary.attrs.get("comparison")
+    if comparison is None:
+        return ""
+    from ablation.planned_report import render_comparison
+
+    return "\n" + render_comparison(comparison, style)
+
+
+def latex_escape(text: str) -> str:
     for raw, escaped in (
         ("\\", r"\textbackslash{}"),
         ("&", r"\&"),
@@ -215,16 +263,16 @@ def render_latex(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{_latex_escape(prepared.experiment.title or prepared.experiment.name)}}}",
+        rf"\caption{{{latex_escape(prepared.experiment.title or prepared.experiment.name)}}}",
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",
-        " & ".join(_latex_escape(h) for h in header) + r" \\",
+        " & ".join(latex_escape(h) for h in header) + r" \\",
         r"\midrule",
     ]
-    lines += [" & ".join([_latex_escape(row[0]), *row[1:]]) + r" \\" for row in body]
+    lines += [" & ".join([latex_escape(row[0]), *row[1:]]) + r" \\" for row in body]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [rf"\par\smallskip\footnotesize {_latex_escape(table_note(prepared))}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    lines += [rf"\par\smallskip\footnotesize {latex_escape(table_note(prepared))}", r"\end{table}"]
+    return "\n".join(lines) + "\n" + _comparison(summary, "latex")
 
 
 def render_html(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
@@ -237,7 +285,7 @@ def render_html(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
     )
     return (
         f"<table>\n<caption>{title}</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>{rows}</tbody>\n</table>\n"
-        f"<p>{html.escape(table_note(prepared))}</p>\n"
+        f"<p>{html.escape(table_note(prepared))}</p>\n" + _comparison(summary, "html")
     )
 
 
@@ -314,7 +362,7 @@ def write_outputs(
 def log_to_parent(prepared: PreparedSweep, tracking_uri: str, paths: list[Path]) -> str | None:
     """Attach the table and figures to the sweep's parent run (under results/); its run id, or None."""
     store = SweepStore(tracking_uri, prepared.experiment)
-    parent = store.find_parent(prepared.cells)
+    parent = store.find_parent(prepared.key)
     if parent is None:
         return None
     for path in paths:

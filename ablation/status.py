@@ -9,6 +9,7 @@ from ablation.mlflow_store import SweepStore
 from ablation.prepared import PreparedSweep
 from ablation.queue import CELL, FAILURE, RUN_ID, SweepQueue, open_storage, study_name
 from ablation.stores import sqlite_path
+from ablation.tracking_names import PHASE_TUNE
 
 STATE_NAMES = {
     TrialState.WAITING: "pending",
@@ -27,7 +28,7 @@ def sweep_status(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -
     if store.fingerprint is None:
         return None
     storage = open_storage(storage_url)
-    name = study_name(prepared.experiment.name, prepared.cells, store.fingerprint)
+    name = study_name(prepared.experiment.name, prepared.key, store.fingerprint)
     try:
         queue = SweepQueue(storage, name)
     except KeyError:
@@ -38,7 +39,13 @@ def sweep_status(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -
         attempts[key] = attempts.get(key, 0) + (trial.state != TrialState.WAITING)
     latest = queue.latest()
     rows = []
-    for cell in prepared.cells:
+    cells = prepared.cells
+    if prepared.experiment.planned:  # its cells are those its plan has queued so far
+        from ablation.plan import SweepPlan
+
+        plan = SweepPlan(prepared)
+        cells = [plan.cell(entry.spec) for entry in sorted(plan.entries(queue), key=lambda e: e.trial.number)]
+    for cell in cells:
         trial = latest.get(cell.hash)
         state = STATE_NAMES.get(trial.state, trial.state.name.lower()) if trial else "not queued"
         # A failed attempt that was retried carries its MLflow run id on the earlier trial.
@@ -55,6 +62,7 @@ def sweep_status(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -
         rows.append(
             {
                 "description": cell.arm.description,
+                **({"phase": _phase(cell)} if prepared.experiment.planned else {}),
                 "seed": cell.seed,
                 "state": state,
                 "attempts": attempts.get(cell.hash, 0),
@@ -69,3 +77,8 @@ def render_status(frame: pd.DataFrame) -> str:
     counts = frame["state"].value_counts()
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "running", "done", "failed"))
     return frame.to_string(index=False) + f"\n\n{len(frame)} cells: {summary}\n"
+
+
+def _phase(cell) -> str:
+    spec = cell.spec
+    return f"tune #{spec.trial}" if spec.phase == PHASE_TUNE else f"final ({spec.recipe})"

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from ablation.console import say
 from ablation.prepared import PreparedSweep, prepare_sweep
 from ablation.sweep_state import join_sweep
-from ablation.worker import run_worker
+from ablation.worker import refuse_unsupported, run_worker
 from ablation.worker_args import WorkerOptions, worker_command
 
 __all__ = ["PreparedSweep", "SweepReport", "prepare_sweep", "run_sweep"]
@@ -49,35 +49,39 @@ def duration(seconds: float) -> str:
 def run_sweep(prepared: PreparedSweep, options: WorkerOptions, slots=None, retry_failed: bool = False) -> SweepReport:
     """Run the sweep with ``options`` on ``slots`` (default: one in-process worker)."""
     began = time.perf_counter()
+    refuse_unsupported(prepared, options)
     queue, store = join_sweep(prepared, options)
     if retry_failed:
         retried = queue.retry(queue.failed_cells())
         if retried:
             say(f"[sweep] {retried} failed cells enqueued again (--retry-failed)")
     counts = _counts(queue)
+    total = _total(prepared, queue)
     say(
-        f"[sweep] {prepared.experiment.name}: {len(prepared.cells)} cells ({len(prepared.arms)} arms x "
-        f"{len(prepared.experiment.seeds)} seeds): {counts['done']} done, {counts['failed']} failed "
-        f"(--retry-failed reruns them), {counts['pending']} to run; state {options.storage_url}, "
+        f"[sweep] {prepared.experiment.name}: {_shape(prepared, total())}: {counts['done']} done, {counts['failed']} "
+        f"failed (--retry-failed reruns them), {counts['pending']} to run; state {options.storage_url}, "
         f"tracking {options.tracking_uri}"
     )
-    report = SweepReport(total=len(prepared.cells), parent_run_id=queue.get_attr("parent_run_id"))
+    report = SweepReport(total=total(), parent_run_id=queue.get_attr("parent_run_id"))
     slots = slots or []
     try:
         if options.gpus_per_job > 1:
             # Every cell is a torchrun launch confined to its slot's GPUs: all workers are processes.
-            _wait_for(_start_workers(prepared, options, slots), prepared, queue, began)
+            _wait_for(_start_workers(prepared, options, slots), prepared, queue, began, total)
         else:
             # This process, already warm (imports, validation), is the first slot's worker; others are processes.
             others = _start_workers(prepared, options, slots[1:])
-            worker = _run_here(prepared, options, slots[0] if slots else None, queue, store, counts, began, len(slots))
+            worker = _run_here(
+                prepared, options, slots[0] if slots else None, queue, store, counts, began, len(slots), total
+            )
             report.trained_now, report.train_s = worker.finished, worker.train_s
-            _wait_for(others, prepared, queue, began)
+            _wait_for(others, prepared, queue, began, total)
     except KeyboardInterrupt:
         # Ctrl-C (or SIGTERM): the cells in flight were marked KILLED and given back; so is the sweep's parent run.
         store.finish(report.parent_run_id, "KILLED", "interrupted; run the same command to resume")
         raise
     counts = _counts(queue)
+    report.total = total()
     report.done, report.pending = counts["done"], counts["pending"]
     report.failed = {
         t.user_attrs.get("cell_name", key): t.user_attrs.get("failure", "")
@@ -90,6 +94,39 @@ def run_sweep(prepared: PreparedSweep, options: WorkerOptions, slots=None, retry
     return report
 
 
+def _total(prepared: PreparedSweep, queue):
+    """The sweep's number of cells, read when needed: a planned sweep's grows as its plan adds cells."""
+    if not prepared.experiment.planned:
+        return lambda: len(prepared.cells)
+    from ablation.plan import SweepPlan
+
+    plan = SweepPlan(prepared)
+    return lambda: plan.expected_total(queue)
+
+
+def _shape(prepared: PreparedSweep, total: int) -> str:
+    """What the sweep consists of, in words."""
+    experiment, arms = prepared.experiment, len(prepared.arms)
+    seeds = experiment.seeds
+    seeds_text = (
+        f"seeds {seeds.min}..{seeds.max} until the CI95 of each difference to the baseline excludes 0"
+        if not isinstance(seeds, list)
+        else f"{len(seeds)} seeds"
+    )
+    tune = experiment.tune
+    if tune is None and isinstance(seeds, list):
+        return f"{total} cells ({arms} arms x {seeds_text})"
+    text = f"{total} cells so far ({arms} arms"
+    if tune is not None:
+        epochs = tune.epochs or prepared.arms[0].config.train.epochs
+        text += (
+            f"; tuning {tune.trials} trials per arm of {epochs} epochs on a {tune.holdout:g} holdout of the training "
+            f"set, then the best values"
+        )
+        text += " and the default recipe" if tune.compare_default else ""
+    return text + f"; {seeds_text})"
+
+
 def _counts(queue) -> dict[str, int]:
     states = [t.state for t in queue.latest().values()]
     return {
@@ -100,7 +137,7 @@ def _counts(queue) -> dict[str, int]:
     }
 
 
-def _run_here(prepared, options, slot, queue, store, counts, began: float, workers: int):
+def _run_here(prepared, options, slot, queue, store, counts, began: float, workers: int, total):
     """The in-process worker, with a sweep line after each of its cells."""
     if slot is not None and slot.gpus:
         options = replace(options, cell=replace(options.cell, device=f"cuda:{slot.gpus[0]}"))
@@ -115,14 +152,16 @@ def _run_here(prepared, options, slot, queue, store, counts, began: float, worke
         latest = queue.latest().values()
         finished = len({t._trial_id for t in latest if t.state == TrialState.COMPLETE} | logging)
         failed = sum(t.state == TrialState.FAIL for t in latest)
-        left = max(len(prepared.cells) - finished - failed, 0)
+        left = max(total() - finished - failed, 0)
         if workers <= 1:
-            eta = (times[-1] - began) / len(times) * min(left, max(to_run - len(times), 0))
+            # A planned sweep's cells to come are counted by its plan (``left``), not by what was queued at the start.
+            queued_left = left if prepared.experiment.planned else min(left, max(to_run - len(times), 0))
+            eta = (times[-1] - began) / len(times) * queued_left
         else:
             rate = (finished - counts["done"]) / (times[-1] - began)
             eta = left / rate if rate > 0 else 0.0
         say(
-            f"[sweep] {finished}/{len(prepared.cells)} cells done, {failed} failed | elapsed "
+            f"[sweep] {finished}/{total()} cells done, {failed} failed | elapsed "
             f"{duration(times[-1] - began)} | ETA {duration(eta)} | last: {name} -> {outcome.splitlines()[0][:80]}"
         )
 
@@ -144,7 +183,7 @@ def _start_workers(prepared, options, slots) -> list[subprocess.Popen]:
     return processes
 
 
-def _wait_for(processes: list[subprocess.Popen], prepared, queue, began: float) -> None:
+def _wait_for(processes: list[subprocess.Popen], prepared, queue, began: float, total) -> None:
     """Wait for worker processes, with a status line every 10 seconds."""
     start_done, last = _counts(queue)["done"], time.perf_counter()
     try:
@@ -157,7 +196,7 @@ def _wait_for(processes: list[subprocess.Popen], prepared, queue, began: float) 
                 rate = (counts["done"] - start_done) / elapsed
                 eta = duration(counts["pending"] / rate) if rate > 0 else "?"
                 say(
-                    f"[sweep] {counts['done']}/{len(prepared.cells)} done, {counts['running']} running, "
+                    f"[sweep] {counts['done']}/{total()} done, {counts['running']} running, "
                     f"{counts['failed']} failed | elapsed {duration(elapsed)} | ETA {eta}"
                 )
     except KeyboardInterrupt:

@@ -30,12 +30,21 @@ from optuna.trial import TrialState
 
 from ablation.console import say
 from ablation.faults import kill_point
-from ablation.grid import Cell, sweep_key
+from ablation.grid import Cell
 from ablation.mlflow_store import SweepStore
 from ablation.prepared import PreparedSweep
 from ablation.queue import CELL, SweepQueue, open_storage, study_name
 from ablation.stores import probe_storage, probe_tracking
 from ablation.tracking_names import FINAL_TOP1_ERR_LAST, PARENT_RUN
+
+
+def initial_cells(prepared: PreparedSweep) -> list[Cell]:
+    """The cells a sweep's state is created with: all of them, or those a planned sweep starts from."""
+    if not prepared.experiment.planned:
+        return prepared.cells
+    from ablation.plan import SweepPlan
+
+    return SweepPlan(prepared).initial_cells()
 
 
 def join_sweep(prepared: PreparedSweep, options, say: Callable[[str], None] = say) -> tuple[SweepQueue, SweepStore]:
@@ -44,7 +53,7 @@ def join_sweep(prepared: PreparedSweep, options, say: Callable[[str], None] = sa
     probe_tracking(options.tracking_uri)
     storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
     store = SweepStore(options.tracking_uri, prepared.experiment, create=True)
-    name = study_name(prepared.experiment.name, prepared.cells, store.fingerprint)
+    name = study_name(prepared.experiment.name, prepared.key, store.fingerprint)
     checkpoint_dir = Path(options.cell.checkpoint_dir)
 
     def setup(queue: SweepQueue, new: bool) -> None:
@@ -53,13 +62,13 @@ def join_sweep(prepared: PreparedSweep, options, say: Callable[[str], None] = sa
         else:
             _check(queue, store, prepared, options, say)
 
-    queue = SweepQueue.create_or_join(storage, options.storage_url, name, prepared.cells, setup, say)
+    queue = SweepQueue.create_or_join(storage, options.storage_url, name, initial_cells(prepared), setup, say)
     return queue, store
 
 
 def _set_up(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, options, checkpoint_dir: Path, say) -> None:
-    cells, uri = prepared.cells, options.tracking_uri
-    prefix = f"{prepared.experiment.name}:{sweep_key(cells)}:"
+    cells, uri = initial_cells(prepared), options.tracking_uri
+    prefix = f"{prepared.experiment.name}:{prepared.key}:"
     others = [
         s.study_name
         for s in queue.storage.get_all_studies()
@@ -81,7 +90,7 @@ def _set_up(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, optio
     done = _mark_finished(queue, store.cell_runs())
     if done:
         say(f"[sweep] {uri} already holds finished runs of {done} of these {len(cells)} cells; they count as done")
-    queue.set_attr("parent_run_id", store.parent_run(cells))
+    queue.set_attr("parent_run_id", store.parent_run(prepared.key, len(cells)))
     kill_point("setup.parent")
 
 
@@ -90,14 +99,15 @@ def _check(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, option
     parent = queue.get_attr("parent_run_id")
     runs = store.cell_runs()
     if not store.parent_exists(parent):
-        replacement = store.parent_run(prepared.cells)
+        replacement = store.parent_run(prepared.key, len(initial_cells(prepared)))
         queue.set_attr("parent_run_id", replacement)
         for run in runs.values():
             if run.data.tags.get(PARENT_RUN) == parent:
                 store.log_tags(run.info.run_id, {PARENT_RUN: replacement})
         say(f"[sweep] the sweep's parent run {parent} is not in {uri} (deleted?); its cells go under {replacement}")
     finished = {key for key, run in runs.items() if run.info.status == "FINISHED"}
-    ours = {cell.hash for cell in prepared.cells}
+    # A planned sweep's cells are those its state holds (added as it went); a plain sweep's, its experiment's.
+    ours = set(queue.latest()) if prepared.experiment.planned else {cell.hash for cell in prepared.cells}
     lost = [
         key
         for key, trial in queue.latest().items()

@@ -53,6 +53,19 @@ ATTENTION = "ablation.attention"  # the attention module's type
 ATTENTION_SOURCE = "ablation.attention_source_sha256"  # the source file of a user's own attention module
 FAILURE = "ablation.failure"  # why a run failed or was stopped ("" once reopened)
 AXIS_PREFIX = "axis."  # + a grid axis' dotted key: that axis' value in this cell
+DEVICE = "ablation.device"  # cell run: the device type it trained on (cpu, cuda)
+# Cell runs of a tuned or seed-rule sweep (ablation.plan); the dashboard filters tuning vs final runs by PHASE.
+PHASE = "ablation.phase"  # PHASE_TUNE (a tuning trial) or PHASE_FINAL (a run the table reports)
+PHASE_TUNE, PHASE_FINAL = "tune", "final"
+RECIPE = (
+    "ablation.recipe"  # final run: RECIPE_DEFAULT (the experiment's recipe) or RECIPE_TUNED (its arm's best values)
+)
+RECIPE_DEFAULT, RECIPE_TUNED = "default", "tuned"
+CELL_SPEC = "ablation.cell_spec"  # what the plan made the cell from: arm, seed, phase, recipe, values, trial (JSON)
+TUNE_STUDY = "ablation.tune.study"  # tuning run: its arm's Optuna study
+TUNE_TRIAL = "ablation.tune.trial"  # tuning run: the trial's number in that study
+TUNE_STATE = "ablation.tune.state"  # tuning run: COMPLETE, PRUNED or FAIL, as the study records it
+TUNE_PRUNED_AT = "tune/pruned_at_epoch"  # metric of a pruned tuning run: the epoch it was stopped after
 
 # MLflow's own tags.
 PARENT_RUN = "mlflow.parentRunId"

@@ -73,10 +73,11 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class TrainResult:
     history: list[dict[str, float]]
-    completed: bool  # False when stopped early on request (stop_after_epochs)
+    completed: bool  # False when stopped early: on request (stop_after_epochs) or pruned
     train_time_s: float  # pure training + evaluation time over all epochs, resumed ones included
     resumed_from_epoch: int = 0
     final: dict[str, float] = field(default_factory=dict)
+    pruned: bool = False  # stopped because ``on_epoch`` said so (a tuning trial its pruner stopped)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -199,6 +200,7 @@ def train_job(
     dist: DistContext | None = None,
     run_id: str | None = None,
     key: str | None = None,
+    on_epoch: Callable[[list[dict[str, float]], bool], bool] | None = None,
     say: Callable[[str], None] = say,
 ) -> TrainResult:
     """Train ``model`` (freshly built under ``seed_everything(config.seed)``) as ``config`` says.
@@ -223,31 +225,48 @@ def train_job(
     The steps, in order: ``_set_up`` (device, network, loaders, optimiser), ``_resume`` (checkpoint and replay),
     ``_Job.wrap_for_training`` (DDP, compilation), then per epoch ``_run_epoch`` (``_train_loop``,
     ``_evaluate``) and, on rank 0, ``_checkpoint`` and logging.
+
+    ``on_epoch(history, last)`` (a tuning trial's pruning, ``ablation.tuning``) is called on rank 0 after each
+    epoch is checkpointed and logged, and once after a resume; True stops the job there (``TrainResult.pruned``),
+    every rank together.
     """
     dist = dist or SINGLE
     key = key or config_hash(config, info.identity)
     job = _set_up(config, model, info, device, dist, workers, checkpoint_path, run_id, key)
     history, start_epoch, train_time = _resume(job, tracker, say)
+    epochs = config.train.epochs
+    if history and start_epoch < epochs and _stop_here(on_epoch, history, False, dist):  # pruned before a kill
+        return TrainResult(history, False, train_time, start_epoch, final_metrics(history), pruned=True)
     job.wrap_for_training()
-    for epoch in range(start_epoch, config.train.epochs):
+    for epoch in range(start_epoch, epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
             return TrainResult(history, False, train_time, start_epoch)
         metrics = _run_epoch(job, epoch, description, progress)
         train_time += metrics[EPOCH_TIME]
         history.append(metrics)
-        if not dist.is_main:
-            continue
-        # Checkpoint first: a kill between the two leaves an epoch that the resumed job logs from the history.
-        _checkpoint(job, epoch + 1, history, train_time)
-        kill_point("epoch.checkpointed")
-        tracker.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=epoch + 1)
-        kill_point("epoch.logged")
+        if dist.is_main:
+            # Checkpoint first: a kill between the two leaves an epoch that the resumed job logs from the history.
+            _checkpoint(job, epoch + 1, history, train_time)
+            kill_point("epoch.checkpointed")
+            tracker.log_metrics({k: metrics[k] for k in EPOCH_METRICS}, step=epoch + 1)
+            kill_point("epoch.logged")
+        if _stop_here(on_epoch, history, epoch + 1 == epochs, dist):
+            barrier(dist)
+            return TrainResult(history, False, train_time, start_epoch, final_metrics(history), pruned=True)
     barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
     final = final_metrics(history)
     if dist.is_main:
         tracker.log_metrics(final)
     return TrainResult(history, True, train_time, start_epoch, final)
+
+
+def _stop_here(on_epoch, history: list[dict[str, float]], last: bool, dist: DistContext) -> bool:
+    """Rank 0 asks ``on_epoch``; every rank gets its answer (so that they stop together)."""
+    if on_epoch is None:
+        return False
+    stop = bool(on_epoch(history, last)) if dist.is_main else False
+    return bool(broadcast_object(stop, dist))
 
 
 @dataclass

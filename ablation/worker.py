@@ -20,12 +20,16 @@ from optuna.trial import TrialState
 
 from ablation.cell import CellOutcome, run_cell
 from ablation.console import say
+from ablation.errors import ConfigError
+from ablation.grid import CellSpec
 from ablation.mlflow_store import SweepStore
+from ablation.plan import SweepPlan
 from ablation.prepared import PreparedSweep
 from ablation.queue import NAME, Claim, Heartbeat, SweepQueue
 from ablation.sweep_state import join_sweep
 from ablation.tracker import Tracker
-from ablation.tracking_names import EPOCH_TIME, FINAL_TOP1_ERR_LAST, TRAIN_LOSS, VAL_TOP1_ERR
+from ablation.tracking_names import EPOCH_TIME, FINAL_TOP1_ERR_LAST, PHASE_TUNE, TRAIN_LOSS, VAL_TOP1_ERR
+from ablation.tuning import pruning_callback
 from ablation.worker_args import CellLaunch, WorkerOptions, run_cell_command
 
 __all__ = ["EpochLines", "WorkerOptions", "WorkerReport", "run_worker"]
@@ -75,15 +79,19 @@ def run_worker(
 ) -> WorkerReport:
     """Claim and run cells until none is waiting or running; ``on_cell(name, outcome, logging)`` after each one,
     ``logging`` being the trial ids of this worker's finished cells whose results are still being logged."""
+    refuse_unsupported(prepared, options)
     if queue is None or store is None:
         queue, store = join_sweep(prepared, options)
     parent_id = queue.get_attr("parent_run_id")
     cells = {cell.hash: cell for cell in prepared.cells}
+    plan = SweepPlan(prepared, say) if prepared.experiment.planned else None
     report = WorkerReport()
     waiting, finalizing = "", set()  # what it last said it waits for; trials of ours whose results are being logged
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
         while True:
             claim = queue.claim()
+            if claim is None and plan is not None and plan.refill(queue, store):
+                continue  # the plan added cells (a tuning trial, final runs, a seed round): claim one
             if claim is None:
                 if queue.unfinished() == 0:
                     break
@@ -91,13 +99,15 @@ def run_worker(
                 if reason and reason.partition(":")[0] != waiting:  # a line when what it waits for changes
                     say(f"[{options.name}] {reason}")
                     waiting = reason.partition(":")[0]
-                time.sleep(options.poll_s)  # others still run cells; one may die and its cell come back
+                # Others still run cells (one may die and its cell come back); or only this worker's own results
+                # are being logged, after which a planned sweep may have its next cell at once.
+                time.sleep(options.poll_s if reason else min(options.poll_s, 0.2))
                 continue
             waiting = ""
-            cell = cells[claim.cell_hash]
+            cell = plan.cell(CellSpec.from_json(claim.spec)) if plan and claim.spec else cells[claim.cell_hash]
             beat = Heartbeat(queue.storage, claim.trial_id, options.heartbeat_interval).start()
             try:
-                outcome = _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finalizer)
+                outcome = _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finalizer, plan)
             except BaseException:
                 beat.stop()
                 queue.release(claim, "the worker was stopped")
@@ -124,6 +134,17 @@ def run_worker(
             if outcome.status == "interrupted":
                 break  # a stop was asked for: do not pick up more work
     return report
+
+
+def refuse_unsupported(prepared: PreparedSweep, options: WorkerOptions) -> None:
+    """What a planned sweep cannot do yet, as a one-line error before any store is touched."""
+    if prepared.experiment.planned and options.gpus_per_job > 1:
+        raise ConfigError(
+            "--gpus-per-job",
+            options.gpus_per_job,
+            "a tuned or seed-rule sweep trains each cell on one device (its cells are made as it goes, and a "
+            "torchrun launch is given a fixed cell); allowed: 1",
+        )
 
 
 def _waiting_for(queue: SweepQueue, grace_period: int, mine: set[int]) -> str:
@@ -169,7 +190,9 @@ def _complete_when_logged(
         outcome.finalizing.add_done_callback(done)
 
 
-def _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finalizer) -> CellOutcome | None:
+def _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finalizer, plan=None) -> CellOutcome | None:
+    if cell.hash != claim.cell_hash:  # a spec that no longer makes the cell it was queued as (the code changed)
+        return CellOutcome("failed", "", reason=f"its spec now makes cell {cell.hash}, not {claim.cell_hash}")
     existing = store.find_cell(cell.hash)
     if existing is not None and existing.info.status == "FINISHED":
         queue.set_run_id(claim, existing.info.run_id)
@@ -179,17 +202,34 @@ def _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finali
     if options.gpus_per_job > 1:
         return _run_distributed(cell, claim, prepared, queue, store, parent_id, run_id, options)
     wrapper = (lambda t: EpochLines(t, f"[{options.name}] {cell.name}")) if options.epoch_lines else None
+    on_epoch, tune_study = None, ""
+    if plan is not None and cell.spec.phase == PHASE_TUNE:
+        study = plan.study(queue, prepared.arms[cell.arm.index])
+        on_epoch, tune_study = pruning_callback(study, cell.spec.trial), study.name
     return run_cell(
         cell,
         store,
         parent_id,
         run_id,
         options.cell,
-        prepared.costs[cell.arm.index],
+        _cost(prepared, cell),
         finalizer=finalizer,
         on_run=lambda rid: queue.set_run_id(claim, rid),
         tracker_wrapper=wrapper,
+        on_epoch=on_epoch,
+        tune_study=tune_study,
     )
+
+
+def _cost(prepared: PreparedSweep, cell) -> tuple[int, int]:
+    """The network's (params, MACs): its arm's, measured once, unless tuned values changed the network."""
+    arm = prepared.arms[cell.arm.index]
+    if cell.config.model == arm.config.model:
+        return prepared.costs[arm.index]
+    from ablation.grid import build_network
+    from ablation.measure import measure
+
+    return measure(lambda: build_network(cell.arm), cell.arm.data.image_size)
 
 
 def _run_distributed(cell, claim, prepared, queue, store, parent_id, run_id, options) -> CellOutcome:

@@ -212,7 +212,7 @@ def test_log_gradcam_to_the_sweeps_parent_run(tmp_path: Path, monkeypatch: pytes
     assert log_gradcam(store, prepared, [figure]) is None, "no sweep yet: nothing to log to, nothing created"
     assert store.runs("sweep") == []
 
-    parent = store.parent_run(prepared.cells)
+    parent = store.parent_run(prepared.key, len(prepared.cells))
     store.finish(parent, "FINISHED")
     assert log_gradcam(store, prepared, [figure]) == parent
     assert [a.path for a in store.client.list_artifacts(parent, GRADCAM_DIR)] == [f"{GRADCAM_DIR}/gradcam.png"]

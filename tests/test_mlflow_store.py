@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 
 from ablation.config import load_experiment
 from ablation.errors import StoreError
-from ablation.grid import expand_arms, expand_cells
+from ablation.grid import expand_arms, expand_cells, sweep_key
 from ablation.mlflow_store import MlflowTracker, SweepStore, dashboard_hint, resolve_tracking_uri
 from ablation.tracking_names import CONFIG_HASH, PARENT_RUN, ROLE, ROLE_CELL, SEED, TITLE
 from tests.conftest import in_folder, tiny_experiment
@@ -22,8 +22,8 @@ def test_a_store_is_created_only_for_writing_and_holds_the_sweep_layout(tmp_path
 
     with in_folder(tmp_path):
         store = SweepStore(uri, experiment, create=True)
-        parent = store.parent_run(cells)
-        assert store.parent_run(cells) == parent  # the same sweep reopens its parent run
+        parent = store.parent_run(sweep_key(cells), len(cells))
+        assert store.parent_run(sweep_key(cells), len(cells)) == parent  # the same sweep reopens its parent run
         run_id = store.start_cell(cells[1], parent, {"name": "npz", "source": str(tiny_npz), "digest": "d"})
     reader = SweepStore(uri, experiment)
     assert reader.exists and reader.fingerprint == store.fingerprint

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ablation.config import DataConfig
+from ablation.data.holdout import held_out_count
 from ablation.data.identity import file_identity, file_is_verified, file_stamp, folder_identity, mark_verified
 from ablation.errors import ConfigError
 
@@ -32,7 +33,8 @@ class DatasetInfo:
     # What the images are (``ablation.data.identity``), part of every cell's key; None when only the shape of the
     # data was asked for (profiling, which reads no images).
     identity: str | None = None
-    train_size: int | None = None  # training images, where known without reading them
+    # Training images, where known without reading them; with ``data.holdout`` those of the training part.
+    train_size: int | None = None
 
 
 def npz_path(data: DataConfig) -> Path:
@@ -122,6 +124,23 @@ def verify_npz(path: Path, identity: str) -> None:
     mark_verified(path, identity)
 
 
+def _training_part(data: DataConfig, class_sizes: list[int]) -> int:
+    """Images a job trains on, given the training set's class sizes: all, or those ``data.holdout`` keeps."""
+    if data.holdout is None:
+        return sum(class_sizes)
+    return sum(n - held_out_count(n, data.holdout.fraction) for n in class_sizes)
+
+
+def _npz_class_sizes(path: Path) -> list[int]:
+    """Images per class of an .npz's training split (reads y_train only)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            labels = f["y_train"]
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, zlib.error) as exc:
+        raise ConfigError("data.root", str(path), f"its y_train cannot be read ({exc})") from None
+    return [int(n) for n in np.unique(labels, return_counts=True)[1]]
+
+
 @functools.lru_cache(maxsize=32)
 def _checked_npz_identity(path: Path, stamp: tuple[int, ...]) -> str:
     """An .npz's identity, its content checked: once per process while the file is unchanged (``stamp``), since
@@ -150,14 +169,16 @@ def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
         identity = None
         if check_paths:
             identity = _checked_npz_identity(path.resolve(), tuple(file_stamp(path).values()))
-        return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity, shape[0])
+        train_size = shape[0] if data.holdout is None else _training_part(data, _npz_class_sizes(path))
+        return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity, train_size)
     if data.dataset in ("cifar10", "cifar100"):
         root = Path(data.root).expanduser() if data.root else None
         if root is None and check_paths:
             raise ConfigError("data.root", None, f"dataset {data.dataset} needs data.root = a folder for torchvision")
         classes = 10 if data.dataset == "cifar10" else 100
         identity = f"torchvision:{data.dataset}:train+test" if check_paths else None
-        return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root, identity, 50_000)
+        train_size = _training_part(data, [50_000 // classes] * classes)  # torchvision's CIFAR: balanced classes
+        return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root, identity, train_size)
     # imagenet: train/ and val/ ImageFolders under root.
     if not check_paths:
         return DatasetInfo("imagenet", 1000, data.image_size or 224, 3, None)

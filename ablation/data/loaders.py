@@ -3,20 +3,28 @@
 Both kinds yield (float32 normalised NCHW on the device, int64 labels on the device), have ``set_epoch`` (the
 order of an epoch depends only on the seed and the epoch, so a resumed job sees the same batches) and
 ``num_samples``.
+
+With ``data.holdout`` a job trains on a fixed class-stratified part of the training set and is evaluated (the
+"val" loader) on the held-out rest of it (``ablation.data.holdout``); the test set, or ImageNet's val/ folder, is
+never used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Subset
 
 from ablation.config import DataConfig
 from ablation.data.catalog import DatasetInfo
+from ablation.data.holdout import stratified_holdout
 from ablation.data.memory import InMemoryLoader
-from ablation.data.sources import IMAGENET_STATS, load_arrays, normalization
+from ablation.data.sources import IMAGENET_STATS, holdout_split, load_arrays, normalization
 
 
 class FolderLoader:
@@ -28,6 +36,11 @@ class FolderLoader:
     with a DistributedSampler (each rank a disjoint 1/K of the epoch's permutation, the tail dropped);
     evaluation gives rank r the contiguous block ``[N * r // K, N * (r + 1) // K)`` of the validation set,
     because DistributedSampler would pad the last ranks with repeated images and so count some twice.
+
+    ``folder``: the ImageFolder to read, already scanned (a shallow copy of it gets this loader's transform);
+    None: ``root/train`` when training, ``root/val`` otherwise. ``indices``: only these images of it (a
+    ``Subset``; sharding and sampling then run over the subset), None: all of them. A holdout split passes the
+    scanned training folder with the train indices to one loader and the held-out ones to the other.
     """
 
     def __init__(
@@ -44,6 +57,8 @@ class FolderLoader:
         augment: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        folder: Any = None,
+        indices: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         from torch.utils.data import DataLoader
         from torchvision import datasets, transforms
@@ -63,7 +78,13 @@ class FolderLoader:
             transform = transforms.Compose(
                 [transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize]
             )
-        self.dataset = datasets.ImageFolder(str(root / ("train" if train else "val")), transform=transform)
+        if folder is None:
+            folder = datasets.ImageFolder(str(root / ("train" if train else "val")), transform=transform)
+        else:
+            folder = copy.copy(folder)  # the scan's sample list is shared; the transform is this loader's
+            folder.transform = transform
+        self.folder = folder
+        self.dataset = folder if indices is None else Subset(folder, [int(i) for i in indices])
         n = len(self.dataset)
         self.sampler: DistributedSampler | range = (
             DistributedSampler(
@@ -120,6 +141,10 @@ def make_loaders(
 
     ``batch_size`` is the global batch whatever K (so a recipe means the same on any number of GPUs): each rank
     trains on ``batch_size // K`` images of it, and K must divide it.
+
+    With ``data.holdout`` the training loader covers the training part of the training set and the validation
+    loader, in evaluation mode, its held-out part; the test split is not used (nor ImageNet's val/ opened).
+    Without it, training covers the whole training set and validation the test split (ImageNet's val/).
     """
     if batch_size % world_size:
         raise ValueError(f"batch_size {batch_size} is not divisible by world_size {world_size}")
@@ -128,12 +153,20 @@ def make_loaders(
         common = dict(
             image_size=info.image_size, seed=seed, device=device, workers=workers, rank=rank, world_size=world_size
         )
+        parts: dict[str, dict[str, Any]] = {"train": {}, "val": {}}
+        if data.holdout is not None:
+            from torchvision import datasets
+
+            folder = datasets.ImageFolder(str(info.path / "train"))  # scanned once, read by both loaders
+            kept, held = stratified_holdout(np.asarray(folder.targets), data.holdout.fraction, data.holdout.seed)
+            parts = {"train": {"folder": folder, "indices": kept}, "val": {"folder": folder, "indices": held}}
         train = FolderLoader(
             info.path,
             train=True,
             batch_size=batch_size // world_size,
             channels_last=channels_last,
             augment=data.augment,
+            **parts["train"],
             **common,
         )
         val = FolderLoader(
@@ -141,18 +174,26 @@ def make_loaders(
             train=False,
             batch_size=max(1, eval_batch_size // world_size),
             channels_last=channels_last,
+            **parts["val"],
             **common,
         )
         return train, val
     arrays = load_arrays(data)
-    mean, std = normalization(data, arrays)
+    split = holdout_split(data, arrays)
+    if split is None:
+        x_train, y_train, x_val, y_val = arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test
+    else:
+        kept, held = split
+        x_train, y_train = arrays.x_train[kept], arrays.y_train[kept]
+        x_val, y_val = arrays.x_train[held], arrays.y_train[held]
+    mean, std = normalization(data, arrays)  # with a holdout, of the training part only
     # The in-memory loaders take the global batch and slice it themselves (same permutation on every rank).
     common = dict(
         mean=mean, std=std, seed=seed, image_size=info.image_size, device=device, rank=rank, world_size=world_size
     )
     train = InMemoryLoader(
-        torch.from_numpy(arrays.x_train),
-        torch.from_numpy(arrays.y_train),
+        torch.from_numpy(x_train),
+        torch.from_numpy(y_train),
         batch_size=batch_size,
         train=True,
         augment=data.augment,
@@ -160,8 +201,8 @@ def make_loaders(
         **common,
     )
     val = InMemoryLoader(
-        torch.from_numpy(arrays.x_test),
-        torch.from_numpy(arrays.y_test),
+        torch.from_numpy(x_val),
+        torch.from_numpy(y_val),
         batch_size=eval_batch_size,
         train=False,
         channels_last=channels_last,

@@ -17,6 +17,7 @@ import numpy as np
 
 from ablation.config import DataConfig
 from ablation.data.catalog import BUNDLED, DatasetInfo, dataset_info, npz_path
+from ablation.data.holdout import stratified_holdout
 from ablation.errors import ConfigError
 
 # Per-channel mean / std used to normalise inputs. The small sets compute theirs from their own train split.
@@ -99,18 +100,30 @@ def load_arrays(data: DataConfig) -> ArrayDataset:
     """The arrays of a small dataset; cached per process, so the cells of a sweep read the file once."""
     if data.dataset not in ("npz", "cifar10", "cifar100", *BUNDLED):
         raise ValueError(f"{data.dataset} is not an in-memory dataset")
-    # The cache key ignores what does not change the arrays (augmentation, resolution).
-    return _load_arrays_cached(data.model_copy(update={"augment": True, "image_size": None}))
+    # The cache key ignores what does not change the arrays (augmentation, resolution, the holdout split).
+    return _load_arrays_cached(data.model_copy(update={"augment": True, "image_size": None, "holdout": None}))
+
+
+def holdout_split(data: DataConfig, arrays: ArrayDataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train indices, held-out indices) into ``arrays.x_train`` when ``data.holdout`` is set, else None
+    (``ablation.data.holdout.stratified_holdout``: the same split in every process)."""
+    if data.holdout is None:
+        return None
+    return stratified_holdout(arrays.y_train, data.holdout.fraction, data.holdout.seed)
 
 
 def normalization(data: DataConfig, arrays: ArrayDataset | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) the job's inputs are normalised with: fixed for ImageNet and CIFAR, otherwise those
+    of the images the job trains on, which with ``data.holdout`` is the training part only (the held-out images,
+    what the job is scored on, do not shape its inputs)."""
     if data.dataset == "imagenet":
         return IMAGENET_STATS
     if data.dataset in CIFAR_STATS:
         return CIFAR_STATS[data.dataset]
     from ablation.data.memory import channel_stats
 
-    mean, std = channel_stats(arrays.x_train)
+    split = holdout_split(data, arrays)
+    mean, std = channel_stats(arrays.x_train if split is None else arrays.x_train[split[0]])
     if len(mean) == 1:  # grayscale is repeated to 3 channels by the loader
         mean, std = tuple(mean) * 3, tuple(std) * 3
     return tuple(mean), tuple(std)

@@ -1,0 +1,306 @@
+"""A planned sweep: cells added as results come in, in the same queue as every other cell.
+
+An experiment with a ``tune:`` section or a seed rule (``seeds: {min, max, until}``) cannot list its cells up
+front: its tuning trials' values come from each arm's sampler, its final runs from each arm's best trial, its
+later seeds from whether the earlier ones resolved the difference to the baseline. ``SweepPlan.refill`` adds
+what the plan needs next; a worker calls it whenever it finds nothing to claim, under a lock in the storage, so
+that of several workers on several machines exactly one adds each cell. In order:
+
+1. **Tuning** (each arm its own Optuna study, ``ablation.tuning``): trials that a study holds but the queue does
+   not (its asker died between the two) are queued; trials whose cell finished are told to their study (COMPLETE
+   with the holdout top-1 error of the last epoch, PRUNED as the run recorded, FAIL for a diverged loss); then, if
+   the queue had nothing for this worker, one new trial is asked, of the arm with the fewest, so that the arms'
+   budgets fill in lockstep, and only of an arm with fewer than ``tune.parallel`` trials in flight (by default
+   one: each arm's next trial sees all its earlier ones, so a rerun reproduces its suggestions). No arm ever gets
+   more than ``tune.trials``, whatever was killed where.
+2. **Final runs**: once all of an arm's trials have ended, its best trial's values are trained on the full
+   training set with the experiment's seeds and evaluated on the test set, as any final run.
+3. **Seed rounds** (``ablation.seed_rule``): once a recipe's final runs have all ended, every arm whose
+   difference to the baseline is unresolved (and the baseline) gets one more seed, until resolved or ``max``.
+
+The default recipe's final runs (every arm with the experiment's own values, for the "default vs tuned" table)
+are known up front and queued when the sweep is set up. Everything the plan decides is derived from the two
+stores (the studies, the queue, the MLflow runs), never kept beside them, so a rerun after a kill anywhere
+decides the same again and adds only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable
+
+from optuna.trial import FrozenTrial, TrialState
+
+from ablation.config import config_hash
+from ablation.faults import kill_point
+from ablation.grid import Arm, Cell, CellSpec, sweep_key
+from ablation.prepared import PreparedSweep
+from ablation.queue import CELL, FAILURE, SPEC, SweepQueue
+from ablation.search_space import trial_config, with_values
+from ablation.seed_rule import next_round
+from ablation.stores import exclusive
+from ablation.tracking_names import (
+    FINAL_TOP1_ERR_LAST,
+    PHASE_FINAL,
+    PHASE_TUNE,
+    RECIPE_DEFAULT,
+    RECIPE_TUNED,
+    TUNE_STATE,
+)
+from ablation.tune_config import SeedRule
+from ablation.tuning import ArmStudy, arm_study_name
+
+DIVERGED = "NonFiniteLossError"  # a trial whose loss diverged ended (FAIL), and counts in its arm's budget
+
+
+def plan_key(prepared: PreparedSweep) -> str:
+    """A planned sweep's identity: its arms' cells at the first seeds, its tune section and its seeds."""
+    experiment = prepared.experiment
+    seeds = experiment.seeds
+    payload = {
+        "cells": sweep_key(prepared.cells),
+        "tune": experiment.tune.model_dump(mode="json") if experiment.tune else None,
+        "seeds": seeds.model_dump(mode="json") if isinstance(seeds, SeedRule) else list(seeds),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class Entry:
+    """A cell of the queue as the plan sees it: its spec and its newest queue trial."""
+
+    spec: CellSpec
+    trial: FrozenTrial
+
+    @property
+    def state(self) -> TrialState:
+        return self.trial.state
+
+    @property
+    def value(self) -> float:
+        return self.trial.values[0] if self.trial.values else math.nan
+
+
+class SweepPlan:
+    """The cells of one planned sweep and the rules that add them."""
+
+    def __init__(self, prepared: PreparedSweep, say: Callable[[str], None] = print) -> None:
+        self.prepared, self.say = prepared, say
+        self.experiment = prepared.experiment
+        self.tune = self.experiment.tune
+        self.rule = self.experiment.seeds if isinstance(self.experiment.seeds, SeedRule) else None
+        self.seeds = self.experiment.initial_seeds
+        self.baseline = prepared.baseline
+        self._said: set[str] = set()
+        self._studies: dict[str, ArmStudy] = {}
+
+    # ---- cells
+
+    @property
+    def trial_seed(self) -> int:
+        """Every tuning trial's training seed: the same for all trials, so they differ only in their values."""
+        return self.tune.seed if self.tune and self.tune.seed is not None else self.seeds[0]
+
+    def initial_cells(self) -> list[Cell]:
+        """What the sweep's state starts with: the default recipe at the first seeds, unless a tuned experiment
+        leaves it out (``tune.compare_default: false``)."""
+        if self.tune is not None and not self.tune.compare_default:
+            return []
+        return [self.cell(CellSpec(arm.index, seed)) for arm in self.prepared.arms for seed in self.seeds]
+
+    def cell(self, spec: CellSpec) -> Cell:
+        """The cell a spec describes (any worker, on any machine, rebuilds the same one)."""
+        arm = self.prepared.arms[spec.arm]
+        values = dict(spec.values)
+        if spec.phase == PHASE_TUNE:
+            config = trial_config(arm.config, self.tune, values, spec.seed)
+        elif spec.recipe == RECIPE_TUNED:
+            config = with_values(arm.config, values, seed=spec.seed)
+        else:
+            config = arm.config.model_copy(update={"seed": spec.seed})
+        return Cell(dataclasses.replace(arm, config=config), spec.seed, spec)
+
+    def study(self, queue: SweepQueue, arm: Arm) -> ArmStudy:
+        """The arm's study in the queue's storage (created when missing)."""
+        key = config_hash(arm.config, arm.data.identity, arm.module_sha256)
+        name = arm_study_name(queue.study_name, arm.index, key)
+        if name not in self._studies:
+            self._studies[name] = ArmStudy(queue.storage, name, self.tune, arm.index)
+        return self._studies[name]
+
+    def entries(self, queue: SweepQueue) -> list[Entry]:
+        """Every spec the queue holds, with the newest queue trial of that spec."""
+        newest: dict[str, FrozenTrial] = {}
+        for trial in queue.trials():
+            text = trial.user_attrs.get(SPEC)
+            if text is not None and (text not in newest or trial.number > newest[text].number):
+                newest[text] = trial
+        return [Entry(CellSpec.from_json(text), trial) for text, trial in newest.items()]
+
+    # ---- adding what is needed next
+
+    def refill(self, queue: SweepQueue, store=None) -> int:
+        """Add the cells the plan needs now (see the module docstring); returns how many were queued."""
+        with exclusive(queue.url, f"plan:{queue.study_name}", "adding this sweep's next cells"):
+            for study in self._studies.values():
+                study.forget()  # other workers asked and told since this one last looked
+            entries = self.entries(queue)
+            busy = {
+                e.trial.user_attrs.get(CELL) for e in entries if e.state in (TrialState.WAITING, TrialState.RUNNING)
+            }
+            added = 0
+            if self.tune is not None:
+                added += self._tuning(queue, store, entries, busy)
+                added += self._tuned_finals(queue, entries, busy)
+            if self.rule is not None:
+                for recipe in (RECIPE_DEFAULT, RECIPE_TUNED):
+                    added += self._seed_round(queue, entries, busy, recipe)
+            return added
+
+    def _enqueue(self, queue: SweepQueue, spec: CellSpec, busy: set[str]) -> bool:
+        """Queue the cell of ``spec`` unless the same cell (same key) is waiting or running already: two queue
+        entries of one cell must never run at once (a later refill queues it once the first has ended)."""
+        cell = self.cell(spec)
+        if cell.hash in busy:
+            return False
+        queue.enqueue(cell)
+        busy.add(cell.hash)
+        return True
+
+    def _tuning(self, queue: SweepQueue, store, entries: list[Entry], busy: set[str]) -> int:
+        added = 0
+        counts: dict[int, int] = {}
+        in_flight: dict[int, int] = {}
+        for arm in self.prepared.arms:
+            study = self.study(queue, arm)
+            trials = study.trials()
+            counts[arm.index] = len(trials)
+            queued = {e.spec.trial: e for e in entries if e.spec.phase == PHASE_TUNE and e.spec.arm == arm.index}
+            for trial in trials:
+                if trial.state != TrialState.RUNNING:
+                    continue
+                entry = queued.get(trial.number)
+                if entry is None:
+                    spec = self._trial_spec(arm, trial)
+                    added += self._enqueue(queue, spec, busy)
+                elif entry.state == TrialState.COMPLETE:
+                    self._tell_finished(study, trial, entry, store)
+                elif entry.state == TrialState.FAIL and entry.trial.user_attrs.get(FAILURE, "").startswith(DIVERGED):
+                    study.tell(trial, TrialState.FAIL)
+            in_flight[arm.index] = sum(not t.state.is_finished() for t in study.trials())
+        if added:
+            return added
+        # The arm with the fewest trials, among those with budget left and fewer than tune.parallel in flight.
+        open_arms = [i for i, n in counts.items() if n < self.tune.trials and in_flight[i] < self.tune.parallel]
+        if not open_arms:
+            return 0
+        index = min(open_arms, key=lambda i: (counts[i], i))
+        arm = self.prepared.arms[index]
+        trial = self.study(queue, arm).ask()
+        kill_point("plan.asked")  # asked, not queued: the next refill queues it (the budget holds it already)
+        return int(self._enqueue(queue, self._trial_spec(arm, trial), busy))
+
+    def _trial_spec(self, arm: Arm, trial: FrozenTrial) -> CellSpec:
+        values = tuple((key, trial.params[key]) for key in self.tune.space)
+        return CellSpec(arm.index, self.trial_seed, PHASE_TUNE, RECIPE_TUNED, values, trial.number)
+
+    def _tell_finished(self, study: ArmStudy, trial: FrozenTrial, entry: Entry, store) -> None:
+        """A trial whose cell is done: COMPLETE with its objective, or PRUNED as its MLflow run records."""
+        pruned = False
+        if store is not None:
+            run = store.find_cell(entry.trial.user_attrs.get(CELL))
+            pruned = run is not None and run.data.tags.get(TUNE_STATE) == TrialState.PRUNED.name
+            value = run.data.metrics.get(FINAL_TOP1_ERR_LAST, entry.value) if run is not None else entry.value
+        else:
+            value = entry.value
+        if pruned or math.isnan(value):
+            study.tell(trial, TrialState.PRUNED if pruned else TrialState.FAIL)
+        else:
+            study.tell(trial, TrialState.COMPLETE, value)
+
+    def tuning_ended(self, study: ArmStudy) -> bool:
+        trials = study.trials()
+        return len(trials) >= self.tune.trials and all(t.state.is_finished() for t in trials)
+
+    def best_values(self, study: ArmStudy) -> tuple[tuple[str, object], ...] | None:
+        best = study.best()
+        return None if best is None else tuple((key, best.params[key]) for key in self.tune.space)
+
+    def _tuned_finals(self, queue: SweepQueue, entries: list[Entry], busy: set[str]) -> int:
+        added = 0
+        for arm in self.prepared.arms:
+            if any(
+                e.spec.recipe == RECIPE_TUNED and e.spec.phase == PHASE_FINAL and e.spec.arm == arm.index
+                for e in entries
+            ):
+                continue
+            study = self.study(queue, arm)
+            if not self.tuning_ended(study):
+                continue
+            values = self.best_values(study)
+            if values is None:
+                self._say_once(
+                    f"[plan] {arm.description}: none of its {self.tune.trials} trials completed (all pruned or "
+                    "failed); it has no tuned row"
+                )
+                continue
+            shown = ", ".join(f"{key}={value}" for key, value in values)
+            self.say(f"[plan] {arm.description}: tuning ended, best {shown}; final runs with seeds {self.seeds}")
+            for seed in self.seeds:
+                added += self._enqueue(queue, CellSpec(arm.index, seed, PHASE_FINAL, RECIPE_TUNED, values), busy)
+        return added
+
+    def _seed_round(self, queue: SweepQueue, entries: list[Entry], busy: set[str], recipe: str) -> int:
+        """One more seed for the unresolved arms of ``recipe``, once all of its final runs have ended."""
+        finals = [e for e in entries if e.spec.phase == PHASE_FINAL and e.spec.recipe == recipe]
+        if not finals or any(e.state in (TrialState.WAITING, TrialState.RUNNING) for e in finals):
+            return 0
+        arms = {e.spec.arm for e in finals}
+        if recipe == RECIPE_TUNED and self.tune is not None:
+            waiting = [a for a in self.prepared.arms if a.index not in arms and not self._no_tuned_row(queue, a)]
+            if waiting:
+                return 0  # other arms' tuning still runs: the round compares all arms at once
+        if self.baseline not in arms:
+            self._say_once(f"[plan] the baseline has no {recipe} runs; the seed rule cannot compare to it")
+            return 0
+        results: dict[int, list[float]] = {a: [] for a in arms}
+        enqueued: dict[int, list[int]] = {a: [] for a in arms}
+        values: dict[int, tuple] = {}
+        for e in finals:
+            enqueued[e.spec.arm].append(e.spec.seed)
+            values[e.spec.arm] = e.spec.values
+            if e.state == TrialState.COMPLETE and not math.isnan(e.value):
+                results[e.spec.arm].append(e.value)
+        added = 0
+        for arm, seed in next_round(results, enqueued, self.baseline, self.rule).items():
+            spec = CellSpec(arm, seed, PHASE_FINAL, recipe, values[arm])
+            added += self._enqueue(queue, spec, busy)
+        if added:
+            self.say(f"[plan] {recipe} recipe: {added} more seeds for the arms whose difference is unresolved")
+        return added
+
+    def _no_tuned_row(self, queue: SweepQueue, arm: Arm) -> bool:
+        study = self.study(queue, arm)
+        return self.tuning_ended(study) and study.best() is None
+
+    def _say_once(self, line: str) -> None:
+        if line not in self._said:
+            self._said.add(line)
+            self.say(line)
+
+    # ---- what is left
+
+    def expected_total(self, queue: SweepQueue) -> int:
+        """Cells queued so far plus those the plan will surely add (tuning trials not yet asked, final runs of
+        arms still tuning): the denominator of progress lines, which a seed rule may still raise."""
+        entries = self.entries(queue)
+        queued = len({e.trial.user_attrs.get(CELL) for e in entries})
+        if self.tune is None:
+            return queued
+        asked = sum(1 for e in entries if e.spec.phase == PHASE_TUNE)
+        tuned = {e.spec.arm for e in entries if e.spec.phase == PHASE_FINAL and e.spec.recipe == RECIPE_TUNED}
+        budget = self.tune.trials * len(self.prepared.arms)
+        return queued + max(budget - asked, 0) + len(self.seeds) * (len(self.prepared.arms) - len(tuned))

@@ -1,0 +1,254 @@
+"""A tuned sweep end to end on real images, real SQLite stores: every arm's budget, pruning, the final runs of the
+best values, the seed rule, the MLflow layout, and the table's new columns."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from ablation.config import load_experiment
+from ablation.grid import CellSpec
+from ablation.mlflow_store import SweepStore
+from ablation.plan import SweepPlan
+from ablation.planned_report import planned_view
+from ablation.prepared import prepare_sweep
+from ablation.queue import SPEC, SweepQueue, open_storage, study_name
+from ablation.report import render
+from ablation.seed_rule import next_round
+from ablation.tracking_names import (
+    ARM,
+    CELL_SPEC,
+    CONFIG_HASH,
+    DEVICE,
+    FINAL_TOP1_ERR_LAST,
+    PHASE,
+    PHASE_FINAL,
+    PHASE_TUNE,
+    RECIPE,
+    RECIPE_DEFAULT,
+    RECIPE_TUNED,
+    ROLE_CELL,
+    TUNE_PRUNED_AT,
+    TUNE_STATE,
+    TUNE_STUDY,
+    TUNE_TRIAL,
+    VAL_TOP1_ERR,
+    role_filter,
+)
+from tests.conftest import sweep_in
+
+pytestmark = pytest.mark.slow
+
+TRIALS, TUNE_EPOCHS = 4, 3
+
+
+def tuned_experiment(npz, trials: int = TRIALS, seeds: str = "{min: 2, max: 3}", extra: str = "") -> str:
+    return f"""
+name: tiny
+title: Tiny tuned sweep
+base:
+  model: {{arch: resnet18, width: 0.125, stem: cifar, attention: {{type: cbam, reduction: 4}}}}
+  data: {{dataset: npz, root: {npz}, augment: false}}
+  train: {{epochs: 2, batch_size: 20, lr: 0.05, schedule: cosine}}
+grid:
+  - model.attention: [{{type: none}}]
+  - model.attention.order: [channel-first]
+seeds: {seeds}
+tune:
+  trials: {trials}
+  epochs: {TUNE_EPOCHS}
+  holdout: 0.2
+  space:
+    train.lr: {{type: float, low: 1.0e-4, high: 0.5, log: true}}
+    train.label_smoothing: {{type: categorical, choices: [0.0, 0.1]}}
+  sampler: {{type: tpe, seed: 3, startup_trials: 2}}
+  pruner: {{type: successive_halving, min_epochs: 1, reduction_factor: 2}}
+{extra}
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_npz, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tuned")
+    path = folder / "exp.yaml"
+    path.write_text(tuned_experiment(tiny_npz))
+    prepared = prepare_sweep(load_experiment(path))
+    report, options = sweep_in(folder / "run", prepared)
+    storage = open_storage(options.storage_url)
+    client = MlflowClient(options.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL), max_results=1000)
+    fingerprint = SweepStore(options.tracking_uri, prepared.experiment).fingerprint
+    queue = SweepQueue(storage, study_name("tiny", prepared.key, fingerprint), url=options.storage_url)
+    return prepared, report, options, queue, client, runs
+
+
+def arm_studies(prepared, queue):
+    plan = SweepPlan(prepared)
+    return {arm.index: plan.study(queue, arm) for arm in prepared.arms}
+
+
+def test_every_arm_gets_exactly_the_same_budget_and_every_trial_ends(swept):
+    prepared, report, _, queue, _, _ = swept
+    assert report.failed == {} and report.pending == 0
+    for study in arm_studies(prepared, queue).values():
+        trials = study.trials()
+        assert len(trials) == TRIALS
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        # Each trial's intermediate values are its holdout errors, one per epoch it ran.
+        for t in trials:
+            assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+            assert len(t.intermediate_values) == (
+                TUNE_EPOCHS if t.state == TrialState.COMPLETE else len(t.intermediate_values)
+            )
+
+
+def test_pruned_trials_stop_early_and_are_recorded_as_pruned(swept):
+    prepared, _, _, queue, client, runs = swept
+    pruned = [t for s in arm_studies(prepared, queue).values() for t in s.trials() if t.state == TrialState.PRUNED]
+    assert pruned, "the budget and seeds of this fixture are chosen so that successive halving prunes"
+    tune_runs = {(r.data.tags[ARM], r.data.tags[TUNE_TRIAL]): r for r in runs if r.data.tags.get(PHASE) == PHASE_TUNE}
+    for study in arm_studies(prepared, queue).values():
+        for trial in study.trials():
+            run = tune_runs[(str(study.arm_index), str(trial.number))]
+            assert run.info.status == "FINISHED"
+            assert run.data.tags[TUNE_STATE] == trial.state.name
+            assert run.data.tags[TUNE_STUDY] == study.name
+            epochs = [m.step for m in client.get_metric_history(run.info.run_id, VAL_TOP1_ERR)]
+            if trial.state == TrialState.PRUNED:
+                assert len(epochs) < TUNE_EPOCHS  # stopped early: fewer epochs trained than a trial has
+                assert run.data.metrics[TUNE_PRUNED_AT] == len(epochs)
+                assert "pruned at epoch" in run.info.run_name
+            else:
+                assert epochs == list(range(1, TUNE_EPOCHS + 1))
+                assert run.data.metrics[FINAL_TOP1_ERR_LAST] == pytest.approx(trial.values[0])
+
+
+def test_the_final_runs_train_each_arms_best_values_on_the_whole_training_set(swept):
+    prepared, _, _, queue, _, runs = swept
+    studies = arm_studies(prepared, queue)
+    finals = [r for r in runs if r.data.tags.get(PHASE) == PHASE_FINAL and r.data.tags.get(RECIPE) == RECIPE_TUNED]
+    assert finals
+    for run in finals:
+        study = studies[int(run.data.tags[ARM])]
+        best = min((t for t in study.trials() if t.state == TrialState.COMPLETE), key=lambda t: (t.values[0], t.number))
+        assert float(run.data.params["train.lr"]) == pytest.approx(best.params["train.lr"])
+        assert float(run.data.params["train.label_smoothing"]) == best.params["train.label_smoothing"]
+        assert run.data.params["train.epochs"] == "2"  # the final recipe's epochs, not the trials'
+        assert run.data.params["data.holdout"] == "null"  # the whole training set, scored on the test set
+        spec = CellSpec.from_json(run.data.tags[CELL_SPEC])
+        assert SweepPlan(prepared).cell(spec).hash == run.data.tags[CONFIG_HASH]
+    # Every tuning trial trained on the holdout split and was scored there, never on the test set.
+    for run in runs:
+        if run.data.tags.get(PHASE) == PHASE_TUNE:
+            assert run.data.params["data.holdout.fraction"] == "0.2"
+            assert "holdout" in run.inputs.dataset_inputs[0].tags[0].value
+            assert run.data.tags[DEVICE] == "cpu"
+
+
+def test_the_seed_rule_added_seeds_only_while_a_difference_was_unresolved(swept):
+    prepared, _, _, queue, _, _ = swept
+    plan = SweepPlan(prepared)
+    entries = plan.entries(queue)
+    for recipe in (RECIPE_DEFAULT, RECIPE_TUNED):
+        finals = [e for e in entries if e.spec.phase == PHASE_FINAL and e.spec.recipe == recipe]
+        enqueued = {a.index: sorted(e.spec.seed for e in finals if e.spec.arm == a.index) for a in prepared.arms}
+        results = {a.index: [e.value for e in finals if e.spec.arm == a.index] for a in prepared.arms}
+        assert all(2 <= len(seeds) <= 3 for seeds in enqueued.values())
+        assert all(seeds == list(range(len(seeds))) for seeds in enqueued.values())
+        # The rule, asked again on what the sweep ended with, has nothing left to add.
+        assert next_round(results, enqueued, prepared.baseline, plan.rule) == {}
+
+
+def test_runs_are_tagged_so_the_dashboard_filters_tuning_from_final_runs(swept):
+    _, _, _, _, client, runs = swept
+    experiment = client.get_experiment_by_name("tiny")
+    tune = client.search_runs([experiment.experiment_id], f"tags.`{PHASE}` = '{PHASE_TUNE}'", max_results=1000)
+    final = client.search_runs([experiment.experiment_id], f"tags.`{PHASE}` = '{PHASE_FINAL}'", max_results=1000)
+    assert len(tune) == 2 * TRIALS and len(tune) + len(final) == len(runs)
+    assert {r.data.tags[RECIPE] for r in final} == {RECIPE_DEFAULT, RECIPE_TUNED}
+
+
+def test_every_queued_cell_ran_once_into_one_finished_run(swept):
+    _, _, _, queue, _, runs = swept
+    hashes = [r.data.tags[CONFIG_HASH] for r in runs]
+    assert len(hashes) == len(set(hashes))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    queued = {t.user_attrs["cell_hash"] for t in queue.trials() if SPEC in t.user_attrs}
+    assert queued == set(hashes)
+
+
+def test_the_table_shows_tuned_values_trials_cost_the_rule_and_default_vs_tuned(swept):
+    prepared, _, options, queue, _, _ = swept
+    view = planned_view(prepared, options.storage_url, options.tracking_uri)
+    summary = view.summary
+    studies = arm_studies(prepared, queue)
+    for arm, row in zip(prepared.arms, summary.itertuples(index=False), strict=True):
+        states = [t.state for t in studies[arm.index].trials()]
+        assert row.tuning_trials.startswith(f"{TRIALS} ({states.count(TrialState.PRUNED)} pruned")
+        assert row.tuned_values.startswith("lr=") and "label_smoothing=" in row.tuned_values
+        assert row.tuning_cost.endswith(("CPU-h", "CPU-min")) and float(row.tuning_cost.split()[0]) > 0
+        assert row.n >= 2 and not math.isnan(row.top1_err_mean)
+    assert summary.loc[prepared.baseline, "seeds_rule"] == "baseline"
+    text = render(summary, view.main, "md")
+    for header in ("Tuned values", "Trials (pruned)", "Tuning cost", "Seeds (rule)", "Default recipe vs tuned"):
+        assert header in text
+    assert "the test set was never read while tuning" in text
+    assert set(view.comparison["description"]) == {arm.description for arm in prepared.arms}
+    assert render(summary, view.main, "latex").count(r"\begin{tabular}") == 2
+    assert isinstance(next(iter(view.studies.values())), optuna.Study)
+
+
+def test_status_lists_every_queued_cell_with_its_phase(swept):
+    from ablation.status import render_status, sweep_status
+
+    prepared, _, options, _, _, runs = swept
+    frame = sweep_status(prepared, options.storage_url, options.tracking_uri)
+    assert len(frame) == len(runs) and set(frame["state"]) == {"done"}
+    phases = set(frame["phase"])
+    assert {"final (default)", "final (tuned)", "tune #0", f"tune #{TRIALS - 1}"} <= phases
+    assert f"{len(runs)} cells: 0 pending, 0 running, {len(runs)} done" in render_status(frame)
+
+
+def test_a_deleted_sweep_storage_is_rebuilt_from_mlflow_without_training_again(swept, tmp_path, capsys):
+    import shutil
+
+    prepared, _, options, queue, _, _ = swept
+    source = options.tracking_uri.removeprefix("sqlite:///")
+    folder = tmp_path / "again"
+    folder.mkdir()
+    shutil.copy(source, folder / "mlflow.db")  # the results store, without the sweep's storage
+    before = {arm: s.trials() for arm, s in arm_studies(prepared, queue).items()}
+    report, again = sweep_in(folder, prepared)
+    assert report.trained_now == 0 and report.failed == {}
+    assert "already holds finished runs" in capsys.readouterr().err
+    fingerprint = SweepStore(again.tracking_uri, prepared.experiment).fingerprint
+    rebuilt = SweepQueue(open_storage(again.storage_url), study_name("tiny", prepared.key, fingerprint))
+    after = {arm: s.trials() for arm, s in arm_studies(prepared, rebuilt).items()}
+    for arm, trials in before.items():  # the same suggestions, told the same results the runs hold
+        assert [(t.params, t.state, t.values) for t in trials] == [(t.params, t.state, t.values) for t in after[arm]]
+
+
+def test_a_seed_rule_without_tuning_adds_seeds_to_the_default_recipe_until_resolved(tiny_npz, tmp_path):
+    from tests.conftest import tiny_experiment
+
+    grid = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
+    path = tmp_path / "exp.yaml"
+    path.write_text(tiny_experiment(tiny_npz, grid, seeds="{min: 2, max: 4}", epochs=1))
+    prepared = prepare_sweep(load_experiment(path))
+    report, options = sweep_in(tmp_path / "run", prepared)
+    assert report.failed == {} and report.pending == 0
+    view = planned_view(prepared, options.storage_url, options.tracking_uri)
+    runs = view.runs
+    enqueued = {arm.index: sorted(runs.loc[runs["arm"] == arm.index, "seed"]) for arm in prepared.arms}
+    results = {arm.index: runs.loc[runs["arm"] == arm.index, "top1_err"].tolist() for arm in prepared.arms}
+    assert all(seeds == list(range(len(seeds))) and 2 <= len(seeds) <= 4 for seeds in enqueued.values())
+    assert next_round(results, enqueued, prepared.baseline, prepared.experiment.seeds) == {}
+    verdict = view.summary.loc[1, "seeds_rule"]
+    assert verdict.startswith(("resolved at n=", "unresolved at max n=4"))
+    assert "Tuned values" not in render(view.summary, view.main, "md")
+    assert report.total == len(runs) == sum(len(s) for s in enqueued.values())
