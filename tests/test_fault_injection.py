@@ -172,7 +172,16 @@ def test_ctrl_c_ends_in_one_line_with_exit_130_and_the_runs_killed(tiny_npz, tmp
     path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", "[0]", epochs=50))
     command = [sys.executable, str(ROOT / "runner.py"), "sweep", str(path), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's SIGINT as a terminal delivers it: a test run started in the background by a shell without job
+    # control inherits SIGINT ignored, and Python then leaves it ignored in every child it starts.
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     while not list((tmp_path / "checkpoints").rglob("last.pt")):
         assert process.poll() is None and time.monotonic() < deadline
