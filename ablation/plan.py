@@ -35,6 +35,7 @@ from collections.abc import Callable
 from optuna.trial import FrozenTrial, TrialState
 
 from ablation.config import config_hash
+from ablation.console import say
 from ablation.faults import kill_point
 from ablation.grid import Arm, Cell, CellSpec, sweep_key
 from ablation.prepared import PreparedSweep
@@ -87,7 +88,7 @@ class Entry:
 class SweepPlan:
     """The cells of one planned sweep and the rules that add them."""
 
-    def __init__(self, prepared: PreparedSweep, say: Callable[[str], None] = print) -> None:
+    def __init__(self, prepared: PreparedSweep, say: Callable[[str], None] = say) -> None:
         self.prepared, self.say = prepared, say
         self.experiment = prepared.experiment
         self.tune = self.experiment.tune
@@ -174,6 +175,7 @@ class SweepPlan:
         added = 0
         counts: dict[int, int] = {}
         in_flight: dict[int, int] = {}
+        diverged = {e.trial.user_attrs.get(CELL) for e in entries if _diverged(e)}
         for arm in self.prepared.arms:
             study = self.study(queue, arm)
             trials = study.trials()
@@ -185,23 +187,32 @@ class SweepPlan:
                 entry = queued.get(trial.number)
                 if entry is None:
                     spec = self._trial_spec(arm, trial)
-                    added += self._enqueue(queue, spec, busy)
+                    if self.cell(spec).hash in diverged:  # values suggested again that diverged before
+                        study.tell(trial, TrialState.FAIL)
+                    else:
+                        added += self._enqueue(queue, spec, busy)
                 elif entry.state == TrialState.COMPLETE:
                     self._tell_finished(study, trial, entry, store)
-                elif entry.state == TrialState.FAIL and entry.trial.user_attrs.get(FAILURE, "").startswith(DIVERGED):
+                elif _diverged(entry):
                     study.tell(trial, TrialState.FAIL)
             in_flight[arm.index] = sum(not t.state.is_finished() for t in study.trials())
         if added:
             return added
-        # The arm with the fewest trials, among those with budget left and fewer than tune.parallel in flight.
-        open_arms = [i for i, n in counts.items() if n < self.tune.trials and in_flight[i] < self.tune.parallel]
-        if not open_arms:
-            return 0
-        index = min(open_arms, key=lambda i: (counts[i], i))
-        arm = self.prepared.arms[index]
-        trial = self.study(queue, arm).ask()
-        kill_point("plan.asked")  # asked, not queued: the next refill queues it (the budget holds it already)
-        return int(self._enqueue(queue, self._trial_spec(arm, trial), busy))
+        while True:
+            # The arm with the fewest trials, among those with budget left and fewer than tune.parallel in flight.
+            open_arms = [i for i, n in counts.items() if n < self.tune.trials and in_flight[i] < self.tune.parallel]
+            if not open_arms:
+                return 0
+            index = min(open_arms, key=lambda i: (counts[i], i))
+            arm = self.prepared.arms[index]
+            study = self.study(queue, arm)
+            trial = study.ask()
+            kill_point("plan.asked")  # asked, not queued: the next refill queues it (the budget holds it already)
+            counts[index] += 1
+            spec = self._trial_spec(arm, trial)
+            if self.cell(spec).hash not in diverged:
+                return int(self._enqueue(queue, spec, busy))
+            study.tell(trial, TrialState.FAIL)  # values that diverged before: the trial ends untrained
 
     def _trial_spec(self, arm: Arm, trial: FrozenTrial) -> CellSpec:
         values = tuple((key, trial.params[key]) for key in self.tune.space)
@@ -291,6 +302,14 @@ class SweepPlan:
             self._said.add(line)
             self.say(line)
 
+    def retryable(self, queue: SweepQueue, failed: list[str]) -> list[str]:
+        """Of the failed cells (keys), those ``--retry-failed`` should run again: not the tuning trials whose loss
+        diverged, which ended as FAIL in their arm's budget (the same values would diverge again)."""
+        diverged = {e.trial.user_attrs.get(CELL) for e in self.entries(queue) if _diverged(e)}
+        if diverged & set(failed):
+            self.say(f"[plan] {len(diverged & set(failed))} diverged tuning trials ended in their budgets; not retried")
+        return [key for key in failed if key not in diverged]
+
     # ---- what is left
 
     def expected_total(self, queue: SweepQueue) -> int:
@@ -304,3 +323,12 @@ class SweepPlan:
         tuned = {e.spec.arm for e in entries if e.spec.phase == PHASE_FINAL and e.spec.recipe == RECIPE_TUNED}
         budget = self.tune.trials * len(self.prepared.arms)
         return queued + max(budget - asked, 0) + len(self.seeds) * (len(self.prepared.arms) - len(tuned))
+
+
+def _diverged(entry: Entry) -> bool:
+    """A tuning trial's cell that failed because its loss diverged: an outcome of its values, not an accident."""
+    return (
+        entry.spec.phase == PHASE_TUNE
+        and entry.state == TrialState.FAIL
+        and entry.trial.user_attrs.get(FAILURE, "").startswith(DIVERGED)
+    )

@@ -52,7 +52,12 @@ def run_sweep(prepared: PreparedSweep, options: WorkerOptions, slots=None, retry
     refuse_unsupported(prepared, options)
     queue, store = join_sweep(prepared, options)
     if retry_failed:
-        retried = queue.retry(queue.failed_cells())
+        failed = queue.failed_cells()
+        if prepared.experiment.planned:
+            from ablation.plan import SweepPlan
+
+            failed = SweepPlan(prepared).retryable(queue, failed)
+        retried = queue.retry(failed)
         if retried:
             say(f"[sweep] {retried} failed cells enqueued again (--retry-failed)")
     counts = _counts(queue)

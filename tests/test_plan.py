@@ -252,3 +252,32 @@ def test_a_seed_rule_without_tuning_adds_seeds_to_the_default_recipe_until_resol
     assert verdict.startswith(("resolved at n=", "unresolved at max n=4"))
     assert "Tuned values" not in render(view.summary, view.main, "md")
     assert report.total == len(runs) == sum(len(s) for s in enqueued.values())
+
+
+def test_diverged_trials_count_in_the_budget_and_an_arm_with_no_completed_trial_has_no_tuned_row(
+    tiny_npz, tmp_path, capsys
+):
+    # Every trial of the plain arm diverges (lr 1e6): its budget ends with FAIL trials, no tuned row, and the other
+    # arm's tuning, final runs and the table go on.
+    text = tuned_experiment(tiny_npz, trials=2, seeds="[0]", extra="  compare_default: false")
+    text = text.replace(
+        "train.lr: {type: float, low: 1.0e-4, high: 0.5, log: true}", "train.lr: {type: categorical, choices: [1.0e6]}"
+    ).replace("choices: [0.0, 0.1]", "choices: [0.0]")  # one point: an arm's second trial repeats its first
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    prepared = prepare_sweep(load_experiment(path))
+    report, options = sweep_in(tmp_path / "run", prepared)
+    # One cell per arm trained and diverged; its second trial, suggested the same values, ended FAIL untrained.
+    assert len(report.failed) == 2
+    err = capsys.readouterr().err
+    assert "none of its 2 trials completed (all pruned or failed); it has no tuned row" in err
+    view = planned_view(prepared, options.storage_url, options.tracking_uri)
+    assert list(view.summary["tuned_values"]) == ["-", "-"]
+    assert list(view.summary["tuning_trials"]) == ["2 (0 pruned, 2 failed)"] * 2
+    fingerprint = SweepStore(options.tracking_uri, prepared.experiment).fingerprint
+    queue = SweepQueue(open_storage(options.storage_url), study_name("tiny", prepared.key, fingerprint))
+    for study in arm_studies(prepared, queue).values():
+        assert [t.state for t in study.trials()] == [TrialState.FAIL, TrialState.FAIL]
+    again, _ = sweep_in(tmp_path / "run", prepared, retry_failed=True)
+    assert again.trained_now == 0  # diverged trials ended in their budgets: --retry-failed leaves them
+    assert "diverged tuning trials ended in their budgets; not retried" in capsys.readouterr().err
