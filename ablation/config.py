@@ -439,7 +439,7 @@ def apply_overrides(experiment: Experiment, overrides: list[tuple[str, Any]]) ->
             except ValueError:
                 raise ConfigError("--set seeds", value, SEEDS_ALLOWED) from None
             continue
-        clash = next((g for g in grid_keys if _overlaps(g, key)), None)
+        clash = next((g for g in grid_keys if overlaps(g, key)), None)
         if clash:
             raise ConfigError(
                 f"--set {key}", value, f"'{clash}' is varied by the grid; edit the experiment's grid instead"
@@ -468,6 +468,6 @@ def _override_tune(tune: TuneConfig | None, key: str, value: Any) -> TuneConfig:
         raise ConfigError(f"--set {key}", value, err["msg"].removeprefix("Value error, ")) from None
 
 
-def _overlaps(a: str, b: str) -> bool:
+def overlaps(a: str, b: str) -> bool:
     """True when one dotted key is the other or lies under it (model.attention vs model.attention.order)."""
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")

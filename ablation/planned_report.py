@@ -25,10 +25,10 @@ from optuna.trial import TrialState
 from ablation.mlflow_store import SweepStore
 from ablation.plan import SweepPlan
 from ablation.prepared import PreparedSweep
-from ablation.queue import CELL, SweepQueue, open_storage, study_name
+from ablation.queue import CELL
 from ablation.report import collect_runs, latex_escape, summarize
 from ablation.seed_rule import verdicts
-from ablation.stores import sqlite_path
+from ablation.sweep_state import find_sweep
 from ablation.tracking_names import (
     DEVICE,
     EPOCH_TIME,
@@ -60,17 +60,10 @@ def _group(prepared: PreparedSweep, plan: SweepPlan, entries, recipe: str) -> Pr
 
 def planned_view(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -> PlannedView | None:
     """The view of the sweep, or None when ``storage_url`` holds no state of it for this tracking store."""
-    if any(path is not None and not path.exists() for path in map(sqlite_path, (storage_url, tracking_uri))):
+    found = find_sweep(prepared, storage_url, tracking_uri)
+    if found is None:
         return None
-    store = SweepStore(tracking_uri, prepared.experiment)
-    if store.fingerprint is None:
-        return None
-    try:
-        queue = SweepQueue(
-            open_storage(storage_url), study_name(prepared.experiment.name, prepared.key, store.fingerprint)
-        )
-    except KeyError:
-        return None
+    queue, store = found
     plan = SweepPlan(prepared, say=lambda line: None)
     entries = plan.entries(queue)
     recipes = {e.spec.recipe for e in entries if e.spec.phase == PHASE_FINAL}

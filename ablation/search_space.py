@@ -17,7 +17,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from ablation.config import Experiment, RunConfig, get_dotted, parse_run_config, set_dotted
+from ablation.config import Experiment, RunConfig, get_dotted, overlaps, parse_run_config, set_dotted
 from ablation.errors import ConfigError
 from ablation.tune_config import SearchParam, TuneConfig
 
@@ -64,7 +64,7 @@ def check_space(experiment: Experiment, configs: list[RunConfig]) -> None:
     grid_keys = {k for block in experiment.grid for k in block if k != "description"}
     for key in tune.space:
         where = f"tune.space.{key}"
-        clash = next((g for g in grid_keys if g == key or g.startswith(key + ".") or key.startswith(g + ".")), None)
+        clash = next((g for g in grid_keys if overlaps(g, key)), None)
         if clash:
             raise ConfigError(where, key, f"is varied by the grid ('{clash}'); tune it or grid it, not both")
         for config in configs:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 from optuna.trial import TrialState
 
-from ablation.mlflow_store import SweepStore
 from ablation.prepared import PreparedSweep
-from ablation.queue import CELL, FAILURE, RUN_ID, SweepQueue, open_storage, study_name
-from ablation.stores import sqlite_path
+from ablation.queue import CELL, FAILURE, RUN_ID
+from ablation.sweep_state import find_sweep
 from ablation.tracking_names import PHASE_TUNE
 
 STATE_NAMES = {
@@ -22,17 +21,10 @@ STATE_NAMES = {
 def sweep_status(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -> pd.DataFrame | None:
     """One row per cell: description, seed, state, attempts, MLflow run id, failure reason; None if this sweep
     has no state in ``storage_url`` for the tracking store ``tracking_uri`` (its state is bound to that store)."""
-    if any(path is not None and not path.exists() for path in map(sqlite_path, (storage_url, tracking_uri))):
-        return None  # reading must not create an empty store
-    store = SweepStore(tracking_uri, prepared.experiment)
-    if store.fingerprint is None:
+    found = find_sweep(prepared, storage_url, tracking_uri)
+    if found is None:
         return None
-    storage = open_storage(storage_url)
-    name = study_name(prepared.experiment.name, prepared.key, store.fingerprint)
-    try:
-        queue = SweepQueue(storage, name)
-    except KeyError:
-        return None
+    queue, _ = found
     attempts: dict[str, int] = {}
     for trial in queue.trials():
         key = trial.user_attrs.get(CELL)

@@ -62,12 +62,13 @@ def run_sweep(prepared: PreparedSweep, options: WorkerOptions, slots=None, retry
             say(f"[sweep] {retried} failed cells enqueued again (--retry-failed)")
     counts = _counts(queue)
     total = _total(prepared, queue)
+    cells = total()
     say(
-        f"[sweep] {prepared.experiment.name}: {_shape(prepared, total())}: {counts['done']} done, {counts['failed']} "
+        f"[sweep] {prepared.experiment.name}: {_shape(prepared, cells)}: {counts['done']} done, {counts['failed']} "
         f"failed (--retry-failed reruns them), {counts['pending']} to run; state {options.storage_url}, "
         f"tracking {options.tracking_uri}"
     )
-    report = SweepReport(total=total(), parent_run_id=queue.get_attr("parent_run_id"))
+    report = SweepReport(total=cells, parent_run_id=queue.get_attr("parent_run_id"))
     slots = slots or []
     try:
         if options.gpus_per_job > 1:
@@ -157,7 +158,8 @@ def _run_here(prepared, options, slot, queue, store, counts, began: float, worke
         latest = queue.latest().values()
         finished = len({t._trial_id for t in latest if t.state == TrialState.COMPLETE} | logging)
         failed = sum(t.state == TrialState.FAIL for t in latest)
-        left = max(total() - finished - failed, 0)
+        cells = total()  # a planned sweep's reads its queue: once per line
+        left = max(cells - finished - failed, 0)
         if workers <= 1:
             # A planned sweep's cells to come are counted by its plan (``left``), not by what was queued at the start.
             queued_left = left if prepared.experiment.planned else min(left, max(to_run - len(times), 0))
@@ -166,7 +168,7 @@ def _run_here(prepared, options, slot, queue, store, counts, began: float, worke
             rate = (finished - counts["done"]) / (times[-1] - began)
             eta = left / rate if rate > 0 else 0.0
         say(
-            f"[sweep] {finished}/{total()} cells done, {failed} failed | elapsed "
+            f"[sweep] {finished}/{cells} cells done, {failed} failed | elapsed "
             f"{duration(times[-1] - began)} | ETA {duration(eta)} | last: {name} -> {outcome.splitlines()[0][:80]}"
         )
 

@@ -34,7 +34,7 @@ from ablation.grid import Cell
 from ablation.mlflow_store import SweepStore
 from ablation.prepared import PreparedSweep
 from ablation.queue import CELL, SweepQueue, open_storage, study_name
-from ablation.stores import probe_storage, probe_tracking
+from ablation.stores import probe_storage, probe_tracking, sqlite_path
 from ablation.tracking_names import FINAL_TOP1_ERR_LAST, PARENT_RUN
 
 
@@ -45,6 +45,22 @@ def initial_cells(prepared: PreparedSweep) -> list[Cell]:
     from ablation.plan import SweepPlan
 
     return SweepPlan(prepared).initial_cells()
+
+
+def find_sweep(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -> tuple[SweepQueue, SweepStore] | None:
+    """The sweep's state and tracking store, opened for reading (``status``, ``table``), or None when the storage
+    holds no state of this sweep for this tracking store (its state is bound to that store). Creates nothing: a
+    SQLite store that is not there is not made, empty, by reading it."""
+    if any(path is not None and not path.exists() for path in map(sqlite_path, (storage_url, tracking_uri))):
+        return None
+    store = SweepStore(tracking_uri, prepared.experiment)
+    if store.fingerprint is None:
+        return None
+    name = study_name(prepared.experiment.name, prepared.key, store.fingerprint)
+    try:
+        return SweepQueue(open_storage(storage_url), name, url=storage_url), store
+    except KeyError:
+        return None
 
 
 def join_sweep(prepared: PreparedSweep, options, say: Callable[[str], None] = say) -> tuple[SweepQueue, SweepStore]:

@@ -58,3 +58,42 @@ def run(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
         process.join()
         raise TimeoutError(f"runner.py {' '.join(argv)} ran past {timeout}s; log: {log.read_text()[-3000:]}")
     return Finished(process.exitcode, log.read_text() if log.exists() else "")
+
+
+# ---- kill-and-rerun scenarios (tests/test_fault_injection.py, tests/test_tuned_faults.py)
+
+# Two scenarios run at a time, each process on one thread (the reference too: the same numbers need the same threads).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def sweep_argv(experiment: Path) -> list[str]:
+    """``runner.py sweep`` with a heartbeat and grace period short enough for a rerun to take cells up at once."""
+    return ["sweep", str(experiment), "--no-progress", "--heartbeat-interval", "1", "--grace-period", "2"]
+
+
+def reference_sweep(experiment: Path, folder: Path) -> tuple[Path, Path]:
+    """(a folder holding an empty MLflow store to copy, its schema made once; a folder where an uninterrupted
+    sweep of ``experiment`` ran to the end in a copy of it)."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    template = folder / "template"
+    template.mkdir()
+    MlflowClient(f"sqlite:///{template / 'mlflow.db'}").search_experiments()
+    reference = folder / "reference"
+    shutil.copytree(template, reference)
+    done = run(sweep_argv(experiment), reference, reference / "log.txt", ONE_THREAD)
+    assert done.exitcode == 0, done.log[-3000:]
+    return template, reference
+
+
+def kill_and_rerun(experiment: Path, template: Path, folder: Path, point: str) -> tuple[Finished, Finished]:
+    """A copy of ``template`` in ``folder``: the sweep SIGKILLed at ``point`` (``ABLATION_KILL_AT``), then run
+    again to the end."""
+    import shutil
+
+    shutil.copytree(template, folder)
+    killed = run(sweep_argv(experiment), folder, folder / "killed.txt", {**ONE_THREAD, "ABLATION_KILL_AT": point})
+    rerun = run(sweep_argv(experiment), folder, folder / "rerun.txt", ONE_THREAD)
+    return killed, rerun

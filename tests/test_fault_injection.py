@@ -10,7 +10,6 @@ exit code 130 and its runs KILLED; a device that does not exist stops it before 
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -48,8 +47,6 @@ GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel
 COMPARED = (TRAIN_LOSS, TRAIN_TOP1_ERR, VAL_LOSS, VAL_TOP1_ERR, VAL_TOP5_ERR, LR)
 FINAL = (FINAL_TOP1_ERR_LAST, FINAL_TOP5_ERR_LAST, FINAL_TOP1_ERR_BEST, FINAL_VAL_LOSS_LAST, FINAL_PARAMS)
 EPOCHS, BATCHES = 2, 4  # 100 training images, batch 25
-# Two scenarios run at a time, each process on one thread (the reference too: the same numbers need the same threads).
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 # name@n is the n-th time the point is reached (two cells x 2 epochs).
 KILL_POINTS = [
@@ -77,18 +74,8 @@ def setting(tiny_npz, tmp_path_factory):
     folder = tmp_path_factory.mktemp("faults")
     experiment = folder / "exp.yaml"
     experiment.write_text(tiny_experiment(tiny_npz, GRID, "[0]", epochs=EPOCHS))
-    template = folder / "template"
-    template.mkdir()
-    MlflowClient(f"sqlite:///{template / 'mlflow.db'}").search_experiments()
-    reference = folder / "reference"
-    shutil.copytree(template, reference)
-    done = processes.run(_argv(experiment), reference, reference / "log.txt", ONE_THREAD)
-    assert done.exitcode == 0, done.log[-3000:]
+    template, reference = processes.reference_sweep(experiment, folder)
     return experiment, template, _runs(reference)
-
-
-def _argv(experiment):
-    return ["sweep", str(experiment), "--no-progress", "--heartbeat-interval", "1", "--grace-period", "2"]
 
 
 def _runs(folder):
@@ -118,18 +105,11 @@ def _trials(folder):
     return latest
 
 
-def _kill_and_rerun(experiment, template, folder, point):
-    shutil.copytree(template, folder)
-    killed = processes.run(_argv(experiment), folder, folder / "killed.txt", {**ONE_THREAD, "ABLATION_KILL_AT": point})
-    rerun = processes.run(_argv(experiment), folder, folder / "rerun.txt", ONE_THREAD)
-    return killed, rerun
-
-
 def test_a_sweep_killed_anywhere_recovers_with_nothing_lost_or_duplicated(setting, tmp_path, capsys):
     experiment, template, (reference, _) = setting
     folders = {point: tmp_path / point.replace("@", "-") for point in KILL_POINTS}
     with ThreadPoolExecutor(2) as pool:
-        runs = pool.map(lambda p: _kill_and_rerun(experiment, template, folders[p], p), KILL_POINTS)
+        runs = pool.map(lambda p: processes.kill_and_rerun(experiment, template, folders[p], p), KILL_POINTS)
         outcomes = dict(zip(KILL_POINTS, runs, strict=True))
     recovered, lost, duplicated, problems = 0, 0, 0, []
     for point, (killed, rerun) in outcomes.items():

@@ -12,13 +12,13 @@ from optuna.trial import TrialState
 
 from ablation.config import load_experiment
 from ablation.grid import CellSpec
-from ablation.mlflow_store import SweepStore
 from ablation.plan import SweepPlan
 from ablation.planned_report import planned_view
 from ablation.prepared import prepare_sweep
-from ablation.queue import SPEC, SweepQueue, open_storage, study_name
+from ablation.queue import SPEC
 from ablation.report import render
 from ablation.seed_rule import next_round
+from ablation.sweep_state import find_sweep
 from ablation.tracking_names import (
     ARM,
     CELL_SPEC,
@@ -78,12 +78,10 @@ def swept(tiny_npz, tmp_path_factory):
     path.write_text(tuned_experiment(tiny_npz))
     prepared = prepare_sweep(load_experiment(path))
     report, options = sweep_in(folder / "run", prepared)
-    storage = open_storage(options.storage_url)
     client = MlflowClient(options.tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL), max_results=1000)
-    fingerprint = SweepStore(options.tracking_uri, prepared.experiment).fingerprint
-    queue = SweepQueue(storage, study_name("tiny", prepared.key, fingerprint), url=options.storage_url)
+    queue, _ = find_sweep(prepared, options.storage_url, options.tracking_uri)
     return prepared, report, options, queue, client, runs
 
 
@@ -226,8 +224,7 @@ def test_a_deleted_sweep_storage_is_rebuilt_from_mlflow_without_training_again(s
     report, again = sweep_in(folder, prepared)
     assert report.trained_now == 0 and report.failed == {}
     assert "already holds finished runs" in capsys.readouterr().err
-    fingerprint = SweepStore(again.tracking_uri, prepared.experiment).fingerprint
-    rebuilt = SweepQueue(open_storage(again.storage_url), study_name("tiny", prepared.key, fingerprint))
+    rebuilt, _ = find_sweep(prepared, again.storage_url, again.tracking_uri)
     after = {arm: s.trials() for arm, s in arm_studies(prepared, rebuilt).items()}
     for arm, trials in before.items():  # the same suggestions, told the same results the runs hold
         assert [(t.params, t.state, t.values) for t in trials] == [(t.params, t.state, t.values) for t in after[arm]]
@@ -274,8 +271,7 @@ def test_diverged_trials_count_in_the_budget_and_an_arm_with_no_completed_trial_
     view = planned_view(prepared, options.storage_url, options.tracking_uri)
     assert list(view.summary["tuned_values"]) == ["-", "-"]
     assert list(view.summary["tuning_trials"]) == ["2 (0 pruned, 2 failed)"] * 2
-    fingerprint = SweepStore(options.tracking_uri, prepared.experiment).fingerprint
-    queue = SweepQueue(open_storage(options.storage_url), study_name("tiny", prepared.key, fingerprint))
+    queue, _ = find_sweep(prepared, options.storage_url, options.tracking_uri)
     for study in arm_studies(prepared, queue).values():
         assert [t.state for t in study.trials()] == [TrialState.FAIL, TrialState.FAIL]
     again, _ = sweep_in(tmp_path / "run", prepared, retry_failed=True)

@@ -23,7 +23,6 @@ from tests.test_plan import tuned_experiment
 pytestmark = pytest.mark.slow
 
 TRIALS = 3
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 KILL_POINTS = [
     "plan.asked@2",  # the second trial asked in its arm's study, not yet queued
     "train.batch@5",  # mid-epoch 2 of the first trial
@@ -33,23 +32,13 @@ KILL_POINTS = [
 ]
 
 
-def _argv(experiment):
-    return ["sweep", str(experiment), "--no-progress", "--heartbeat-interval", "1", "--grace-period", "2"]
-
-
 @pytest.fixture(scope="module")
 def setting(tiny_npz, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tuned-faults")
     experiment = folder / "exp.yaml"
     extra = "  compare_default: false"
     experiment.write_text(tuned_experiment(tiny_npz, trials=TRIALS, seeds="[0]", extra=extra))
-    template = folder / "template"
-    template.mkdir()
-    MlflowClient(f"sqlite:///{template / 'mlflow.db'}").search_experiments()
-    reference = folder / "reference"
-    shutil.copytree(template, reference)
-    done = processes.run(_argv(experiment), reference, reference / "log.txt", ONE_THREAD)
-    assert done.exitcode == 0, done.log[-3000:]
+    template, reference = processes.reference_sweep(experiment, folder)
     return experiment, template, _state(reference)
 
 
@@ -73,13 +62,6 @@ def _state(folder, storage=None):
     return studies, tuned, runs
 
 
-def _kill_and_rerun(experiment, template, folder, point):
-    shutil.copytree(template, folder)
-    killed = processes.run(_argv(experiment), folder, folder / "killed.txt", {**ONE_THREAD, "ABLATION_KILL_AT": point})
-    rerun = processes.run(_argv(experiment), folder, folder / "rerun.txt", ONE_THREAD)
-    return killed, rerun
-
-
 def test_a_tuned_sweep_killed_anywhere_keeps_every_budget_exact_and_its_results(setting, tmp_path):
     experiment, template, (ref_studies, ref_tuned, ref_runs) = setting
     assert any(state == "PRUNED" for trials in ref_studies.values() for _, state, _, _ in trials)
@@ -88,7 +70,7 @@ def test_a_tuned_sweep_killed_anywhere_keeps_every_budget_exact_and_its_results(
         outcomes = dict(
             zip(
                 KILL_POINTS,
-                pool.map(lambda p: _kill_and_rerun(experiment, template, folders[p], p), KILL_POINTS),
+                pool.map(lambda p: processes.kill_and_rerun(experiment, template, folders[p], p), KILL_POINTS),
                 strict=True,
             )
         )
@@ -125,8 +107,8 @@ def test_two_workers_tuning_side_by_side_never_exceed_a_budget(setting, tmp_path
     storage = f"sqlite:///{folder / 'sweeps.db'}"
     if database == "postgresql":
         storage = request.getfixturevalue("postgres_url")()
-    argv = [*_argv(experiment), "--workers", "2", "--storage", storage]
-    done = processes.run(argv, folder, folder / "log.txt", ONE_THREAD)
+    argv = [*processes.sweep_argv(experiment), "--workers", "2", "--storage", storage]
+    done = processes.run(argv, folder, folder / "log.txt", processes.ONE_THREAD)
     assert done.exitcode == 0, done.log[-3000:]
     studies, _, runs = _state(folder, storage)
     assert {arm: len(trials) for arm, trials in studies.items()} == {arm: TRIALS for arm in ref_studies}
