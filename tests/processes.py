@@ -5,6 +5,12 @@ with ``python runner.py`` costs ~5 s of imports (torch, MLflow, Optuna) on the 2
 forked from a multiprocessing *forkserver* that imported those once: each child is a fresh process that never ran
 a thread pool (forking the test process itself, after training, could deadlock OpenMP), runs ``runner.main`` with
 its own working folder and environment, and writes its output to a file.
+
+Exit codes: CPython's forkserver reports a child's exit status over a pipe, and under load that report is
+sometimes lost; ``Process.exitcode`` is then 255 whatever the child did (python/cpython#140867; it failed CI
+once here, after a sweep that printed its table). So each child also writes the code it returns to
+``<log>.exit``: that file is the exit code when the forkserver's is lost. A child that never got that far (killed
+by a signal) leaves no file, and a lost status then reads as ``Finished.lost``, not as a made-up code.
 """
 
 from __future__ import annotations
@@ -25,10 +31,15 @@ _CONTEXT.set_forkserver_preload(
 )
 
 
+# popen_forkserver's exit code when the forkserver's report of the child's status never came.
+_LOST = 255
+
+
 @dataclass
 class Finished:
     exitcode: int
     log: str
+    lost: bool = False  # the forkserver lost the status of a child that died before returning (a signal)
 
 
 def _main(argv: list[str], cwd: str, env: dict[str, str], log: str) -> None:
@@ -39,7 +50,27 @@ def _main(argv: list[str], cwd: str, env: dict[str, str], log: str) -> None:
     os.dup2(fd, 2)
     import runner
 
-    sys.exit(runner.main(argv))
+    code = 1  # an exception other than SystemExit: multiprocessing prints it and exits 1
+    try:
+        code = runner.main(argv)
+    except SystemExit as stop:
+        code = stop.code
+        raise
+    finally:
+        code = 0 if code is None else code if isinstance(code, int) else 1  # as sys.exit maps them
+        Path(f"{log}.exit").write_text(str(code))
+    sys.exit(code)
+
+
+def finished(process, log: Path) -> Finished:
+    """The outcome of a process from ``start`` that has ended, its exit code recovered when the forkserver lost it."""
+    code, lost = process.exitcode, False
+    record = Path(f"{log}.exit")
+    if code == _LOST and record.exists():
+        code = int(record.read_text())
+    elif code == _LOST:
+        lost = True
+    return Finished(code, log.read_text() if log.exists() else "", lost)
 
 
 def start(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
@@ -57,7 +88,7 @@ def run(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
         process.kill()
         process.join()
         raise TimeoutError(f"runner.py {' '.join(argv)} ran past {timeout}s; log: {log.read_text()[-3000:]}")
-    return Finished(process.exitcode, log.read_text() if log.exists() else "")
+    return finished(process, log)
 
 
 # ---- kill-and-rerun scenarios (tests/test_fault_injection.py, tests/test_tuned_faults.py)
@@ -97,3 +128,11 @@ def kill_and_rerun(experiment: Path, template: Path, folder: Path, point: str) -
     killed = run(sweep_argv(experiment), folder, folder / "killed.txt", {**ONE_THREAD, "ABLATION_KILL_AT": point})
     rerun = run(sweep_argv(experiment), folder, folder / "rerun.txt", ONE_THREAD)
     return killed, rerun
+
+
+def was_killed(killed: Finished) -> bool:
+    """Whether a run ended by a signal before returning: SIGKILL, or a status the forkserver lost with no exit
+    record left (the child never returned from ``runner.main``)."""
+    import signal
+
+    return killed.exitcode == -signal.SIGKILL or killed.lost

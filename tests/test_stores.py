@@ -132,7 +132,8 @@ def _workers_at_once(path, tmp_path, storage, tracking, count):
     for process in started:
         process.join(600)
     logs = [(tmp_path / f"w{i}.txt").read_text() for i in range(count)]
-    assert [p.exitcode for p in started] == [0] * count, "\n\n".join(logs)
+    codes = [processes.finished(p, tmp_path / f"w{i}.txt").exitcode for i, p in enumerate(started)]
+    assert codes == [0] * count, "\n\n".join(logs)
     assert not any("already exists" in log or "Traceback" in log for log in logs), "\n\n".join(logs)
     return logs
 
