@@ -27,6 +27,7 @@ from ablation.worker_args import (
     add_worker_args,
     at_least,
     experiment_argv,
+    worker_command,
 )
 
 # ---- one line for every mistake
@@ -53,8 +54,12 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _slurm_time(text: str) -> str:
-    if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a Slurm time limit, D-HH:MM:SS or minutes")
+    from ablation.slurm import time_minutes
+
+    try:
+        time_minutes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -163,31 +168,23 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_slurm(args: argparse.Namespace) -> None:
-    from ablation.config import load_experiment
-    from ablation.grid import expand_arms, expand_cells
-    from ablation.slurm import slurm_script
+    from ablation.slurm import SlurmOptions, submit_sweep, write_script
 
-    experiment = load_experiment(args.experiment, args.overrides)
-    cells = expand_cells(experiment, expand_arms(experiment, check_paths=False))  # data lives on the cluster
-    if not args.storage or args.storage.startswith("sqlite"):
-        raise ConfigError("--storage", args.storage, "a Slurm array needs a database every node reaches (postgresql)")
-    script = slurm_script(
-        experiment=experiment.name,
-        command_args=list(_experiment_args(args)),
-        cells=len(cells),
-        storage=args.storage,
-        tracking_uri=args.tracking_uri or "http://MLFLOW-SERVER:5000",
-        checkpoint_dir=args.checkpoint_dir,
-        tasks=args.tasks or len(cells),
-        gpus_per_task=args.gpus_per_job,
-        cpus_per_task=args.cpus_per_task,
-        time_limit=args.time,
-        partition=args.partition,
-    )
-    out = Path(args.out or f"slurm-{experiment.name}.sh")
-    out.write_text(script)
-    out.chmod(0o755)
-    print(f"wrote {out}: sbatch {out}   ({len(cells)} cells, array of {args.tasks or len(cells)} workers)")
+    # Every path the tasks see must mean the same on every node: absolute, on the shared filesystem.
+    args.experiment = str(Path(args.experiment).resolve())
+    args.checkpoint_dir = str(Path(args.checkpoint_dir).resolve())
+    experiment, arms = _arms(args, check_paths=args.submit)  # without --submit the data may be on the cluster only
+    from ablation.grid import expand_cells
+
+    options = SlurmOptions.from_args(args, experiment.name, len(expand_cells(experiment, arms)))
+    if not args.tracking_uri and not args.submit:
+        args.tracking_uri = "http://MLFLOW-SERVER:5000"  # a placeholder the user edits in the written script
+    worker_options = WorkerOptions.from_args(args, progress=False, name="slurm")
+    command = [*worker_command(_experiment_args(args), worker_options, "slurm"), "--device", args.device]
+    if args.submit:
+        submit_sweep(experiment, arms, _experiment_args(args), worker_options, command, options)
+    else:
+        write_script(experiment, arms, command, options, Path(args.out or f"slurm-{experiment.name}.sh"))
 
 
 def cmd_run_cell(args: argparse.Namespace) -> None:
@@ -310,19 +307,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     slurm = commands.add_parser(
         "slurm",
-        help="write a Slurm job-array script whose tasks are sweep workers",
-        description="Write (not submit) an sbatch script: an array of worker tasks sharing --storage and "
-        "--tracking-uri. Submit it with sbatch.",
+        help="submit the sweep's workers as a Slurm job array (--submit), or write the sbatch script",
+        description="An array of worker tasks sharing --storage (PostgreSQL) and --tracking-uri (an MLflow "
+        "server); checkpoints in a folder every node sees. With --submit: the sweep is set up, the array submitted "
+        "through submitit, and its id printed (runner.py status shows each task's Slurm state). Without: an "
+        "sbatch script is written. A preempted or requeued task gives its cell back and resumes it from its last "
+        "epoch checkpoint; near its time limit a task stops cleanly and requeues itself.",
     )
     add_experiment_args(slurm)
-    add_tracking_arg(slurm)
-    add_storage_arg(slurm)
+    add_worker_args(slurm)
+    slurm.add_argument("--submit", action="store_true", help="submit the array now (else write the script)")
     slurm.add_argument("--tasks", type=at_least(1), default=None, help="array size (default: one per cell)")
-    slurm.add_argument("--gpus-per-job", type=at_least(1), default=1)
+    slurm.add_argument(
+        "--gpus-per-task", type=at_least(0), default=None, help="GPUs per task (default --gpus-per-job; 0: none)"
+    )
     slurm.add_argument("--cpus-per-task", type=at_least(1), default=8)
     slurm.add_argument("--time", type=_slurm_time, default="24:00:00", help="time limit per task")
     slurm.add_argument("--partition", default=None)
-    slurm.add_argument("--checkpoint-dir", default="checkpoints", help="a folder every node sees")
+    slurm.add_argument(
+        "--sbatch", action="append", default=[], help="another sbatch option, e.g. --sbatch=--qos=high (repeatable)"
+    )
+    slurm.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        help="a shell line run before the worker, e.g. 'source ~/venv/bin/activate' (repeatable)",
+    )
+    slurm.add_argument("--python", default=None, help="the tasks' Python (default: this one; with --setup: python)")
+    slurm.add_argument(
+        "--signal-grace", type=at_least(10), default=120, help="seconds before the time limit to stop (120)"
+    )
+    slurm.add_argument(
+        "--max-requeues", type=at_least(0), default=3, help="times a task requeues itself near its limit (3)"
+    )
+    slurm.add_argument("--log-dir", default=None, help="per-task logs (default slurm-logs/<experiment>; shared)")
     slurm.add_argument("--out", default=None, help="script path (default: slurm-<experiment>.sh)")
     slurm.set_defaults(func=cmd_slurm)
 
@@ -370,14 +388,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _interrupt(signum, frame) -> None:
-    """SIGTERM (a scheduler's stop, ``kill``) ends a command the way Ctrl-C does: cleanly, resumable."""
+    """Ctrl-C, SIGTERM (a scheduler's stop, ``kill``) or SIGUSR2 (Slurm's warning before a time limit, which
+    ``runner.py slurm`` asks for) end a command cleanly, resumable. Only the first: Slurm signals every process of
+    a task, a wrapper or a sweep passes the stop on too (a terminal's Ctrl-C reaches a sweep's workers, then the
+    sweep's SIGTERM), and a second KeyboardInterrupt would cut short the clean-up that gives the cell back. A
+    second Ctrl-C still interrupts: a person at the terminal can force the end."""
+    # A handler that does nothing, not SIG_IGN: a signal already pending when the handler changes would otherwise
+    # print "Signal 15 ignored due to race condition" with a traceback, which reads like a crash in a task's log.
+    signal.signal(signal.SIGTERM, _already_stopping)
+    signal.signal(signal.SIGUSR2, _already_stopping)
+    if signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     raise KeyboardInterrupt
+
+
+def _already_stopping(signum, frame) -> None:
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
     configure_threads()  # before anything imports torch (ablation/threads.py)
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGUSR2, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored (a background job)
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         args.func(args)
     except (ConfigError, StoreError) as exc:

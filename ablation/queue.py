@@ -43,12 +43,13 @@ from optuna.trial import TrialState
 from ablation.errors import StoreError
 from ablation.faults import kill_point
 from ablation.grid import Cell
-from ablation.stores import exclusive, sqlite_path, with_busy_timeout
+from ablation.stores import exclusive, is_set_up, sqlite_path, with_busy_timeout
 
 DEFAULT_STORAGE = "sqlite:///sweeps.db"
 HEARTBEAT_INTERVAL_S = 15
 GRACE_PERIOD_S = 60
 CELL, NAME, RUN_ID, FAILURE, OWNER = "cell_hash", "cell_name", "mlflow_run_id", "failure", "owner"
+WORKER = "worker"  # the name of the worker that claimed the cell (a Slurm task's is slurm-<array>_<index>)
 SPEC = "cell_spec"  # a planned sweep's cell: the CellSpec it was made from (JSON), which any worker rebuilds it from
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -57,22 +58,31 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S):
-    """An RDBStorage with heartbeats (its schema created under a lock), or a one-line StoreError."""
+    """An RDBStorage with heartbeats (its schema created under a lock, unless this process's sweep has just done
+    it: ``ablation.stores.mark_set_up``), or a one-line StoreError."""
     engine_kwargs: dict[str, Any] = {}
     if (path := sqlite_path(url)) is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     if not url.startswith("sqlite"):
         engine_kwargs["pool_pre_ping"] = True
         engine_kwargs["connect_args"] = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+    # A worker its sweep started opens tables that the sweep has just created or checked, with this same Optuna:
+    # no lock, no table creation, no version check.
+    known = is_set_up(url)
+    schema = (
+        contextlib.nullcontext() if known else exclusive(url, "optuna-schema", "creating the sweep storage's tables")
+    )
     try:
         # Several worker processes write one SQLite file: they wait for its lock instead of failing at once.
-        with exclusive(url, "optuna-schema", "creating the sweep storage's tables"):
+        with schema:
             return RDBStorage(
                 with_busy_timeout(url),
                 engine_kwargs=engine_kwargs,
+                skip_compatibility_check=known,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None),
+                skip_table_creation=known,
             )
     except StoreError:
         raise

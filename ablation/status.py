@@ -1,4 +1,5 @@
-"""``runner.py status``: every cell of a sweep with its state (pending / running / done / failed) and MLflow run."""
+"""``runner.py status``: every cell of a sweep with its state (pending / running / done / failed), the worker that
+runs it and its MLflow run; below, each Slurm array task submitted for the sweep with its state in Slurm."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from ablation.prepared import PreparedSweep
-from ablation.queue import CELL, FAILURE, RUN_ID
+from ablation.queue import CELL, FAILURE, RUN_ID, WORKER
+from ablation.slurm import JOBS
 from ablation.sweep_state import find_sweep
 from ablation.tracking_names import PHASE_TUNE
 
@@ -58,17 +60,59 @@ def sweep_status(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -
                 "seed": cell.seed,
                 "state": state,
                 "attempts": attempts.get(cell.hash, 0),
+                "worker": trial.user_attrs.get(WORKER, "") if trial and trial.state == TrialState.RUNNING else "",
                 "mlflow_run_id": run_id,
                 "failure": (trial.user_attrs.get(FAILURE, "") if trial and trial.state == TrialState.FAIL else ""),
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame.attrs[JOBS] = list(queue.get_attr(JOBS) or [])
+    return frame
 
 
 def render_status(frame: pd.DataFrame) -> str:
     counts = frame["state"].value_counts()
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "running", "done", "failed"))
-    return frame.to_string(index=False) + f"\n\n{len(frame)} cells: {summary}\n"
+    text = frame.to_string(index=False) + f"\n\n{len(frame)} cells: {summary}\n"
+    jobs = frame.attrs.get(JOBS) or []
+    return text + (render_slurm(frame, jobs) if jobs else "")
+
+
+def render_slurm(frame: pd.DataFrame, jobs: list[dict]) -> str:
+    """Each array task of each submitted array: its Slurm state and the cell its worker runs; a line when no task
+    is left to take the cells that are not done."""
+    from ablation.slurm_state import LIVE, array_tasks
+    from ablation.slurm_task import worker_name_of
+
+    running = {row.worker: row.description for row in frame.itertuples() if row.state == "running" and row.worker}
+    text, live, unreachable = "", 0, False
+    for job in jobs:
+        tasks = array_tasks(str(job["job_id"]), list(job["task_ids"]))
+        if tasks is None:
+            unreachable = True
+            text += f"\nSlurm array {job['job_id']}: Slurm does not answer here (scontrol); task states unknown\n"
+            continue
+        live += sum(task.state in LIVE for task in tasks)
+        rows = [
+            {
+                "task": task.task,
+                "slurm state": task.state + (f" ({task.reason})" if task.reason else ""),
+                "node": task.node,
+                "run time": task.run_time,
+                "restarts": task.restarts,
+                "cell": running.get(worker_name_of(task.task), ""),
+            }
+            for task in tasks
+        ]
+        text += f"\nSlurm array {job['job_id']} ({len(tasks)} tasks, submitted {job['submitted']}):\n"
+        text += pd.DataFrame(rows).to_string(index=False) + "\n"
+    open_cells = int((frame["state"].isin(["pending", "running", "not queued"])).sum())
+    if open_cells and not live and not unreachable:
+        text += (
+            f"\nno Slurm task of this sweep is pending or running, and {open_cells} cells are not done: submit again "
+            "(runner.py slurm ... --submit) or start a worker; finished cells are kept\n"
+        )
+    return text
 
 
 def _phase(cell) -> str:

@@ -10,7 +10,8 @@ Several processes starting at once on a new database race to create the same tab
 exists") and the same sweep. ``exclusive(url, name)`` serialises such steps: an advisory lock in PostgreSQL
 (every machine sees it), a file lock beside nothing in the temp folder for SQLite (one machine, as SQLite
 itself). Both are released by the operating system or the server when their holder dies, so a killed process
-never leaves a lock behind.
+never leaves a lock behind. A worker process that its sweep set the stores up for needs neither the lock nor the
+tables' creation: ``mark_set_up`` / ``is_set_up``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ from ablation.errors import StoreError
 
 CONNECT_TIMEOUT_S = 5
 WAIT_NOTICE_S = 2.0
+# Stores this process knows to be set up: the sweep that started it created (or checked) their schemas and the
+# sweep's state just before telling it to join (``worker_args.wait_for_sweep``).
+_SET_UP: set[str] = set()
+
+
+def mark_set_up(*urls: str) -> None:
+    _SET_UP.update(urls)
+
+
+def is_set_up(url: str) -> bool:
+    """Whether this process may open ``url`` without creating or checking its tables (``mark_set_up``)."""
+    return url in _SET_UP
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -6,10 +6,16 @@ that the data is there. The sweep's state lives in an Optuna storage (``ablation
 in this process, or one worker process per slot (``ablation.slots``) pulls cells from it, and workers on other
 machines can join with ``runner.py worker``. A rerun starts nothing for finished cells, resumes interrupted ones
 and leaves failed ones alone unless asked to retry them.
+
+The worker processes start before this process sets the stores and the sweep up, so that their imports (torch,
+MLflow, Optuna: seconds) overlap it instead of following it; each waits for one line on its stdin before it
+joins (``worker_args.wait_for_sweep``), and then opens the stores without creating or checking their tables. A
+set-up that fails kills them, untold: they have touched nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -22,7 +28,7 @@ from ablation.console import say
 from ablation.prepared import PreparedSweep, prepare_sweep
 from ablation.sweep_state import join_sweep
 from ablation.worker import refuse_unsupported, run_worker
-from ablation.worker_args import WorkerOptions, worker_command
+from ablation.worker_args import LOCAL_POLL_S, SWEEP_READY, WorkerOptions, worker_command
 
 __all__ = ["PreparedSweep", "SweepReport", "prepare_sweep", "run_sweep"]
 
@@ -50,40 +56,41 @@ def run_sweep(prepared: PreparedSweep, options: WorkerOptions, slots=None, retry
     """Run the sweep with ``options`` on ``slots`` (default: one in-process worker)."""
     began = time.perf_counter()
     refuse_unsupported(prepared, options)
-    queue, store = join_sweep(prepared, options)
-    if retry_failed:
-        failed = queue.failed_cells()
-        if prepared.experiment.planned:
-            from ablation.plan import SweepPlan
-
-            failed = SweepPlan(prepared).retryable(queue, failed)
-        retried = queue.retry(failed)
-        if retried:
-            say(f"[sweep] {retried} failed cells enqueued again (--retry-failed)")
-    counts = _counts(queue)
-    total = _total(prepared, queue)
-    cells = total()
-    say(
-        f"[sweep] {prepared.experiment.name}: {_shape(prepared, cells)}: {counts['done']} done, {counts['failed']} "
-        f"failed (--retry-failed reruns them), {counts['pending']} to run; state {options.storage_url}, "
-        f"tracking {options.tracking_uri}"
-    )
-    report = SweepReport(total=cells, parent_run_id=queue.get_attr("parent_run_id"))
     slots = slots or []
+    # With --gpus-per-job > 1 every cell is a torchrun launch confined to its slot's GPUs: all workers are
+    # processes. Otherwise this process, already warm (imports, validation), is the first slot's worker.
+    here = options.gpus_per_job == 1
+    # The worker processes start first: their imports (seconds) overlap this process's set-up of the stores and
+    # the sweep, and they join when it is done.
+    processes = _start_workers(prepared, options, slots[1:] if here else slots)
     try:
-        if options.gpus_per_job > 1:
-            # Every cell is a torchrun launch confined to its slot's GPUs: all workers are processes.
-            _wait_for(_start_workers(prepared, options, slots), prepared, queue, began, total)
-        else:
-            # This process, already warm (imports, validation), is the first slot's worker; others are processes.
-            others = _start_workers(prepared, options, slots[1:])
+        queue, store = join_sweep(prepared, options)
+        if retry_failed:
+            _retry_failed(prepared, queue)
+        counts = _counts(queue)
+        total = _total(prepared, queue)
+        cells = total()
+        say(
+            f"[sweep] {prepared.experiment.name}: {_shape(prepared, cells)}: {counts['done']} done, "
+            f"{counts['failed']} failed (--retry-failed reruns them), {counts['pending']} to run; state "
+            f"{options.storage_url}, tracking {options.tracking_uri}"
+        )
+        report = SweepReport(total=cells, parent_run_id=queue.get_attr("parent_run_id"))
+    except BaseException:
+        _abandon(processes)  # told nothing yet, they have touched no store
+        raise
+    try:
+        _release(processes, slots[1:] if here else slots)
+        if here:
             worker = _run_here(
                 prepared, options, slots[0] if slots else None, queue, store, counts, began, len(slots), total
             )
             report.trained_now, report.train_s = worker.finished, worker.train_s
-            _wait_for(others, prepared, queue, began, total)
+        _wait_for(processes, prepared, queue, began, total)
     except KeyboardInterrupt:
         # Ctrl-C (or SIGTERM): the cells in flight were marked KILLED and given back; so is the sweep's parent run.
+        # A SIGTERM reaches this process alone: its worker processes are stopped here, in whatever it was doing.
+        _stop(processes)
         store.finish(report.parent_run_id, "KILLED", "interrupted; run the same command to resume")
         raise
     counts = _counts(queue)
@@ -98,6 +105,17 @@ def run_sweep(prepared: PreparedSweep, options: WorkerOptions, slots=None, retry
     store.finish(report.parent_run_id, "FINISHED" if finished else "FAILED" if report.failed else "KILLED")
     report.wall_s = time.perf_counter() - began
     return report
+
+
+def _retry_failed(prepared: PreparedSweep, queue) -> None:
+    failed = queue.failed_cells()
+    if prepared.experiment.planned:
+        from ablation.plan import SweepPlan
+
+        failed = SweepPlan(prepared).retryable(queue, failed)
+    retried = queue.retry(failed)
+    if retried:
+        say(f"[sweep] {retried} failed cells enqueued again (--retry-failed)")
 
 
 def _total(prepared: PreparedSweep, queue):
@@ -145,6 +163,7 @@ def _counts(queue) -> dict[str, int]:
 
 def _run_here(prepared, options, slot, queue, store, counts, began: float, workers: int, total):
     """The in-process worker, with a sweep line after each of its cells."""
+    options = replace(options, poll_s=LOCAL_POLL_S)  # the sweep's end waits for it to see every cell done
     if slot is not None and slot.gpus:
         options = replace(options, cell=replace(options.cell, device=f"cuda:{slot.gpus[0]}"))
     elif slot is not None:
@@ -175,44 +194,73 @@ def _run_here(prepared, options, slot, queue, store, counts, began: float, worke
     return run_worker(prepared, options, queue, store, on_cell=on_cell)
 
 
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """Each worker marks its cell KILLED and gives it back when terminated; wait for that (a worker that Ctrl-C
+    reached already ignores the SIGTERM)."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def _start_workers(prepared, options, slots) -> list[subprocess.Popen]:
-    """One ``runner.py worker`` process per slot, confined to it by environment variables."""
+    """One ``runner.py worker`` process per slot, confined to it by environment variables; each waits, its
+    imports done, for ``_release`` (a line on its stdin) before it joins the sweep."""
+    options = replace(options, started_by_sweep=True, poll_s=LOCAL_POLL_S)
     processes = []
     for slot in slots:
         env = {**os.environ, **slot.environment()}
         name = f"w{slot.index}" + (f"-gpu{','.join(map(str, slot.gpus))}" if slot.gpus else "")
-        processes.append(subprocess.Popen(worker_command(prepared.command_args, options, name), env=env))
+        command = worker_command(prepared.command_args, options, name)
+        processes.append(subprocess.Popen(command, env=env, stdin=subprocess.PIPE))
+    return processes
+
+
+def _release(processes: list[subprocess.Popen], slots) -> None:
+    """The sweep is set up: its worker processes may join it (and need not create the stores' tables)."""
+    for process in processes:
+        with contextlib.suppress(OSError):  # one that has died already: _wait_for sees it
+            process.stdin.write(SWEEP_READY)
+            process.stdin.close()
     if slots:
         say(
             f"[sweep] started {len(slots)} worker processes: "
-            + ", ".join(f"w{s.index} (GPUs {','.join(map(str, s.gpus)) or 'none'}, {s.threads} threads)" for s in slots)
+            + ", ".join(
+                f"w{s.index} (pid {p.pid}, GPUs {','.join(map(str, s.gpus)) or 'none'}, {s.threads} threads)"
+                for s, p in zip(slots, processes, strict=True)
+            )
         )
-    return processes
+
+
+def _abandon(processes: list[subprocess.Popen]) -> None:
+    """Stop worker processes that were never released: waiting on their stdin (or still importing), they have
+    not touched either store, so nothing is left half-done."""
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.wait()
 
 
 def _wait_for(processes: list[subprocess.Popen], prepared, queue, began: float, total) -> None:
     """Wait for worker processes, with a status line every 10 seconds."""
     start_done, last = _counts(queue)["done"], time.perf_counter()
-    try:
-        while any(p.poll() is None for p in processes):
-            time.sleep(0.5)
-            if time.perf_counter() - last >= 10:
-                last = time.perf_counter()
-                counts = _counts(queue)
-                elapsed = time.perf_counter() - began
-                rate = (counts["done"] - start_done) / elapsed
-                eta = duration(counts["pending"] / rate) if rate > 0 else "?"
-                say(
-                    f"[sweep] {counts['done']}/{total()} done, {counts['running']} running, "
-                    f"{counts['failed']} failed | elapsed {duration(elapsed)} | ETA {eta}"
-                )
-    except KeyboardInterrupt:
-        # Each worker marks its cell KILLED and gives it back when terminated; wait for that before returning.
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=60)
+    for process in processes:
+        while True:
+            try:  # returns within ~50 ms of the process's end: the sweep's own end is not held up
+                process.wait(timeout=max(0.0, last + 10 - time.perf_counter()))
+                break
             except subprocess.TimeoutExpired:
-                process.kill()
-        raise
+                pass
+            last = time.perf_counter()
+            counts = _counts(queue)
+            elapsed = time.perf_counter() - began
+            rate = (counts["done"] - start_done) / elapsed
+            eta = duration(counts["pending"] / rate) if rate > 0 else "?"
+            say(
+                f"[sweep] {counts['done']}/{total()} done, {counts['running']} running, "
+                f"{counts['failed']} failed | elapsed {duration(elapsed)} | ETA {eta}"
+            )

@@ -403,6 +403,7 @@ def _resume(job: _Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[li
         return [], 0, 0.0
     history = list(state["history"])
     if dist.is_main:
+        say(f"resuming after epoch {state['epoch']} from {job.checkpoint_path}")
         for done in history:  # epochs whose logging a kill cut off; the tracker skips those it has
             tracker.log_metrics({k: done[k] for k in EPOCH_METRICS}, step=int(done[EPOCH]))
     return history, state["epoch"], state["train_time_s"]

@@ -23,14 +23,13 @@ from ablation.console import say
 from ablation.errors import ConfigError
 from ablation.grid import CellSpec
 from ablation.mlflow_store import SweepStore
-from ablation.plan import SweepPlan
 from ablation.prepared import PreparedSweep
-from ablation.queue import NAME, Claim, Heartbeat, SweepQueue
+from ablation.queue import NAME, WORKER, Claim, Heartbeat, SweepQueue
 from ablation.sweep_state import join_sweep
 from ablation.tracker import Tracker
 from ablation.tracking_names import EPOCH_TIME, FINAL_TOP1_ERR_LAST, PHASE_TUNE, TRAIN_LOSS, VAL_TOP1_ERR
 from ablation.tuning import pruning_callback
-from ablation.worker_args import CellLaunch, WorkerOptions, run_cell_command
+from ablation.worker_args import CellLaunch, WorkerOptions, run_cell_command, wait_for_sweep
 
 __all__ = ["EpochLines", "WorkerOptions", "WorkerReport", "run_worker"]
 
@@ -81,10 +80,16 @@ def run_worker(
     ``logging`` being the trial ids of this worker's finished cells whose results are still being logged."""
     refuse_unsupported(prepared, options)
     if queue is None or store is None:
+        if options.started_by_sweep and not wait_for_sweep(options):
+            return WorkerReport()  # the sweep that started it ended before it was set up: nothing to join
         queue, store = join_sweep(prepared, options)
     parent_id = queue.get_attr("parent_run_id")
     cells = {cell.hash: cell for cell in prepared.cells}
-    plan = SweepPlan(prepared, say) if prepared.experiment.planned else None
+    plan = None
+    if prepared.experiment.planned:
+        from ablation.plan import SweepPlan  # and SciPy, which a plain sweep's worker does not need
+
+        plan = SweepPlan(prepared, say)
     report = WorkerReport()
     waiting, finalizing = "", set()  # what it last said it waits for; trials of ours whose results are being logged
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
@@ -104,6 +109,7 @@ def run_worker(
                 time.sleep(options.poll_s if reason else min(options.poll_s, 0.2))
                 continue
             waiting = ""
+            queue.storage.set_trial_user_attr(claim.trial_id, WORKER, options.name)  # runner.py status shows it
             cell = plan.cell(CellSpec.from_json(claim.spec)) if plan and claim.spec else cells[claim.cell_hash]
             beat = Heartbeat(queue.storage, claim.trial_id, options.heartbeat_interval).start()
             try:

@@ -10,6 +10,8 @@ are defined here (``add_worker_args``, ``add_run_cell_args``), read back into op
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,12 @@ from pathlib import Path
 from ablation.errors import ConfigError
 
 RUNNER = Path(__file__).resolve().parents[1] / "runner.py"
+# What a sweep writes on the stdin of the worker processes it started once its stores and state are set up.
+SWEEP_READY = b"ready\n"
+# How often a worker the sweep started looks for work while other cells run: at the end of a sweep, the sweep
+# waits for each of its workers to notice that every cell is done (a remote worker keeps the default, 2 s: many of
+# them poll a database every machine shares).
+LOCAL_POLL_S = 0.5
 
 
 @dataclass
@@ -40,6 +48,10 @@ class WorkerOptions:
     name: str = "worker"
     gpus_per_job: int = 1  # > 1: each cell runs as a torchrun-style launch of that many processes (DDP)
     epoch_lines: bool = False  # one line per epoch (for workers whose progress bars nobody sees)
+    # A worker process started by ``runner.py sweep`` on this machine: it imports while the sweep sets the stores
+    # up, joins when told (``wait_for_sweep``), trusts the schemas the sweep has just made or checked, and polls
+    # every LOCAL_POLL_S.
+    started_by_sweep: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, progress: bool, name: str = "worker") -> WorkerOptions:
@@ -47,6 +59,7 @@ class WorkerOptions:
         from ablation.mlflow_store import resolve_tracking_uri
         from ablation.queue import DEFAULT_STORAGE
 
+        started_by_sweep = getattr(args, "started_by_sweep", False)  # only ``runner.py worker`` has the flag
         if args.grace_period <= args.heartbeat_interval:
             raise ConfigError(
                 "--grace-period",
@@ -69,6 +82,8 @@ class WorkerOptions:
             gpus_per_job=args.gpus_per_job,
             name=name,
             epoch_lines=not progress,
+            started_by_sweep=started_by_sweep,
+            poll_s=LOCAL_POLL_S if started_by_sweep else cls.poll_s,
         )
 
     def to_argv(self, name: str) -> list[str]:
@@ -84,7 +99,24 @@ class WorkerOptions:
             *("--name", name),
             *("--loader-workers", str(self.cell.workers)),
         ]
-        return argv + (["--log-checkpoints"] if self.cell.log_checkpoints else [])
+        argv += ["--log-checkpoints"] if self.cell.log_checkpoints else []
+        return argv + (["--started-by-sweep"] if self.started_by_sweep else [])
+
+
+def wait_for_sweep(options: WorkerOptions) -> bool:
+    """In a worker process the sweep started: wait until the sweep has set its stores and state up (its line on
+    stdin), then mark the storage as set up (``ablation.stores.mark_set_up``: its tables are not created or checked
+    again). False when the sweep ended first (stdin closed without the line: it failed, was stopped or killed):
+    this worker has nothing to join."""
+    if sys.stdin.buffer.readline() != SWEEP_READY:
+        return False
+    from ablation.stores import mark_set_up
+
+    mark_set_up(options.storage_url)
+    # The sweep's end waits for this process's exit, whose last garbage collections would walk every object that
+    # torch, MLflow and the cells left: frozen, they are not walked (exiting frees the memory all the same).
+    atexit.register(gc.freeze)
+    return True
 
 
 @dataclass(frozen=True)
@@ -215,6 +247,8 @@ def add_worker_args(parser: argparse.ArgumentParser, named: bool = False) -> Non
     )
     if named:
         parser.add_argument("--name", default=None, help="a name for this worker's log lines")
+        # Internal: a sweep's own worker processes (WorkerOptions.started_by_sweep).
+        parser.add_argument("--started-by-sweep", action="store_true", help=argparse.SUPPRESS)
 
 
 def add_run_cell_args(parser: argparse.ArgumentParser) -> None:

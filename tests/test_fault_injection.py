@@ -10,11 +10,13 @@ exit code 130 and its runs KILLED; a device that does not exist stops it before 
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -114,7 +116,7 @@ def test_a_sweep_killed_anywhere_recovers_with_nothing_lost_or_duplicated(settin
     recovered, lost, duplicated, problems = 0, 0, 0, []
     for point, (killed, rerun) in outcomes.items():
         folder = folders[point]
-        assert killed.exitcode == -signal.SIGKILL, f"{point} was never reached:\n{killed.log[-3000:]}"
+        assert processes.was_killed(killed), f"{point} was never reached:\n{killed.log[-3000:]}"
         assert rerun.exitcode == 0, f"after {point}:\n{rerun.log[-3000:]}"
         assert "Traceback" not in rerun.log, rerun.log[-3000:]
 
@@ -148,9 +150,14 @@ def test_a_sweep_killed_anywhere_recovers_with_nothing_lost_or_duplicated(settin
     assert (recovered, lost, duplicated, problems) == (len(KILL_POINTS), 0, 0, [])
 
 
-def test_ctrl_c_ends_in_one_line_with_exit_130_and_the_runs_killed(tiny_npz, tmp_path, write_experiment):
-    path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", "[0]", epochs=50))
-    command = [sys.executable, str(ROOT / "runner.py"), "sweep", str(path), "--no-progress"]
+@pytest.mark.parametrize(("stop", "workers"), [(signal.SIGINT, 1), (signal.SIGTERM, 2)], ids=["ctrl-c", "sigterm"])
+def test_a_stop_ends_in_one_line_with_exit_130_and_the_runs_killed(stop, workers, tiny_npz, tmp_path, write_experiment):
+    """Ctrl-C as a terminal sends it (to the sweep alone here: a terminal would reach its workers too), or a
+    SIGTERM to the sweep process alone while it and a worker process each train a cell: the worker process is
+    stopped too, every run ends KILLED, nothing keeps running."""
+    seeds = "[0]" if workers == 1 else "[0, 1]"
+    path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", seeds, epochs=50))
+    command = [sys.executable, str(ROOT / "runner.py"), "sweep", str(path), "--no-progress", "--workers", str(workers)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Ctrl-C's SIGINT as a terminal delivers it: a test run started in the background by a shell without job
     # control inherits SIGINT ignored, and Python then leaves it ignored in every child it starts.
@@ -158,23 +165,29 @@ def test_ctrl_c_ends_in_one_line_with_exit_130_and_the_runs_killed(tiny_npz, tmp
         command,
         cwd=tmp_path,
         env=env,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
-    while not list((tmp_path / "checkpoints").rglob("last.pt")):
+    while len(list((tmp_path / "checkpoints").rglob("last.pt"))) < workers:
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    err = process.communicate(timeout=120)[1]
+    process.send_signal(stop)
+    out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted; run the same command to resume"
     assert "Traceback" not in err
+    for pid in re.findall(r"\(pid (\d+),", out + err):  # the sweep's worker processes: stopped with it, not orphaned
+        assert not Path(f"/proc/{pid}").exists(), f"worker process {pid} still runs after the sweep ended"
+    assert workers == 1 or re.search(r"\(pid \d+,", out + err), err
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
-    statuses = {r.data.tags[ROLE]: r.info.status for r in client.search_runs([experiment.experiment_id])}
-    assert statuses == {ROLE_SWEEP: "KILLED", ROLE_CELL: "KILLED"}
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted((r.data.tags[ROLE], r.info.status) for r in runs) == sorted(
+        [(ROLE_SWEEP, "KILLED")] + [(ROLE_CELL, "KILLED")] * workers
+    )
 
 
 @pytest.mark.parametrize("device", ["cuda:9", "foo", "cuda"])

@@ -1,22 +1,143 @@
-"""The Slurm script (ablation/slurm.py): a worker array, and a local storage refused."""
+"""ablation/slurm.py, slurm_task.py and slurm_state.py without a cluster: the script, the options' checks, the
+task wrapper's stop-and-requeue decision, reading scontrol's records. tests/slurm/ runs them against real Slurm."""
 
+import os
+import signal
 import subprocess
+import sys
+import time
+
+import pytest
 
 import runner
+from ablation.errors import ConfigError
+from ablation.slurm import SlurmOptions, parse_extra, time_minutes
+from ablation.slurm_state import parse_scontrol
 from tests.conftest import tiny_experiment
+
+URL = "postgresql+psycopg2://user@db/sweeps"
 
 
 def test_slurm_writes_a_worker_array_and_refuses_a_local_storage(tmp_path, tiny_npz, write_experiment, capsys):
     path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first, parallel]", "[0, 1]"))
-    url = "postgresql+psycopg2://user@db/sweeps"
     out = tmp_path / "array.sh"
-    args = ["slurm", str(path), "--storage", url, "--tracking-uri", "http://mlflow:5000", "--out", str(out)]
-    assert runner.main([*args, "--gpus-per-job", "2"]) == 0
+    args = ["slurm", str(path), "--storage", URL, "--tracking-uri", "http://mlflow:5000", "--out", str(out)]
+    extra = ["--sbatch=--qos=high", "--sbatch", "#SBATCH --exclusive", "--setup", "module load cuda/12"]
+    assert runner.main([*args, "--gpus-per-job", "2", "--time", "2:00:00", "--signal-grace", "300", *extra]) == 0
     script = out.read_text()
     assert "#SBATCH --array=0-3" in script  # one worker per cell by default: 2 arms x 2 seeds
     assert "#SBATCH --gpus-per-task=2" in script and "--gpus-per-job 2" in script
-    assert f"--storage {url}" in script and "runner.py worker" in script
+    # What recovery depends on: requeueable, SIGUSR2 before the limit, logs appended across restarts.
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=USR2@300" in script
+    assert "#SBATCH --open-mode=append" in script and "#SBATCH --time=120" in script
+    assert "#SBATCH --qos=high" in script and "#SBATCH --exclusive" in script
+    assert script.index("module load cuda/12") < script.index("srun ")
+    assert "python -m ablation.slurm_task --max-requeues 3 -- python " in script  # --setup: python of the env
+    assert f"--storage {URL}" in script and "runner.py worker" in script and "--name" not in script
+    assert str(path.resolve()) in script  # paths a task on another node resolves the same way
     assert subprocess.run(["bash", "-n", str(out)]).returncode == 0
     capsys.readouterr()
     assert runner.main(["slurm", str(path)]) == 2
     assert capsys.readouterr().err.startswith("error: --storage")
+    assert runner.main(["slurm", str(path), "--storage", URL, "--submit"]) == 2
+    assert capsys.readouterr().err.startswith("error: --tracking-uri: None is not allowed; allowed: the MLflow server")
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [("90", 90), ("1:30", 2), ("2:00:00", 120), ("1-0", 1440), ("1-02:30", 1590), ("0-00:00:30", 1)],
+)
+def test_slurm_time_limits_in_minutes(text, minutes):
+    assert time_minutes(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["", "1h", "0", "1:2:3:4", "-5"])
+def test_bad_slurm_time_limits(text):
+    with pytest.raises(ValueError, match="is not allowed"):
+        time_minutes(text)
+
+
+def test_extra_sbatch_options_are_parsed_and_owned_ones_refused():
+    assert parse_extra(("--qos=high", "#SBATCH --mem=32G", "--exclusive")) == {
+        "qos": "high",
+        "mem": "32G",
+        "exclusive": True,
+    }
+    with pytest.raises(ConfigError, match=r"--sbatch: '--time=5' is not allowed; .* use --time$"):
+        parse_extra(("--time=5",))
+    with pytest.raises(ConfigError, match="an sbatch option such as"):
+        parse_extra(("qos=high",))
+    with pytest.raises(ConfigError, match="--signal-grace: 600 is not allowed; allowed: fewer seconds than"):
+        SlurmOptions(tasks=1, time="10", signal_grace_s=600)
+
+
+def test_scontrol_records_give_every_array_task_even_folded_pending_ones():
+    running = "JobId=8 ArrayJobId=7 ArrayTaskId=1 JobState=RUNNING Reason=None Restarts=1 RunTime=00:01:05 NodeList=n3"
+    pending = "JobId=7 ArrayJobId=7 ArrayTaskId=2-4%2 JobState=PENDING Reason=BeginTime Restarts=0 NodeList="
+    other = "JobId=9 ArrayJobId=9 ArrayTaskId=0 JobState=RUNNING"
+    tasks = {t.task: t for t in parse_scontrol("7", "\n".join([running, pending, other]))}
+    assert sorted(tasks) == ["7_1", "7_2", "7_3", "7_4"]
+    assert (tasks["7_1"].state, tasks["7_1"].node, tasks["7_1"].restarts) == ("RUNNING", "n3", 1)
+    assert (tasks["7_3"].state, tasks["7_3"].reason, tasks["7_3"].node) == ("PENDING", "BeginTime", "")
+    # A one-task array is a plain job (submitit submits it so): its record has no array fields.
+    (plain,) = parse_scontrol("12", "JobId=12 JobName=w JobState=CANCELLED Reason=None Restarts=0 NodeList=n1")
+    assert (plain.task, plain.state, plain.node) == ("12", "CANCELLED", "n1")
+
+
+# ---- the task wrapper (python -m ablation.slurm_task), on a stand-in worker that stops like runner.py does
+
+WORKER = """
+import os, signal, sys, time
+def stop(signum, frame):
+    print(f"worker got {signal.Signals(signum).name}", flush=True)
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+print("worker up " + " ".join(sys.argv[1:]) + " threads " + os.environ.get("OMP_NUM_THREADS", "-"), flush=True)
+time.sleep(60)
+"""
+
+
+def _wrapper(tmp_path, restarts: str, max_requeues: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(SLURM_ARRAY_JOB_ID="41", SLURM_ARRAY_TASK_ID="3", SLURM_RESTART_COUNT=restarts, SLURM_CPUS_PER_TASK="3")
+    argv = [sys.executable, "-m", "ablation.slurm_task", "--max-requeues", max_requeues, "--"]
+    process = subprocess.Popen(
+        [*argv, sys.executable, "-c", WORKER], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    line = process.stdout.readline()
+    assert line.startswith("worker up --name slurm-41_3"), line  # each task names its worker after itself
+    assert line.strip().endswith("threads 3"), line  # its share of the node's cores, not all of them
+    return process
+
+
+@pytest.mark.parametrize("restarts", ["0", "2"])
+def test_near_the_time_limit_the_worker_is_stopped_and_a_spent_task_is_not_requeued(tmp_path, restarts):
+    process = _wrapper(tmp_path, restarts, max_requeues="2" if restarts == "2" else "0")
+    process.send_signal(signal.SIGUSR2)  # Slurm's warning, --signal=USR2@grace
+    out, _ = process.communicate(timeout=30)
+    assert "worker got SIGTERM" in out  # passed on as the stop the worker knows
+    assert f"not requeued: the task was requeued {restarts} times" in out, out
+    assert process.returncode == 130
+
+
+def test_a_stop_that_is_not_the_time_limit_is_passed_on_and_nothing_requeued(tmp_path):
+    process = _wrapper(tmp_path, "0", max_requeues="3")
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # scancel, or a preemption (Slurm requeues those itself)
+    out, _ = process.communicate(timeout=30)
+    assert "worker got SIGTERM" in out and "requeue" not in out, out
+    assert process.returncode == 130
+
+
+def test_status_without_slurm_to_ask_says_so_and_does_not_call_the_tasks_gone(monkeypatch):
+    import pandas as pd
+
+    from ablation.slurm import JOBS
+    from ablation.status import render_status
+
+    frame = pd.DataFrame([{"description": "CBAM", "seed": 0, "state": "pending", "attempts": 0, "worker": ""}])
+    frame.attrs[JOBS] = [{"job_id": "77", "task_ids": ["77_0", "77_1"], "submitted": "2026-12-02T00:00:00+00:00"}]
+    monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol here: a laptop, not the cluster
+    text = render_status(frame)
+    assert "Slurm array 77: Slurm does not answer here (scontrol); task states unknown" in text
+    assert "no Slurm task of this sweep" not in text
