@@ -205,6 +205,7 @@ def write_script(experiment, arms, worker_command: list[str], options: SlurmOpti
 
     cells = len(expand_cells(experiment, arms))
     workdir = Path(worker_command[1]).resolve().parent  # the checkout whose runner.py the tasks run
+    options.log_dir.mkdir(parents=True, exist_ok=True)  # Slurm does not make it: a task without it fails unseen
     out.write_text(
         slurm_script(
             experiment=experiment.name,

@@ -251,6 +251,24 @@ CASES = [
         ("--time", "'forever'", "D-HH:MM:SS"),
         command="slurm",
     ),
+    Case(
+        "slurm --sbatch an owned option",
+        ["--sbatch=--array=0-3", "--storage", "postgresql+psycopg2://u@h/db"],
+        ("--sbatch", "'--array=0-3'", "use --tasks"),
+        command="slurm",
+    ),
+    Case(
+        "slurm --gpus-per-task below --gpus-per-job",
+        ["--gpus-per-task", "1", "--gpus-per-job", "2", "--storage", "postgresql+psycopg2://u@h/db"],
+        ("--gpus-per-task", "1", "at least --gpus-per-job (2)"),
+        command="slurm",
+    ),
+    Case(
+        "slurm --signal-grace over the limit",
+        ["--time", "5", "--signal-grace", "300", "--storage", "postgresql+psycopg2://u@h/db"],
+        ("--signal-grace", "300", "fewer seconds than the time limit"),
+        command="slurm",
+    ),
     Case("unknown command flag", ["--wokers", "2"], ("--wokers", "unrecognized")),
     # ---- data files
     Case("data file empty", [], ("data.root", "data.npz", "not a readable .npz"), raw_data=b""),

@@ -18,7 +18,10 @@ from tests.conftest import tiny_experiment
 URL = "postgresql+psycopg2://user@db/sweeps"
 
 
-def test_slurm_writes_a_worker_array_and_refuses_a_local_storage(tmp_path, tiny_npz, write_experiment, capsys):
+def test_slurm_writes_a_worker_array_and_refuses_a_local_storage(
+    tmp_path, tiny_npz, write_experiment, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # the default log folder, slurm-logs/<experiment>, is made where it runs
     path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first, parallel]", "[0, 1]"))
     out = tmp_path / "array.sh"
     args = ["slurm", str(path), "--storage", URL, "--tracking-uri", "http://mlflow:5000", "--out", str(out)]
@@ -36,6 +39,8 @@ def test_slurm_writes_a_worker_array_and_refuses_a_local_storage(tmp_path, tiny_
     assert f"--storage {URL}" in script and "runner.py worker" in script and "--name" not in script
     assert str(path.resolve()) in script  # paths a task on another node resolves the same way
     assert subprocess.run(["bash", "-n", str(out)]).returncode == 0
+    assert f"#SBATCH --output={tmp_path}/slurm-logs/tiny/%A_%a.out" in script
+    assert (tmp_path / "slurm-logs" / "tiny").is_dir()  # Slurm does not make it
     capsys.readouterr()
     assert runner.main(["slurm", str(path)]) == 2
     assert capsys.readouterr().err.startswith("error: --storage")

@@ -177,6 +177,26 @@ def test_a_task_at_its_time_limit_gives_its_cell_back_and_requeues_itself(
     _assert_each_cell_once(tmp_path, storage, cells=1, epochs=epochs)
 
 
+def test_the_written_script_runs_as_it_is_under_sbatch(slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch):
+    """Without --submit: the script, submitted by hand with sbatch, runs the sweep's workers to the end."""
+    monkeypatch.chdir(tmp_path)
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(tiny_experiment(tiny_npz, GRID, "[0]", epochs=2))
+    storage, script = postgres_url(), tmp_path / "array.sh"
+    argv = [
+        *("slurm", str(experiment), "--storage", storage, "--out", str(script), "--tasks", "2"),
+        *("--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--checkpoint-dir", str(tmp_path / "ckpt")),
+        *("--gpus-per-task", "0", "--cpus-per-task", "1", "--device", "cpu", "--time", "10"),
+        *("--log-dir", str(tmp_path / "logs"), "--setup", "export OMP_NUM_THREADS=1", "--python", sys.executable),
+    ]
+    assert runner.main(argv) == 0
+    job = slurm_cluster.run("sbatch", "--parsable", str(script)).strip()
+    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 180, "the script's array")
+    assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, _logs(tmp_path)[-3000:]
+    _assert_each_cell_once(tmp_path, storage, cells=2, epochs=2)
+    assert f"[slurm-{job}_0]" in _logs(tmp_path) and f"[slurm-{job}_1]" in _logs(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
