@@ -163,7 +163,8 @@ SCRIPT = """#!/bin/bash
 # Sweep workers for {experiment}: {cells} cells. Written by runner.py slurm; submit with: sbatch {path}
 {sbatch}
 set -euo pipefail
-cd {workdir}
+# The tasks run where sbatch was called, as with --submit; they import this checkout's ablation package.
+{pythonpath}
 {setup}
 # Every task's worker pulls cells from the same storage. On SIGTERM (preemption, scontrol requeue, scancel) or
 # SIGUSR2 (the time limit is near) it gives its cell back; the last epoch checkpoint is on the shared filesystem,
@@ -173,7 +174,7 @@ srun --unbuffered {task} -m ablation.slurm_task --max-requeues {max_requeues} --
 
 
 def slurm_script(
-    *, experiment: str, cells: int, worker_command: list[str], options: SlurmOptions, workdir: Path, path: Path
+    *, experiment: str, cells: int, worker_command: list[str], options: SlurmOptions, checkout: Path, path: Path
 ) -> str:
     """An sbatch script asking for what ``submit`` asks for, for users who submit by hand."""
     parameters = {
@@ -191,7 +192,7 @@ def slurm_script(
         cells=cells,
         path=path,
         sbatch="\n".join(lines),
-        workdir=shlex.quote(str(workdir)),
+        pythonpath=pythonpath_line(checkout),
         setup="\n".join(options.setup),
         task=shlex.quote(options.python),
         max_requeues=options.max_requeues,
@@ -204,7 +205,7 @@ def write_script(experiment, arms, worker_command: list[str], options: SlurmOpti
     from ablation.grid import expand_cells
 
     cells = len(expand_cells(experiment, arms))
-    workdir = Path(worker_command[1]).resolve().parent  # the checkout whose runner.py the tasks run
+    checkout = Path(worker_command[1]).resolve().parent  # whose runner.py the tasks run
     options.log_dir.mkdir(parents=True, exist_ok=True)  # Slurm does not make it: a task without it fails unseen
     out.write_text(
         slurm_script(
@@ -212,7 +213,7 @@ def write_script(experiment, arms, worker_command: list[str], options: SlurmOpti
             cells=cells,
             worker_command=worker_command,
             options=options,
-            workdir=workdir,
+            checkout=checkout,
             path=out,
         )
     )
@@ -242,6 +243,12 @@ def submit_sweep(experiment, arms, experiment_args, worker_options, worker_comma
         f"not yet done; logs in {submitted.log_dir}/{submitted.job_id}{'_<task>' if submitted.tasks > 1 else ''}/\n"
         f"watch: python runner.py status {' '.join(experiment_args)} {stores}"
     )
+
+
+def pythonpath_line(checkout: Path) -> str:
+    """The shell line that puts ``checkout`` (whose runner.py the tasks run) first on the tasks' PYTHONPATH: they
+    import its ablation package whether or not their environment has it installed."""
+    return f"export PYTHONPATH={shlex.quote(str(checkout))}${{PYTHONPATH:+:$PYTHONPATH}}"
 
 
 def job_name(experiment: str) -> str:
@@ -287,7 +294,7 @@ def submit(*, experiment: str, worker_command: list[str], options: SlurmOptions)
     # submitit's process on the node unpickles WorkerTask: it must import this checkout's ablation package, the
     # one whose runner.py the worker runs, whether or not the environment has it installed.
     checkout = Path(worker_command[1]).resolve().parent
-    setup = [f"export PYTHONPATH={shlex.quote(str(checkout))}${{PYTHONPATH:+:$PYTHONPATH}}", *options.setup]
+    setup = [pythonpath_line(checkout), *options.setup]
     log_dir = options.log_dir.resolve()
     executor = submitit.SlurmExecutor(folder=log_dir / "%j", python=options.python)
     parameters = sbatch_parameters(options, job_name(experiment))
