@@ -176,7 +176,8 @@ def cmd_slurm(args: argparse.Namespace) -> None:
     experiment, arms = _arms(args, check_paths=args.submit)  # without --submit the data may be on the cluster only
     from ablation.grid import expand_cells
 
-    options = SlurmOptions.from_args(args, experiment.name, len(expand_cells(experiment, arms)))
+    cells = len(expand_cells(experiment, arms))
+    options = SlurmOptions.from_args(args, experiment.name, cells)
     if not args.tracking_uri and not args.submit:
         args.tracking_uri = "http://MLFLOW-SERVER:5000"  # a placeholder the user edits in the written script
     worker_options = WorkerOptions.from_args(args, progress=False, name="slurm")
@@ -184,7 +185,7 @@ def cmd_slurm(args: argparse.Namespace) -> None:
     if args.submit:
         submit_sweep(experiment, arms, _experiment_args(args), worker_options, command, options)
     else:
-        write_script(experiment, arms, command, options, Path(args.out or f"slurm-{experiment.name}.sh"))
+        write_script(experiment.name, cells, command, options, Path(args.out or f"slurm-{experiment.name}.sh"))
 
 
 def cmd_run_cell(args: argparse.Namespace) -> None:

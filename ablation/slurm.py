@@ -149,6 +149,12 @@ def sbatch_parameters(options: SlurmOptions, job_name: str) -> dict[str, str | i
     return parameters
 
 
+def requested(options: SlurmOptions, experiment: str) -> dict[str, str | int | bool]:
+    """What the array asks of Slurm, the user's ``--sbatch`` options included (the script and ``--test-only``;
+    submitit takes the same two parts apart, its own names and ``additional_parameters``)."""
+    return {**sbatch_parameters(options, job_name(experiment)), **parse_extra(options.extra)}
+
+
 def worker_task_command(worker_command: list[str], options: SlurmOptions) -> list[str]:
     """The worker's command line as a task runs it: the task's Python (after ``setup`` activated an environment,
     ``python`` on its PATH), no ``--name`` (each task names its worker after itself)."""
@@ -173,17 +179,14 @@ srun --unbuffered {task} -m ablation.slurm_task --max-requeues {max_requeues} --
 """
 
 
-def slurm_script(
-    *, experiment: str, cells: int, worker_command: list[str], options: SlurmOptions, checkout: Path, path: Path
-) -> str:
+def slurm_script(*, experiment: str, cells: int, worker_command: list[str], options: SlurmOptions, path: Path) -> str:
     """An sbatch script asking for what ``submit`` asks for, for users who submit by hand."""
     parameters = {
-        **sbatch_parameters(options, job_name(experiment)),
+        **requested(options, experiment),
         "array": f"0-{options.tasks - 1}",
         "signal": f"USR2@{options.signal_grace_s}",
         "output": f"{options.log_dir}/%A_%a.out",
         "open_mode": "append",
-        **parse_extra(options.extra),
     }
     lines = [_sbatch_line(key, value) for key, value in parameters.items()]
     command = worker_task_command(worker_command, options)
@@ -192,7 +195,7 @@ def slurm_script(
         cells=cells,
         path=path,
         sbatch="\n".join(lines),
-        pythonpath=pythonpath_line(checkout),
+        pythonpath=pythonpath_line(),
         setup="\n".join(options.setup),
         task=shlex.quote(options.python),
         max_requeues=options.max_requeues,
@@ -200,22 +203,11 @@ def slurm_script(
     )
 
 
-def write_script(experiment, arms, worker_command: list[str], options: SlurmOptions, out: Path) -> None:
+def write_script(experiment: str, cells: int, worker_command: list[str], options: SlurmOptions, out: Path) -> None:
     """``runner.py slurm`` without ``--submit``: the script, for ``sbatch`` by hand; no store is touched."""
-    from ablation.grid import expand_cells
-
-    cells = len(expand_cells(experiment, arms))
-    checkout = Path(worker_command[1]).resolve().parent  # whose runner.py the tasks run
     options.log_dir.mkdir(parents=True, exist_ok=True)  # Slurm does not make it: a task without it fails unseen
     out.write_text(
-        slurm_script(
-            experiment=experiment.name,
-            cells=cells,
-            worker_command=worker_command,
-            options=options,
-            checkout=checkout,
-            path=out,
-        )
+        slurm_script(experiment=experiment, cells=cells, worker_command=worker_command, options=options, path=out)
     )
     out.chmod(0o755)
     print(f"wrote {out}: sbatch {out}   ({cells} cells, array of {options.tasks} workers)")
@@ -245,10 +237,12 @@ def submit_sweep(experiment, arms, experiment_args, worker_options, worker_comma
     )
 
 
-def pythonpath_line(checkout: Path) -> str:
-    """The shell line that puts ``checkout`` (whose runner.py the tasks run) first on the tasks' PYTHONPATH: they
-    import its ablation package whether or not their environment has it installed."""
-    return f"export PYTHONPATH={shlex.quote(str(checkout))}${{PYTHONPATH:+:$PYTHONPATH}}"
+def pythonpath_line() -> str:
+    """The shell line that puts this checkout (whose runner.py the tasks run, ``worker_args.RUNNER``) first on the
+    tasks' PYTHONPATH: they import its ablation package whether or not their environment has it installed."""
+    from ablation.worker_args import RUNNER
+
+    return f"export PYTHONPATH={shlex.quote(str(RUNNER.parent))}${{PYTHONPATH:+:$PYTHONPATH}}"
 
 
 def job_name(experiment: str) -> str:
@@ -265,8 +259,7 @@ def check_submittable(options: SlurmOptions, experiment: str) -> None:
     refused, nothing is queued), before any store is touched; one-line errors."""
     if shutil.which("sbatch") is None:
         raise ConfigError("--submit", "sbatch", "allowed: a machine with Slurm's commands on PATH (sbatch, squeue)")
-    parameters = {**sbatch_parameters(options, job_name(experiment)), **parse_extra(options.extra)}
-    flags = [_sbatch_line(key, value).removeprefix("#SBATCH ") for key, value in parameters.items()]
+    flags = [_sbatch_line(key, value).removeprefix("#SBATCH ") for key, value in requested(options, experiment).items()]
     argv = ["sbatch", "--test-only", f"--array=0-{options.tasks - 1}", *flags, "--output=/dev/null", "--wrap=true"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
@@ -293,8 +286,7 @@ def submit(*, experiment: str, worker_command: list[str], options: SlurmOptions)
 
     # submitit's process on the node unpickles WorkerTask: it must import this checkout's ablation package, the
     # one whose runner.py the worker runs, whether or not the environment has it installed.
-    checkout = Path(worker_command[1]).resolve().parent
-    setup = [pythonpath_line(checkout), *options.setup]
+    setup = [pythonpath_line(), *options.setup]
     log_dir = options.log_dir.resolve()
     executor = submitit.SlurmExecutor(folder=log_dir / "%j", python=options.python)
     parameters = sbatch_parameters(options, job_name(experiment))

@@ -210,7 +210,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 def _start_workers(prepared, options, slots) -> list[subprocess.Popen]:
     """One ``runner.py worker`` process per slot, confined to it by environment variables; each waits, its
     imports done, for ``_release`` (a line on its stdin) before it joins the sweep."""
-    options = replace(options, started_by_sweep=True, poll_s=LOCAL_POLL_S)
+    options = replace(options, started_by_sweep=True)  # the flag on its command line; it polls LOCAL_POLL_S
     processes = []
     for slot in slots:
         env = {**os.environ, **slot.environment()}
