@@ -99,6 +99,11 @@ def run_worker(
                 continue  # the plan added cells (a tuning trial, final runs, a seed round): claim one
             if claim is None:
                 if queue.unfinished() == 0:
+                    # The refill above may have seen this worker's last cell still running (its results being
+                    # logged), and the cell completed before unfinished() looked: ask the plan once more, now that
+                    # nothing is in flight, or a seed round / final runs it had to add would silently never come.
+                    if plan is not None and plan.refill(queue, store):
+                        continue
                     break
                 reason = _waiting_for(queue, options.grace_period, finalizing)
                 if reason and reason.partition(":")[0] != waiting:  # a line when what it waits for changes

@@ -277,3 +277,31 @@ def test_diverged_trials_count_in_the_budget_and_an_arm_with_no_completed_trial_
     again, _ = sweep_in(tmp_path / "run", prepared, retry_failed=True)
     assert again.trained_now == 0  # diverged trials ended in their budgets: --retry-failed leaves them
     assert "diverged tuning trials ended in their budgets; not retried" in capsys.readouterr().err
+
+
+def test_a_cell_completing_just_after_the_plan_looked_still_gets_its_next_cells(tiny_npz, tmp_path, monkeypatch):
+    # The worker's last cell completes (its results logged, on the finalizer thread) after a refill saw it running
+    # but before the worker checked whether anything is unfinished. Forced here: every refill that adds nothing
+    # returns only once nothing is in flight. The worker must ask the plan again then, or the arms' final runs
+    # (which need every trial ended) would never be queued and the sweep would end as if complete.
+    import time
+
+    refill = SweepPlan.refill
+
+    def refill_then_let_cells_complete(self, queue, store=None):
+        added = refill(self, queue, store)
+        deadline = time.monotonic() + 60
+        while not added and queue.unfinished() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return added
+
+    monkeypatch.setattr(SweepPlan, "refill", refill_then_let_cells_complete)
+    path = tmp_path / "exp.yaml"
+    text = tuned_experiment(tiny_npz, trials=1, seeds="[0]", extra="  compare_default: false")
+    path.write_text(text.replace("  - model.attention.order: [channel-first]\n", ""))  # one arm, one trial
+    prepared = prepare_sweep(load_experiment(path))
+    assert len(prepared.arms) == 1
+    report, options = sweep_in(tmp_path / "run", prepared)
+    assert report.failed == {} and report.pending == 0
+    assert report.trained_now == 2  # the trial, then the tuned final run
+    assert len(planned_view(prepared, options.storage_url, options.tracking_uri).runs) == 1
