@@ -102,7 +102,8 @@ def run_worker(
                     # The refill above may have seen this worker's last cell still running (its results being
                     # logged), and the cell completed before unfinished() looked: ask the plan once more, now that
                     # nothing is in flight, or a seed round / final runs it had to add would silently never come.
-                    if plan is not None and plan.refill(queue, store):
+                    # Cells another worker's refill queued meanwhile are claimed too, not left to that worker alone.
+                    if plan is not None and (plan.refill(queue, store) or queue.unfinished()):
                         continue
                     break
                 reason = _waiting_for(queue, options.grace_period, finalizing)

@@ -279,23 +279,43 @@ def test_diverged_trials_count_in_the_budget_and_an_arm_with_no_completed_trial_
     assert "diverged tuning trials ended in their budgets; not retried" in capsys.readouterr().err
 
 
-def test_a_cell_completing_just_after_the_plan_looked_still_gets_its_next_cells(tiny_npz, tmp_path, monkeypatch):
-    # The worker's last cell completes (its results logged, on the finalizer thread) after a refill saw it running
-    # but before the worker checked whether anything is unfinished. Forced here: every refill that adds nothing
-    # returns only once nothing is in flight. The worker must ask the plan again then, or the arms' final runs
-    # (which need every trial ended) would never be queued and the sweep would end as if complete.
+@pytest.mark.parametrize("interleaving", ["completed after the plan looked", "another worker queued it"])
+def test_the_last_worker_still_queues_what_the_plan_needs_next(tiny_npz, tmp_path, monkeypatch, interleaving):
+    # A one-arm, one-trial tuned sweep: when its trial ends, the plan must queue the arm's tuned final run. The
+    # worker's last cell completes on its finalizer thread, so a refill can look while it is still in flight.
+    # Forced here: the trial completes only once a refill has looked and added nothing, and that refill returns
+    # only after it completed (the worker then finds nothing unfinished). In the second case, the refill that
+    # queues the final run reports 0 too, as one does when another worker's refill queued it first. Either
+    # way the worker must end up running the final run, not end the sweep as if it were complete.
+    import threading
     import time
 
-    refill = SweepPlan.refill
+    from ablation.queue import SweepQueue
 
-    def refill_then_let_cells_complete(self, queue, store=None):
+    looked, hidden = threading.Event(), []
+    refill, complete = SweepPlan.refill, SweepQueue.complete
+
+    def complete_once_a_refill_looked(self, claim, top1_err):
+        looked.wait(60)
+        looked.clear()
+        complete(self, claim, top1_err)
+
+    def refill_racing_the_completion(self, queue, store=None):
+        in_flight = queue.unfinished()
         added = refill(self, queue, store)
-        deadline = time.monotonic() + 60
-        while not added and queue.unfinished() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        finals = [e for e in self.entries(queue) if e.spec.phase == PHASE_FINAL]
+        if added and finals and interleaving == "another worker queued it" and not hidden:
+            hidden.append(finals)
+            return 0
+        if not added and in_flight:
+            looked.set()
+            deadline = time.monotonic() + 60
+            while queue.unfinished() and time.monotonic() < deadline:
+                time.sleep(0.05)
         return added
 
-    monkeypatch.setattr(SweepPlan, "refill", refill_then_let_cells_complete)
+    monkeypatch.setattr(SweepQueue, "complete", complete_once_a_refill_looked)
+    monkeypatch.setattr(SweepPlan, "refill", refill_racing_the_completion)
     path = tmp_path / "exp.yaml"
     text = tuned_experiment(tiny_npz, trials=1, seeds="[0]", extra="  compare_default: false")
     path.write_text(text.replace("  - model.attention.order: [channel-first]\n", ""))  # one arm, one trial
@@ -305,3 +325,4 @@ def test_a_cell_completing_just_after_the_plan_looked_still_gets_its_next_cells(
     assert report.failed == {} and report.pending == 0
     assert report.trained_now == 2  # the trial, then the tuned final run
     assert len(planned_view(prepared, options.storage_url, options.tracking_uri).runs) == 1
+    assert bool(hidden) == (interleaving == "another worker queued it")
