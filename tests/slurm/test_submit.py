@@ -157,11 +157,14 @@ def test_a_task_at_its_time_limit_gives_its_cell_back_and_requeues_itself(
     checkpoint, the task requeues itself, and the requeued task (given a longer limit, as a user would) finishes
     the cell in the same MLflow run."""
     monkeypatch.chdir(tmp_path)
-    epochs = 100
+    # SIGUSR2 comes 20 s into the task (1-minute limit, 40 s grace): after the worker's start (~5-8 s) it has
+    # checkpointed epochs to resume from, and 200 epochs of ~0.2-0.5 s cannot all be done by then. (With a 10 s
+    # window the signal once came before the first checkpoint, and the requeued task rightly started afresh.)
+    epochs = 200
     experiment = tmp_path / "exp.yaml"
     experiment.write_text(tiny_experiment(tiny_npz, "  - model.attention: [{type: none}]\n", "[0]", epochs=epochs))
     storage = postgres_url()
-    _submit(tmp_path, experiment, storage, 1, "--time", "1", "--signal-grace", "50")
+    _submit(tmp_path, experiment, storage, 1, "--time", "1", "--signal-grace", "40")
     job = _job_id(capsys.readouterr().out)
 
     def requeued() -> bool:
