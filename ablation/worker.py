@@ -95,16 +95,16 @@ def run_worker(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
         while True:
             claim = queue.claim()
-            if claim is None and plan is not None and plan.refill(queue, store):
-                continue  # the plan added cells (a tuning trial, final runs, a seed round): claim one
             if claim is None:
-                if queue.unfinished() == 0:
-                    # The refill above may have seen this worker's last cell still running (its results being
-                    # logged), and the cell completed before unfinished() looked: ask the plan once more, now that
-                    # nothing is in flight, or a seed round / final runs it had to add would silently never come.
-                    # Cells another worker's refill queued meanwhile are claimed too, not left to that worker alone.
-                    if plan is not None and (plan.refill(queue, store) or queue.unfinished()):
-                        continue
+                # Read before the plan is asked: once nothing is in flight, the refill sees every cell's final
+                # state. Read after it, a cell completing in between (its results logged on the finalizer thread)
+                # would end the worker with a seed round or an arm's final runs never queued.
+                idle = queue.unfinished() == 0
+                if plan is not None and plan.refill(queue, store):
+                    continue  # the plan added cells (a tuning trial, final runs, a seed round): claim one
+                if idle and plan is not None and queue.unfinished():
+                    continue  # another worker's refill queued them after ours looked: claim them too
+                if idle:
                     break
                 reason = _waiting_for(queue, options.grace_period, finalizing)
                 if reason and reason.partition(":")[0] != waiting:  # a line when what it waits for changes
