@@ -181,15 +181,22 @@ class SweepQueue:
         """Running cells that nobody runs any more, taken back (failed and enqueued again, once, whichever worker
         gets there first) with a line saying why: those whose worker was a process on this machine that is gone
         (at once), those whose heartbeat is older than the grace period (a worker elsewhere that died), and those
-        claimed by a worker that died before it could beat or say who it was, longer than the grace period ago."""
+        claimed by a worker that died before it could beat or say who it was, longer than the grace period ago.
+
+        A worker on this machine whose process lives keeps its cell however late its heartbeat: a loaded machine,
+        a stalled disk or a stopped process (Ctrl-Z) delays a beat, and taking a live worker's cell would train it
+        twice. The heartbeat is the evidence only where the process cannot be seen."""
         me, grace = this_process(), self._grace()
         taken, unreadable = 0, False
         for trial in self.trials((TrialState.RUNNING,)):
             owner = trial.user_attrs.get(OWNER)
             known, age = self.heartbeat_age(trial)
             unreadable |= not known
-            if owner is not None and same_machine(owner, me) and not process_alive(owner):
+            here = owner is not None and same_machine(owner, me)
+            if here and not process_alive(owner):
                 why = f"process {owner.split('|')[3]} on this machine, which is gone"
+            elif here:
+                continue
             elif known and age is not None and age > grace:
                 host = owner.split("|")[0] if owner else "an unknown host"
                 why = f"a worker on {host} that has been silent for {age:.0f}s (grace period {grace}s)"

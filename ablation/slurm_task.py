@@ -52,20 +52,29 @@ def run_task(command: list[str], max_requeues: int, say=print) -> int:
         # Without CPU confinement (TaskPlugin=task/none) torch would start a thread per core of the node and
         # crowd the other tasks on it; the task's share is what it asked for. A user's own setting is kept.
         env["OMP_NUM_THREADS"] = env["SLURM_CPUS_PER_TASK"]
-    child = subprocess.Popen([*command, "--name", worker_name()], env=env)
-    near_limit = False
+    child: subprocess.Popen | None = None
+    near_limit = stop_asked = False
 
     def forward(signum, frame) -> None:
-        nonlocal near_limit
+        nonlocal near_limit, stop_asked
         near_limit = near_limit or signum == signal.SIGUSR2
+        stop_asked = True
         # Slurm may have signalled the worker itself too; a second stop request is one it ignores.
-        if child.poll() is None:
+        if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM)
 
+    # The handlers come first: a stop that arrives while the worker starts is remembered and passed on, not left to
+    # the default action (SIGUSR2's ends this wrapper and orphans the worker).
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGUSR2, forward)
+    child = subprocess.Popen([*command, "--name", worker_name()], env=env)
+    if stop_asked:
+        child.send_signal(signal.SIGTERM)
     code = child.wait()
-    if not (near_limit and code == STOPPED):
+    # A worker still starting (importing torch) when the signal came had no handler yet: it ended by the signal
+    # itself, before it could claim a cell, so nothing was lost and the task requeues as after a clean stop. Slurm
+    # may send the time limit's signal up to a minute early, so this happens with limits near the grace period.
+    if not (near_limit and code in (STOPPED, -signal.SIGTERM, -signal.SIGUSR2)):
         return code
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     if restarts >= max_requeues:

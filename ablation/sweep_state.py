@@ -113,6 +113,10 @@ def _set_up(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, optio
 def _check(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, options, say) -> None:
     uri = options.tracking_uri
     parent = queue.get_attr("parent_run_id")
+    # The storage's state is read before the store's runs: a worker marks a cell COMPLETE only after its run is
+    # FINISHED, so a cell done in the storage here has its finished run in what is read next. Read the other way
+    # round, a cell finishing between the two reads would look done with no finished run, and run again.
+    latest = queue.latest()
     runs = store.cell_runs()
     if not store.parent_exists(parent):
         replacement = store.parent_run(prepared.key, len(initial_cells(prepared)))
@@ -123,10 +127,10 @@ def _check(queue: SweepQueue, store: SweepStore, prepared: PreparedSweep, option
         say(f"[sweep] the sweep's parent run {parent} is not in {uri} (deleted?); its cells go under {replacement}")
     finished = {key for key, run in runs.items() if run.info.status == "FINISHED"}
     # A planned sweep's cells are those its state holds (added as it went); a plain sweep's, its experiment's.
-    ours = set(queue.latest()) if prepared.experiment.planned else {cell.hash for cell in prepared.cells}
+    ours = set(latest) if prepared.experiment.planned else {cell.hash for cell in prepared.cells}
     lost = [
         key
-        for key, trial in queue.latest().items()
+        for key, trial in latest.items()
         if trial.state == TrialState.COMPLETE and key not in finished and key in ours
     ]
     if lost:

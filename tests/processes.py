@@ -15,9 +15,12 @@ by a signal) leaves no file, and a lost status then reads as ``Finished.lost``, 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +136,70 @@ def kill_and_rerun(experiment: Path, template: Path, folder: Path, point: str) -
 def was_killed(killed: Finished) -> bool:
     """Whether a run ended by a signal before returning: SIGKILL, or a status the forkserver lost with no exit
     record left (the child never returned from ``runner.main``)."""
-    import signal
-
     return killed.exitcode == -signal.SIGKILL or killed.lost
+
+
+# ---- holding a process still, so that a signal lands at a known point of its work (tests/slurm)
+
+
+def pid_with_args(*args: str) -> int | None:
+    """The process whose command line holds ``args`` as consecutive arguments (``"--name", "slurm-12_0"``)."""
+    wanted = [a.encode() for a in args]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if any(argv[i : i + len(wanted)] == wanted for i in range(len(argv))):
+            return int(entry.name)
+    return None
+
+
+def pending_signals(pid: int) -> set[int]:
+    """The signals sent to ``pid`` and not yet handled (a stopped process keeps them pending): /proc's ShdPnd
+    (sent to the process) and SigPnd (to its main thread) masks, bit n-1 for signal n. Empty once it is gone."""
+    found: set[int] = set()
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("ShdPnd", "SigPnd"):
+            mask = int(value.strip(), 16)
+            found |= {n for n in range(1, 65) if mask & (1 << (n - 1))}
+    return found
+
+
+def process_state(pid: int) -> str | None:
+    """``pid``'s state letter from /proc/<pid>/stat (R, S, D, T when stopped, Z when ended but not reaped), or
+    None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]  # the state follows the parenthesised command name
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether ``pid`` is held by a stop signal; False once it has ended."""
+    return process_state(pid) == "T"
+
+
+@contextlib.contextmanager
+def frozen(pid: int):
+    """``pid`` stopped (SIGSTOP) while the block runs, continued (SIGCONT) after it: what the block sends it stays
+    pending and is handled where the process was, however fast or slow the machine. (Whoever else sends SIGCONT
+    meanwhile lets it go early: Slurm does, before the SIGTERM of a requeue or scancel.)"""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        while (state := process_state(pid)) != "T":  # a signal acts when the process next runs: wait for it
+            if state in (None, "Z"):
+                raise ProcessLookupError(f"process {pid} ended before it could be stopped")
+            time.sleep(0.01)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)

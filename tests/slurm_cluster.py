@@ -130,8 +130,11 @@ class SlurmCluster:
 
     partition = "debug"
 
-    def __init__(self, folder: Path, binaries: dict[str, str]) -> None:
+    def __init__(self, folder: Path, binaries: dict[str, str], kill_wait_s: int = 30) -> None:
         self.folder = folder
+        # Seconds from SIGTERM to SIGKILL when a job is cancelled or requeued (KillWait). Slurm's default, 30, leaves
+        # a worker on a loaded machine room to give its cell back.
+        self.kill_wait_s = kill_wait_s
         self.conf = folder / "slurm.conf"
         self.env = {"SLURM_CONF": str(self.conf)}
         self.cpus = os.cpu_count() or 1
@@ -250,7 +253,7 @@ class SlurmCluster:
             "MailProg": "/bin/true",  # the default /bin/mail is rarely installed and slurmctld complains
             "JobAcctGatherType": "jobacct_gather/none",
             "AccountingStorageType": "accounting_storage/none",
-            "KillWait": 5,  # seconds from SIGTERM to SIGKILL when a job is cancelled or requeued
+            "KillWait": self.kill_wait_s,
             "MinJobAge": 300,  # finished jobs stay visible to scontrol this long
         }
         lines = [f"{key}={value}" for key, value in settings.items()]
@@ -406,14 +409,14 @@ class SlurmCluster:
 
 
 @contextlib.contextmanager
-def start_cluster(folder: Path) -> Iterator[SlurmCluster]:
+def start_cluster(folder: Path, kill_wait_s: int = 30) -> Iterator[SlurmCluster]:
     """A running one-node cluster with its files under ``folder``; stopped, jobs and all, on exit. Raises
     SlurmUnavailable when it cannot start (a missing binary, not root, a daemon that would not come up)."""
     binaries = _find_binaries()
     if os.geteuid() != 0:
         raise SlurmUnavailable("the Slurm test cluster runs its daemons as root (slurmd starts jobs as their users)")
     folder.mkdir(parents=True, exist_ok=True)
-    cluster = SlurmCluster(folder, binaries)
+    cluster = SlurmCluster(folder, binaries, kill_wait_s)
     try:
         cluster._start()
         yield cluster

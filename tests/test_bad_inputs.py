@@ -3,16 +3,16 @@
 Each case runs the real command line (``runner.main``, in this process) in an empty working folder holding only
 its inputs, and asserts: exit code 2; exactly one line on stderr, ``error: ...``, naming the key or flag and the
 bad value, and saying what is allowed (or, for a store, why it cannot be used); no traceback; and no file or
-folder created (no MLflow store or run, no sweep state, no checkpoint folder). A config error is also timed in a
-fresh process: it must appear before the heavy imports, in under 2 s.
+folder created (no MLflow store or run, no sweep state, no checkpoint folder). A config error is also checked in a
+fresh process: it must appear before torch, MLflow, Optuna or SciPy is imported (so in well under a second).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,14 +353,23 @@ def test_there_are_at_least_forty_cases():
 
 
 def test_a_config_error_appears_before_the_heavy_imports(tmp_path):
-    """In a fresh process, as a user types it: the error must not wait for torch, MLflow or Optuna (seconds)."""
+    """In a fresh process, as a user types it: the error must not wait for torch, MLflow, Optuna or SciPy. Asserted
+    by what the process had imported when it gave the error, not by a clock (that would depend on the machine)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(experiment(train="{epochs: 0}"))
     (tmp_path / "data.npz").write_bytes(b"")  # never read: the config error comes first
-    began = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "runner.py"), "sweep", str(bad)], cwd=tmp_path, capture_output=True, text=True
+    heavy = ("torch", "mlflow", "optuna", "scipy", "pandas", "matplotlib")
+    script = (
+        "import sys, runner\n"
+        f"code = runner.main(['sweep', {str(bad)!r}])\n"
+        f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))\n"
     )
-    elapsed = time.monotonic() - began
-    assert done.returncode == 2 and done.stderr.startswith("error: train.epochs: 0"), done.stderr
-    assert elapsed < 2.0, f"{elapsed:.2f}s"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=_env_with_root()
+    )
+    assert done.stderr.startswith("error: train.epochs: 0"), done.stderr
+    assert done.stdout.strip() == "2 []", done.stdout
+
+
+def _env_with_root() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

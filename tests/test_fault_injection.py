@@ -156,7 +156,10 @@ def test_a_stop_ends_in_one_line_with_exit_130_and_the_runs_killed(stop, workers
     SIGTERM to the sweep process alone while it and a worker process each train a cell: the worker process is
     stopped too, every run ends KILLED, nothing keeps running."""
     seeds = "[0]" if workers == 1 else "[0, 1]"
-    path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", seeds, epochs=50))
+    # Cells far longer than the test: none can end before the stop, so each worker is mid-cell once its cell has an
+    # epoch checkpoint, however fast or slow the machine (and however long a worker process takes to start).
+    epochs = 100_000
+    path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", seeds, epochs))
     command = [sys.executable, str(ROOT / "runner.py"), "sweep", str(path), "--no-progress", "--workers", str(workers)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Ctrl-C's SIGINT as a terminal delivers it: a test run started in the background by a shell without job

@@ -5,7 +5,6 @@ to the test's temporary folder; ``ABLATION_SCREENSHOT_TO=results/examples/mlflow
 (how the committed example is refreshed; a test never writes into the checkout otherwise).
 """
 
-import contextlib
 import os
 import shutil
 import socket
@@ -94,11 +93,22 @@ def ui_rows(page) -> dict[int, str]:
     return {index: "\n".join(parts) for index, parts in joined.items()}
 
 
+def ui_groups(rows: dict[int, str]) -> dict[str, str]:
+    """The group rows of a grouped runs table: group name -> the value it shows as "(average)"."""
+    groups = {}
+    for text in rows.values():
+        lines = text.splitlines()
+        name = next((line.removeprefix("Group: ") for line in lines if line.startswith("Group: ")), None)
+        average = next((line.removesuffix(" (average)") for line in lines if line.endswith("(average)")), None)
+        if name is not None and average is not None:
+            groups[name] = average
+    return groups
+
+
 def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tmp_path, tiny_npz):
     if not CHROMIUM.exists():
         missing(f"{CHROMIUM} is not installed (apt-get install chromium)")
     try:
-        from playwright.sync_api import TimeoutError as PlaywrightTimeout
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
         missing("the playwright package is not installed (pip install -e '.[dev]')")
@@ -145,9 +155,11 @@ def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tm
                 sweep_link = page.locator(f'a[href$="/runs/{sweep.info.run_id}"]').first
                 expect(sweep_link).to_have_text("tiny", timeout=WAIT_MS)
                 page.get_by_text("5 matching runs").wait_for(timeout=WAIT_MS)
-                # The MLflow Assistant side panel opens on a first visit and covers a third of the page.
-                with contextlib.suppress(PlaywrightTimeout):
-                    page.get_by_role("button", name="Close").first.click(timeout=5_000)
+                # The MLflow Assistant side panel opens on a first visit and covers a third of the page, whenever it
+                # has loaded: closed before each action it would get in the way of, however late it comes.
+                page.add_locator_handler(
+                    page.get_by_role("button", name="Close").first, lambda close: close.click(), no_wait_after=True
+                )
 
                 # As the README says: the final error as a column, then the runs grouped by the arm tag.
                 page.get_by_role("button", name="Columns").click()
@@ -156,8 +168,11 @@ def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tm
                 page.get_by_role("button", name="Group by").click()
                 page.get_by_text(DESCRIPTION, exact=True).click()
                 page.keyboard.press("Escape")
-                page.get_by_text("(average)").first.wait_for(timeout=WAIT_MS)
-                rows = ui_rows(page)
+                # Every arm's group row drawn, not just the first one.
+                deadline = time.monotonic() + WAIT_MS / 1000
+                while not (groups := ui_groups(rows := ui_rows(page))).keys() >= means.keys():
+                    assert time.monotonic() < deadline, f"the UI drew the groups {groups}, not every arm: {rows}"
+                    page.wait_for_timeout(200)
                 page.screenshot(path=str(screenshot), full_page=True)
 
                 # One cell's run page: its name, its metrics table, and "Parent run" linking back to the sweep.
@@ -178,13 +193,7 @@ def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tm
             server.wait(timeout=30)
 
     # One group row per arm, each with the mean the UI aggregated over its two seeds.
-    groups = {}
-    for text in rows.values():
-        lines_ = text.splitlines()
-        name = next((line.removeprefix("Group: ") for line in lines_ if line.startswith("Group: ")), None)
-        if name is not None:
-            groups[name] = next(line.removesuffix(" (average)") for line in lines_ if line.endswith("(average)"))
-    assert groups == {description: ui_number(mean) for description, mean in means.items()}, rows
+    assert ui_groups(rows) == {description: ui_number(mean) for description, mean in means.items()}, rows
 
     # The metrics table shows each name on one line and its value on the next.
     top1 = cell.data.metrics[FINAL_TOP1_ERR_LAST]

@@ -1,8 +1,7 @@
 """The sweep's queue of cells (ablation/queue.py) on real processes: a cell left running by a SIGKILLed worker on
 another machine is taken up after the grace period and resumed (cold starts: tests/test_stores.py)."""
 
-import os
-import signal
+import threading
 import time
 
 import pytest
@@ -20,19 +19,14 @@ def test_a_cell_of_a_worker_on_another_machine_is_taken_up_after_the_grace_perio
     tmp_path, tiny_npz, write_experiment, capsys, monkeypatch
 ):
     """Local default storage (sweeps.db) and MLflow store (mlflow.db) in the working folder. The sweep is SIGKILLed
-    mid-cell and its claim made to look like another machine's, whose process nobody here can see: the rerun says
-    what it waits for, takes the cell up once its heartbeat is older than the grace period, and resumes it."""
+    mid-cell (right after its second epoch's checkpoint) and its claim made to look like another machine's, whose
+    process nobody here can see. While that machine's worker still beats, the rerun says what it waits for; once it
+    falls silent, the rerun takes the cell up after the grace period and resumes it."""
     path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first]", "[0]", epochs=5))
     argv = ["sweep", str(path), "--heartbeat-interval", "1", "--grace-period", "3", "--no-progress"]
     one = {"OMP_NUM_THREADS": "1"}
-    first = processes.start(argv, tmp_path, tmp_path / "first.txt", one)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "checkpoints" / "tiny").glob("*/last.pt")):
-        assert first.is_alive(), "the sweep ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.join()
+    first = processes.run(argv, tmp_path, tmp_path / "first.txt", {**one, "ABLATION_KILL_AT": "epoch.checkpointed@2"})
+    assert processes.was_killed(first), first.log[-3000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
@@ -44,7 +38,30 @@ def test_a_cell_of_a_worker_on_another_machine_is_taken_up_after_the_grace_perio
     ]
     storage.set_trial_user_attr(running._trial_id, OWNER, "gpu-node-7|other-boot|4026531836|4242|99")
 
-    second = processes.run(argv, tmp_path, tmp_path / "second.txt", one)
+    # The other machine's worker lives on (it beats) until the rerun has said that it waits for it.
+    alive = threading.Event()
+    alive.set()
+
+    def beat() -> None:
+        while alive.is_set():
+            storage.record_heartbeat(running._trial_id)
+            time.sleep(0.2)
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    second_log = tmp_path / "second.txt"
+    second = processes.start(argv, tmp_path, second_log, one)
+    try:
+        deadline = time.monotonic() + 600
+        while "waiting for 1 running elsewhere" not in (second_log.read_text() if second_log.exists() else ""):
+            assert second.is_alive(), second_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the rerun never said what it waits for"
+            time.sleep(0.1)
+    finally:
+        alive.clear()  # the other machine's worker dies
+        beating.join()
+    second.join(600)
+    second = processes.finished(second, second_log)
     assert second.exitcode == 0, second.log[-3000:]
     # It says what it waits for and why, then why it takes the cell up.
     assert "waiting for 1 running elsewhere: ResNet18" in second.log and "is silent for 3s" in second.log

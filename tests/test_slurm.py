@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -102,12 +101,20 @@ time.sleep(60)
 """
 
 
-def _wrapper(tmp_path, restarts: str, max_requeues: str) -> subprocess.Popen:
+# A worker still importing when the signal comes: no handler yet, so the signal's default action ends it.
+STARTING_WORKER = """
+import os, sys, time
+print("worker up " + " ".join(sys.argv[1:]) + " threads " + os.environ.get("OMP_NUM_THREADS", "-"), flush=True)
+time.sleep(60)
+"""
+
+
+def _wrapper(tmp_path, restarts: str, max_requeues: str, worker: str = WORKER) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env.update(SLURM_ARRAY_JOB_ID="41", SLURM_ARRAY_TASK_ID="3", SLURM_RESTART_COUNT=restarts, SLURM_CPUS_PER_TASK="3")
     argv = [sys.executable, "-m", "ablation.slurm_task", "--max-requeues", max_requeues, "--"]
     process = subprocess.Popen(
-        [*argv, sys.executable, "-c", WORKER], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*argv, sys.executable, "-c", worker], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     line = process.stdout.readline()
     assert line.startswith("worker up --name slurm-41_3"), line  # each task names its worker after itself
@@ -125,9 +132,19 @@ def test_near_the_time_limit_the_worker_is_stopped_and_a_spent_task_is_not_reque
     assert process.returncode == 130
 
 
+def test_a_worker_ended_by_the_time_limit_signal_while_starting_counts_as_stopped(tmp_path):
+    """Slurm may send the time limit's SIGUSR2 up to a minute early, to every process of the task: a worker that has
+    not installed its handlers yet is ended by it (or by the SIGTERM passed on). It had claimed nothing, so the task
+    goes on as after a clean stop (here: its requeues are spent, so it says so instead of requeueing)."""
+    process = _wrapper(tmp_path, "1", max_requeues="1", worker=STARTING_WORKER)
+    process.send_signal(signal.SIGUSR2)
+    out, _ = process.communicate(timeout=30)
+    assert "time limit near, cell given back; not requeued: the task was requeued 1 times" in out, out
+    assert process.returncode != 0  # the worker's own end, passed on: the task itself is not requeued
+
+
 def test_a_stop_that_is_not_the_time_limit_is_passed_on_and_nothing_requeued(tmp_path):
     process = _wrapper(tmp_path, "0", max_requeues="3")
-    time.sleep(0.2)
     process.send_signal(signal.SIGTERM)  # scancel, or a preemption (Slurm requeues those itself)
     out, _ = process.communicate(timeout=30)
     assert "worker got SIGTERM" in out and "requeue" not in out, out

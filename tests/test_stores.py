@@ -5,8 +5,10 @@ database, a read-only SQLite file: one line naming the URI and the cause, within
 in either store. Four workers started in the same second on a brand-new SQLite storage and tracking store, and
 three on brand-new PostgreSQL databases, run every cell exactly once with no schema error."""
 
+import contextlib
 import socket
 import subprocess
+import threading
 import time
 
 import optuna
@@ -39,7 +41,9 @@ def _sweep_fails_fast(args, tmp_path, capsys, write_experiment, tiny_npz, *words
     assert code == 2, err
     (line,) = err.splitlines()
     assert line.startswith("error: ") and all(word in line for word in words), line
-    assert elapsed < 15, f"{elapsed:.1f}s"
+    # Not a speed test: one attempt, no retries. MLflow's and SQLAlchemy's own retries back off for minutes; a
+    # minute is far above one attempt on any machine (CONNECT_TIMEOUT_S each) and far below those.
+    assert elapsed < 60, f"{elapsed:.1f}s: the store was tried again and again"
     assert not (tmp_path / "checkpoints").exists()
     return line
 
@@ -56,14 +60,33 @@ def test_a_tracking_server_that_refuses_connections(tmp_path, capsys, write_expe
 
 
 def test_a_tracking_server_that_never_answers(tmp_path, capsys, write_experiment, tiny_npz, local_state):
-    with socket.socket() as hung:  # accepts connections (the kernel's backlog) and never says a word
+    connections: list[socket.socket] = []
+    with socket.socket() as hung:  # accepts connections and never says a word
         hung.bind(("127.0.0.1", 0))
         hung.listen(8)
+        hung.settimeout(0.2)
+        listening = threading.Event()
+        listening.set()
+
+        def accept() -> None:
+            while listening.is_set():
+                with contextlib.suppress(TimeoutError):
+                    connections.append(hung.accept()[0])
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
         uri = f"http://127.0.0.1:{hung.getsockname()[1]}"
-        line = _sweep_fails_fast(
-            [*local_state, "--tracking-uri", uri], tmp_path, capsys, write_experiment, tiny_npz, uri
-        )
+        try:
+            line = _sweep_fails_fast(
+                [*local_state, "--tracking-uri", uri], tmp_path, capsys, write_experiment, tiny_npz, uri
+            )
+        finally:
+            listening.clear()
+            acceptor.join()
+            for connection in connections:
+                connection.close()
     assert "timed out" in line
+    assert len(connections) == 1  # one attempt, given up after its timeout: no retry
     assert not (tmp_path / "sweeps.db").exists()
 
 
@@ -159,8 +182,8 @@ def test_four_workers_start_together_on_new_sqlite_stores(tmp_path, tiny_npz, wr
     path = write_experiment(tiny_experiment(tiny_npz, GRID, "[0, 1, 2, 3]", epochs=1))
     storage, tracking = f"sqlite:///{tmp_path / 'sweeps.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     logs = _workers_at_once(path, tmp_path, storage, tracking, 4)
+    assert all("[w" in log and "] finished " in log for log in logs), logs  # every worker joined and ended
     _every_cell_exactly_once(storage, tracking, 4)
-    assert sum("finished 0 cells" not in log for log in logs) >= 2, logs  # the work was shared
 
 
 @pytest.mark.slow
@@ -171,8 +194,8 @@ def test_three_workers_start_together_on_new_postgresql_databases(
     path = write_experiment(tiny_experiment(tiny_npz, grid, "[0, 1]", epochs=1))
     storage, tracking = postgres_url("cold_sweeps"), postgres_url("cold_mlflow")
     logs = _workers_at_once(path, tmp_path, storage, tracking, 3)
+    assert all("[w" in log and "] finished " in log for log in logs), logs
     _every_cell_exactly_once(storage, tracking, 6)
-    assert sum("finished 0 cells" not in log for log in logs) >= 2, logs
     capsys.readouterr()
     assert runner.main(["status", str(path), "--storage", storage, "--tracking-uri", tracking]) == 0
     assert "6 cells: 0 pending, 0 running, 6 done, 0 failed" in capsys.readouterr().out
@@ -188,7 +211,7 @@ def test_reading_commands_fail_fast_too_and_create_nothing(tmp_path, capsys, wri
         assert runner.main([*command, "--tracking-uri", down]) == 2, command
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"error: --tracking-uri {down}: cannot be reached"), line
-        assert time.monotonic() - began < 15
+        assert time.monotonic() - began < 60  # one attempt, not MLflow's minutes of retries (_sweep_fails_fast)
     # No store here yet: status says so, and reading creates no database file.
     assert runner.main(["status", str(path)]) == 0
     assert "not started" in capsys.readouterr().out

@@ -2,8 +2,8 @@
 cell, the same images moved elsewhere are not, and runs from before data identities are adopted only for the
 same data."""
 
+import os
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -131,8 +131,12 @@ def test_a_folder_is_identified_by_its_file_list_and_listed_once(tmp_path, monke
     assert identity.folder_identity(root) == first  # from the cache: no file listed
     monkeypatch.undo()
 
-    time.sleep(0.01)
-    (root / "train" / "b" / "2.jpg").write_bytes(b"new image")  # changes b/'s mtime
+    folder = root / "train" / "b"
+    (folder / "2.jpg").write_bytes(b"new image")
+    # A new file changes its folder's mtime, but within the file system's timestamp resolution it may read the
+    # same: move it a second on, as any later change would.
+    before = folder.stat().st_mtime_ns
+    os.utime(folder, ns=(before + 10**9, before + 10**9))
     assert identity.folder_identity(root, say=lines.append) != first
     moved = tmp_path / "moved"
     (root / "train" / "b" / "2.jpg").unlink()

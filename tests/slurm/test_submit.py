@@ -3,13 +3,20 @@
 A tiny sweep goes in as a job array of real worker tasks that share a real PostgreSQL storage; a task is
 requeued mid-cell as a preemption would, another runs into its time limit, and every cell must finish exactly once
 in MLflow, each epoch logged once, the interrupted cell resumed from its checkpoint in its first MLflow run.
+
+No test here hopes that a signal falls inside a window of time. Where a signal must land mid-cell, the cell's worker
+is held still (SIGSTOP) from the moment it is seen mid-cell until the signal is pending in it, then continued: the
+signal is handled exactly where the worker was, on a fast machine or a loaded one.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -19,6 +26,7 @@ from mlflow import MlflowClient
 import runner
 from ablation.queue import CELL, RUN_ID, WORKER
 from ablation.tracking_names import CONFIG_HASH, ROLE_CELL, VAL_TOP1_ERR, role_filter
+from tests import processes
 from tests.conftest import tiny_experiment
 
 GRID = "  - model.attention: [{type: none}, {type: cbam, reduction: 4}]\n"
@@ -29,7 +37,9 @@ def _submit(folder: Path, experiment: Path, storage: str, tasks: int, *extra: st
         *("slurm", str(experiment), "--submit", "--storage", storage),
         *("--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--checkpoint-dir", str(folder / "ckpt")),
         *("--tasks", str(tasks), "--gpus-per-task", "0", "--cpus-per-task", "1", "--device", "cpu"),
-        *("--heartbeat-interval", "1", "--grace-period", "3", "--log-dir", str(folder / "logs")),
+        # A grace period well above any stall of a loaded machine (and of a worker held still by a test), so no live
+        # worker's cell is ever taken back as an orphan's.
+        *("--heartbeat-interval", "1", "--grace-period", "20", "--log-dir", str(folder / "logs")),
         # One thread per task (two tasks share the two cores); --setup is where a cluster user activates an env.
         *("--setup", "export OMP_NUM_THREADS=1", "--python", sys.executable),
         *extra,
@@ -83,12 +93,78 @@ def _assert_each_cell_once(folder: Path, storage: str, cells: int, epochs: int) 
     return runs
 
 
+def _running(storage: str) -> optuna.trial.FrozenTrial | None:
+    """A cell a worker has claimed and runs."""
+    for trial in _trials(storage):
+        if trial.state == optuna.trial.TrialState.RUNNING and WORKER in trial.user_attrs:
+            return trial
+    return None
+
+
 def _running_with_checkpoint(storage: str, folder: Path) -> optuna.trial.FrozenTrial | None:
     for trial in _trials(storage):
         running = trial.state == optuna.trial.TrialState.RUNNING and WORKER in trial.user_attrs
         if running and (folder / "ckpt" / "tiny" / trial.user_attrs[CELL] / "last.pt").exists():
             return trial
     return None
+
+
+# A worker stops on either: SIGTERM (preemption, requeue, scancel; the task wrapper forwards every stop as one) or
+# SIGUSR2 (the time limit is near), which Slurm sends to every process of the task's step.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR2}
+
+
+def _worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The worker process that runs ``trial``'s cell (the task wrapper starts it with ``--name slurm-<task>``);
+    None once it has ended."""
+    return processes.pid_with_args("--name", trial.user_attrs[WORKER])
+
+
+def _task(trial: optuna.trial.FrozenTrial) -> str:
+    return trial.user_attrs[WORKER].removeprefix("slurm-")
+
+
+def _hold_until_signalled(pid: int | None, send=None, until: float | None = None) -> None:
+    """Hold worker ``pid`` still (SIGSTOP) while ``send()`` (if given) signals its task, and let it go (SIGCONT)
+    once a stop signal is pending in it: the stop is then handled where the worker was held, mid-cell. Slurm's
+    requeue and scancel send SIGCONT themselves just before their SIGTERM, which lets it go as well. With ``until``
+    (a time.time() value), the hold ends then at the latest: a signal that came before the hold was handled already.
+    """
+    if pid is None:  # the worker has ended already: whatever stopped it came first
+        assert send is None, "the worker to signal has ended"
+        return
+    try:
+        with processes.frozen(pid):
+            if send is not None:
+                send()
+            deadline = until if until is not None else time.time() + 60
+            while processes.is_stopped(pid) and not processes.pending_signals(pid) & STOP_SIGNALS:
+                if time.time() > deadline:
+                    assert until is not None, f"no stop signal reached the held worker {pid} in 60 s"
+                    return
+                time.sleep(0.05)
+    except ProcessLookupError:  # it ended before the hold: whatever stopped it came first
+        if send is not None:
+            raise
+
+
+def _end_time(cluster, task: str) -> float:
+    """When Slurm ends ``task`` at its time limit (EndTime of ``scontrol show job``), as a time.time() value."""
+    shown = cluster.run("scontrol", "show", "job", "-o", task)
+    found = re.search(r"\bEndTime=(\S+)", shown)
+    assert found, shown
+    return datetime.datetime.fromisoformat(found.group(1)).timestamp()
+
+
+def _wait_for_checkpointed_cell(cluster, storage: str, folder: Path) -> optuna.trial.FrozenTrial:
+    found: dict = {}
+
+    def a_cell_is_checkpointed() -> bool:
+        found["trial"] = _running_with_checkpoint(storage, folder)
+        return found["trial"] is not None
+
+    cluster.wait_for(a_cell_is_checkpointed, 300, "a running cell with an epoch checkpoint")
+    return found["trial"]
 
 
 def _release_while_requeued(cluster, job: str) -> bool:
@@ -113,17 +189,11 @@ def test_an_array_runs_every_cell_once_and_a_preempted_task_resumes_its_cell(
     argv = _submit(tmp_path, experiment, storage, 2)
     job = _job_id(capsys.readouterr().out)
 
-    # Preemption: the task whose cell has a checkpoint is requeued mid-cell (SIGTERM to its processes).
-    found: dict = {}
-
-    def a_cell_is_checkpointed() -> bool:
-        found["trial"] = _running_with_checkpoint(storage, tmp_path)
-        return found["trial"] is not None
-
-    slurm_cluster.wait_for(a_cell_is_checkpointed, 180, "a running cell with an epoch checkpoint")
-    trial = found["trial"]
-    task = trial.user_attrs[WORKER].removeprefix("slurm-")
-    slurm_cluster.run("scontrol", "requeue", task)
+    # Preemption: the task whose cell has a checkpoint is requeued mid-cell (SIGTERM to its processes), its worker
+    # held still until the SIGTERM is pending in it, so the cell cannot finish first.
+    trial = _wait_for_checkpointed_cell(slurm_cluster, storage, tmp_path)
+    task = _task(trial)
+    _hold_until_signalled(_worker_pid(trial), send=lambda: slurm_cluster.run("scontrol", "requeue", task))
 
     # While it runs, runner.py status shows each array task's Slurm state beside the cells.
     status = ["status", *argv[1:2], "--storage", storage, "--tracking-uri", argv[argv.index("--tracking-uri") + 1]]
@@ -149,33 +219,75 @@ def test_an_array_runs_every_cell_once_and_a_preempted_task_resumes_its_cell(
     assert restarts and restarts.group(1) == "1", shown
 
 
-def test_a_task_at_its_time_limit_gives_its_cell_back_and_requeues_itself(
+def _requeued_itself(cluster, job: str, folder: Path) -> bool:
+    return cluster.task_states(job).get(job) == "PENDING" and "requeueing this task" in _logs(folder)
+
+
+def test_the_time_limit_signal_mid_cell_gives_the_cell_back_and_the_requeued_task_resumes_it(
     slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch, capsys
 ):
-    """One task, a 1-minute limit, SIGUSR2 50 s before it. slurmctld checks limits every 30 s, so the signal comes
-    10 to 40 s in, while the cell (100 epochs, about a minute here) trains: the worker stops after an epoch
-    checkpoint, the task requeues itself, and the requeued task (given a longer limit, as a user would) finishes
-    the cell in the same MLflow run."""
+    """The time-limit path at a moment the test chooses: once the cell has an epoch checkpoint, the task gets the
+    SIGUSR2 that slurmctld sends before a time limit, sent the same way (to every process of the task's steps:
+    ``scancel --signal=USR2``) while its worker is held still. The worker gives the cell back, the task requeues
+    itself, and the requeued task resumes the cell from its checkpoint in the same MLflow run."""
     monkeypatch.chdir(tmp_path)
-    # SIGUSR2 comes 20 s into the task (1-minute limit, 40 s grace): after the worker's start (~5-8 s) it has
-    # checkpointed epochs to resume from, and 200 epochs of ~0.2-0.5 s cannot all be done by then. (With a 10 s
-    # window the signal once came before the first checkpoint, and the requeued task rightly started afresh.)
-    epochs = 200
+    epochs = 20
     experiment = tmp_path / "exp.yaml"
     experiment.write_text(tiny_experiment(tiny_npz, "  - model.attention: [{type: none}]\n", "[0]", epochs=epochs))
     storage = postgres_url()
-    _submit(tmp_path, experiment, storage, 1, "--time", "1", "--signal-grace", "40")
+    # A 10-minute limit: slurmctld's own SIGUSR2 (120 s before it, or up to a minute earlier) is minutes away.
+    _submit(tmp_path, experiment, storage, 1, "--time", "10")
     job = _job_id(capsys.readouterr().out)
 
-    def requeued() -> bool:
-        return slurm_cluster.task_states(job).get(job) == "PENDING" and "requeueing this task" in _logs(tmp_path)
+    trial = _wait_for_checkpointed_cell(slurm_cluster, storage, tmp_path)
+    task = _task(trial)
+    _hold_until_signalled(_worker_pid(trial), send=lambda: slurm_cluster.run("scancel", "--signal=USR2", task))
 
-    slurm_cluster.wait_for(requeued, 120, "the task to requeue itself near its time limit")
+    slurm_cluster.wait_for(lambda: _requeued_itself(slurm_cluster, job, tmp_path), 120, "the task to requeue itself")
+    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 300, "the task to finish")
+    logs = _logs(tmp_path)
+    assert "time limit near, cell given back; requeueing this task (1/3)" in logs, logs[-3000:]
+    assert re.search(r"resuming after epoch [1-9]", logs), logs[-3000:]
+    assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, logs[-3000:]
+    runs = _assert_each_cell_once(tmp_path, storage, cells=1, epochs=epochs)
+    ((run_id, _, _),) = next(iter(runs.values()))
+    assert {t.user_attrs.get(RUN_ID) for t in _trials(storage)} == {trial.user_attrs[RUN_ID]} == {run_id}
+
+
+def test_a_task_at_its_real_time_limit_gives_its_cell_back_and_requeues_itself(
+    slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch, capsys
+):
+    """The real thing: a 1-minute limit and slurmctld's own SIGUSR2, 30 s before it, at its periodic limit check
+    (Slurm may send it up to a minute early: here anywhere in the task's first 30 s). Whenever the signal comes, the
+    cell must be given back, the task must requeue itself, and (given a longer limit, as a user would) finish the
+    cell once, resumed or restarted: the signal may come before the first checkpoint, even before the worker has
+    claimed the cell or installed its handlers. So that the cell cannot end before the signal on a fast machine, its
+    worker is held still from when it runs the cell until the signal is pending in it (or, had the signal come
+    before the hold, until shortly before the limit)."""
+    monkeypatch.chdir(tmp_path)
+    epochs = 20
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(tiny_experiment(tiny_npz, "  - model.attention: [{type: none}]\n", "[0]", epochs=epochs))
+    storage = postgres_url()
+    _submit(tmp_path, experiment, storage, 1, "--time", "1", "--signal-grace", "30")
+    job = _job_id(capsys.readouterr().out)
+
+    found: dict = {}
+
+    def running_or_requeued() -> bool:
+        found["trial"] = _running(storage)
+        return found["trial"] is not None or "requeueing this task" in _logs(tmp_path)
+
+    slurm_cluster.wait_for(running_or_requeued, 120, "the task to run its cell or requeue itself")
+    if found["trial"] is not None:
+        until = _end_time(slurm_cluster, _task(found["trial"])) - 10
+        _hold_until_signalled(_worker_pid(found["trial"]), until=until)
+
+    slurm_cluster.wait_for(lambda: _requeued_itself(slurm_cluster, job, tmp_path), 180, "the task to requeue itself")
     slurm_cluster.run("scontrol", "update", f"jobid={job}", "TimeLimit=10")
     slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 300, "the task to finish")
     logs = _logs(tmp_path)
     assert "time limit near, cell given back; requeueing this task (1/3)" in logs, logs[-3000:]
-    assert "resuming after epoch" in logs, logs[-3000:]
     assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, logs[-3000:]
     _assert_each_cell_once(tmp_path, storage, cells=1, epochs=epochs)
 
@@ -239,8 +351,8 @@ def test_a_cancelled_array_loses_nothing_and_a_new_submission_finishes_the_sweep
     storage = postgres_url()
     argv = _submit(tmp_path, experiment, storage, 1)
     job = _job_id(capsys.readouterr().out)
-    slurm_cluster.wait_for(lambda: _running_with_checkpoint(storage, tmp_path) is not None, 180, "a checkpoint")
-    slurm_cluster.run("scancel", job)
+    trial = _wait_for_checkpointed_cell(slurm_cluster, storage, tmp_path)
+    _hold_until_signalled(_worker_pid(trial), send=lambda: slurm_cluster.run("scancel", job))
     slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 60, "the cancelled task to end")
     *_, trial = _trials(storage)  # the newest: the attempt the cell was given back as
     assert trial.state == optuna.trial.TrialState.WAITING  # given back, not left RUNNING for the grace period
