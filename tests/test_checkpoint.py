@@ -70,6 +70,7 @@ def test_the_previous_checkpoint_is_kept_and_a_save_is_atomic(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.previous.pt", "last.pt"]  # no temporary left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "pickled-object", "another-cell", "another-run"])
 def test_a_bad_last_checkpoint_is_set_aside_and_the_job_resumes_from_the_previous(damage, tiny_npz, tmp_path, straight):
     config = _config(tiny_npz)
@@ -109,6 +110,7 @@ def test_a_bad_last_checkpoint_is_set_aside_and_the_job_resumes_from_the_previou
     _assert_equals_straight(tracker, straight)  # epoch 2 ran again but was not logged again
 
 
+@pytest.mark.slow
 def test_with_no_good_checkpoint_left_the_job_restarts_cleanly(tiny_npz, tmp_path, straight):
     config = _config(tiny_npz)
     path = tmp_path / "last.pt"

@@ -5,6 +5,8 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import EXPERIMENTS, ROOT
 
 
@@ -14,6 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_profile_csv_has_the_columns_and_the_papers_numbers():
     result = run("profile", str(EXPERIMENTS / "table4_backbones.yaml"), "--format", "csv", "--set", "model.layout=v1")
     assert result.returncode == 0, result.stderr
@@ -28,6 +31,7 @@ def test_profile_csv_has_the_columns_and_the_papers_numbers():
     assert all(r["note"] == "" for r in rows)
 
 
+@pytest.mark.slow
 def test_profile_explains_a_mismatch_instead_of_hiding_it():
     result = run("profile", str(EXPERIMENTS / "table1_channel_pooling.yaml"), "--format", "md")
     assert result.returncode == 0, result.stderr

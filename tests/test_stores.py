@@ -59,6 +59,7 @@ def test_a_tracking_server_that_refuses_connections(tmp_path, capsys, write_expe
     assert not (tmp_path / "sweeps.db").exists()  # the sweep's state was not created either
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_never_answers(tmp_path, capsys, write_experiment, tiny_npz, local_state):
     connections: list[socket.socket] = []
     with socket.socket() as hung:  # accepts connections and never says a word

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 import torch
 
 
@@ -24,6 +25,7 @@ def test_waiting_threads_sleep_unless_the_user_chose_otherwise(monkeypatch):
     assert thread_state()["omp_wait_policy"] == "ACTIVE" and thread_state()["omp_wait_policy_set_by"] == "user"
 
 
+@pytest.mark.slow
 def test_runner_sets_the_wait_policy_before_torch_starts_its_threads():
     """In a fresh process: importing the command line imports no torch, and its first act sets the policy, so the
     OpenMP runtime that torch starts later reads it."""

@@ -15,6 +15,7 @@ from ablation.train import compile_for_training
 from tests.test_distributed import _job_config, _run_job
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_checkpoints(tiny_npz, tmp_path):
     """train.compile=on: real torch.compile (inductor) of the training steps. The compiled run's metrics track
     the eager run's (the same function, fused differently: rounding-level differences), and its checkpoint holds
@@ -32,6 +33,7 @@ def test_compiled_training_matches_eager_and_saves_plain_checkpoints(tiny_npz, t
     assert compiled[TRAIN_LOSS] == pytest.approx(eager[TRAIN_LOSS], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_every_cell_of_a_worker_process_is_compiled() -> None:
     """A worker trains its cells one after another in one process. Past dynamo's recompile limit (8 model
     structures through the same forward code) a plain torch.compile silently runs later models eagerly; every

@@ -260,6 +260,7 @@ def _train(npz: Path, holdout: bool, checkpoint: Path) -> list[dict[str, float]]
     return [{k: v for k, v in epoch.items() if k not in (EPOCH_TIME, THROUGHPUT)} for epoch in result.history]
 
 
+@pytest.mark.slow
 def test_a_jobs_holdout_scores_do_not_depend_on_the_test_set(tmp_path):
     """Two .npz files that differ only in their test split (noise and other labels in the second): with a
     holdout the job's whole history is the same on both; without one the scores differ (the check can fail).

@@ -167,15 +167,28 @@ def _wait_for_checkpointed_cell(cluster, storage: str, folder: Path) -> optuna.t
     return found["trial"]
 
 
+# The states of a task that has ended for good. Listed, not inferred from "not running": on its way from RUNNING
+# back to PENDING a requeued task passes through others (REQUEUED, COMPLETING, ...), and none of those is an end.
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
+
+
 def _release_while_requeued(cluster, job: str) -> bool:
     """Skip Slurm's hold-off of a requeued task (``SlurmCluster.release``); True when every task has ended."""
     states = cluster.task_states(job)
     for task, state in states.items():
         if state == "PENDING" and "BeginTime" in cluster.run("squeue", "-h", "-j", task, "-o", "%r", check=False):
             cluster.release(task)
-    return bool(states) and all(
-        state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING") for state in states.values()
-    )
+    return bool(states) and all(state in ENDED for state in states.values())
 
 
 def test_an_array_runs_every_cell_once_and_a_preempted_task_resumes_its_cell(
