@@ -161,13 +161,23 @@ class SweepQueue:
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
         return self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
 
+    def _changing_state(self):
+        """Held while a trial's state is read and changed. Optuna checks the state and sets the new one in one
+        transaction, reading the row FOR UPDATE: on PostgreSQL that locks the row, but SQLite ignores FOR UPDATE, so
+        two workers could both read WAITING and both claim the cell (seen: one cell trained by two workers at once).
+        On SQLite the check-and-set therefore runs under a lock of the sweep's own."""
+        if sqlite_path(self.url) is None:
+            return contextlib.nullcontext()
+        return exclusive(self.url, f"state:{self.study_name}")
+
     def claim(self) -> Claim | None:
         """Atomically take a waiting cell (after re-enqueueing those whose worker died), or None."""
         self.take_back_orphans()
         for trial in self.trials((TrialState.WAITING,)):
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
             try:
-                won = self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+                with self._changing_state():
+                    won = self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
             except optuna.exceptions.UpdateFinishedTrialError:
                 won = False
             if won:
@@ -237,8 +247,11 @@ class SweepQueue:
     def _fail_and_requeue(self, trial: optuna.trial.FrozenTrial) -> bool:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
         try:
-            self.storage.set_trial_user_attr(trial_id, FAILURE, "released: its worker is gone")
-            won = self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            with self._changing_state():
+                if self.storage.get_trial(trial_id).state != TrialState.RUNNING:
+                    return False  # another worker took it back first
+                self.storage.set_trial_user_attr(trial_id, FAILURE, "released: its worker is gone")
+                won = self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             return False  # another worker took it back first
         if won:
@@ -259,8 +272,9 @@ class SweepQueue:
     def mark_done(self, trial: optuna.trial.FrozenTrial, top1_err: float, run_id: str) -> bool:
         """Record a waiting cell as done without running it (the tracking store holds its finished run)."""
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-        if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-            return False
+        with self._changing_state():
+            if not self.storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                return False
         claim = Claim(trial_id, trial.number, trial.user_attrs[CELL])
         self.set_run_id(claim, run_id)
         self.complete(claim, top1_err)

@@ -262,17 +262,24 @@ def _job_config(npz: Path, epochs: int) -> RunConfig:
     return tiny_config(npz, epochs, batch_size=20)
 
 
+def _tiny_cbam_resnet(attention: dict | None = None) -> nn.Module:
+    """A CBAM ResNet with one block per stage: every path of ResNet-18's (stem, blocks with and without a projection
+    shortcut, CBAM in each block) at half its blocks, for what compiles the network (inductor's time grows with it)."""
+    from ablation.models.resnet import BasicBlock, ResNet
+
+    attention = attention or {"type": "cbam", "reduction": 4}
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10, attention=attention, width=0.125, stem="cifar")
+
+
 def _run_job(
     config: RunConfig, network: str, checkpoint: Path, tracker, ctx: DistContext | None = None, **kw
 ) -> TrainResult:
     seed_everything(config.seed, torch.device("cpu"))
-    model = (
-        _bn_free_net()
-        if network == "bn_free"
-        else build_model(
+    model = _bn_free_net() if network == "bn_free" else _tiny_cbam_resnet() if network == "tiny_resnet" else None
+    if model is None:
+        model = build_model(
             "resnet18", width=0.125, stem="cifar", num_classes=10, attention={"type": "cbam", "reduction": 4}
         )
-    )
     return train_job(
         config,
         model=model,

@@ -1,6 +1,7 @@
 """The sweep's queue of cells (ablation/queue.py) on real processes: a cell left running by a SIGKILLed worker on
 another machine is taken up after the grace period and resumed (cold starts: tests/test_stores.py)."""
 
+import contextlib
 import threading
 import time
 
@@ -80,3 +81,42 @@ def test_a_cell_of_a_worker_on_another_machine_is_taken_up_after_the_grace_perio
     # A finished sweep starts nothing when run again.
     assert runner.main(["sweep", str(path), "--no-progress"]) == 0
     assert "0 to run" in capsys.readouterr().err
+
+
+def test_two_workers_that_read_a_waiting_cell_together_never_both_claim_it(tmp_path, monkeypatch):
+    """Optuna reads a trial FOR UPDATE before changing its state, which SQLite ignores: without a lock of the sweep's
+    own, two workers that both read the cell as WAITING would both claim it (seen on a loaded machine: one cell
+    trained twice). Here both workers' reads are made to happen together whenever they can (a barrier inside
+    Optuna's read); exactly one must win."""
+    import optuna
+    from optuna.storages._rdb import models
+
+    from ablation.queue import CELL, NAME, SweepQueue
+
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    optuna.create_study(study_name="s", storage=open_storage(url))
+    first = SweepQueue(open_storage(url), "s", say=lambda line: None, url=url)
+    first.study.enqueue_trial({}, user_attrs={CELL: "abc", NAME: "cell"})
+    second = SweepQueue(open_storage(url), "s", say=lambda line: None, url=url)
+
+    together = threading.Barrier(2)
+    read = models.TrialModel.find_or_raise_by_id
+
+    def read_together(*args, **kwargs):
+        trial = read(*args, **kwargs)
+        # With the lock the other worker cannot read until this one has written: the barrier breaks (after a
+        # moment) and the claims go one after the other. Without it, both read WAITING here and both would win.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            together.wait(timeout=2)
+        return trial
+
+    monkeypatch.setattr(models.TrialModel, "find_or_raise_by_id", staticmethod(read_together))
+    claims: list = []
+    workers = [threading.Thread(target=lambda q=q: claims.append(q.claim())) for q in (first, second)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(claim is not None for claim in claims) == [False, True], claims
+    (trial,) = first.trials()
+    assert trial.state == optuna.trial.TrialState.RUNNING

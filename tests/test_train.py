@@ -8,11 +8,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from ablation.models import build_model
 from ablation.tracker import MemoryTracker
 from ablation.tracking_names import TRAIN_LOSS
 from ablation.train import compile_for_training
-from tests.test_distributed import _job_config, _run_job
+from tests.test_distributed import _job_config, _run_job, _tiny_cbam_resnet
 
 
 @pytest.mark.slow
@@ -25,7 +24,7 @@ def test_compiled_training_matches_eager_and_saves_plain_checkpoints(tiny_npz, t
         config = _job_config(tiny_npz, epochs=1)
         config = config.model_copy(update={"train": config.train.model_copy(update={"compile": mode})})
         checkpoint = tmp_path / mode / "last.pt"
-        results[mode] = _run_job(config, "resnet", checkpoint, MemoryTracker())
+        results[mode] = _run_job(config, "tiny_resnet", checkpoint, MemoryTracker())
         states[mode] = torch.load(checkpoint, weights_only=True)["model"]
     assert set(states["on"]) == set(states["off"])
     assert not any(key.startswith("_orig_mod") for key in states["on"])
@@ -48,7 +47,7 @@ def test_every_cell_of_a_worker_process_is_compiled() -> None:
     structures = [(k, pools) for pools in (["avg"], ["max"], ["avg", "max"]) for k in (1, 3, 7)] + [(5, ["avg"])]
     for cell, (k, pools) in enumerate(structures, 1):  # ten different CBAM networks, more than the limit
         attention = {"type": "cbam", "reduction": 4, "kernel_size": k, "channel_pool": pools}
-        model = build_model("resnet18", width=0.125, stem="cifar", num_classes=10, attention=attention)
+        model = _tiny_cbam_resnet(attention)
         before = len(graphs)
         compile_for_training(model, backend=record)(x)
         assert len(graphs) == before + 1, f"cell {cell} ({k}x{k}, {pools}) ran uncompiled"
