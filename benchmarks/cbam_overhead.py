@@ -18,7 +18,7 @@ CUDA torch.cuda.max_memory_allocated over two steps; CPU the growth of the proce
 (ru_maxrss after - RSS before the first step; weights and optimiser state exist before). Also, per row, the bytes
 of the tensors autograd saves for backward (saved_tensors_hooks, each storage once), the part CBAM changes.
 
-Host malloc: by default the settings training runs with (ablation/host_memory.py: freed memory stays in the
+Host malloc: by default the settings training runs with (ablation/engine/host_memory.py: freed memory stays in the
 process); --malloc default shows glibc's own behaviour, and the "faults" column the page faults it costs.
 
     python benchmarks/cbam_overhead.py [--reps 15] [--warmup 2] [--mode eager|compiled|both] [--no-memory]
@@ -44,7 +44,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation.attention.accel import accelerate
-from ablation.host_memory import keep_freed_memory
+from ablation.engine.host_memory import keep_freed_memory
 from ablation.models import build_model
 
 TIMM_ROW = "timm cbam"
@@ -141,7 +141,7 @@ def rss_bytes() -> int:
 
 
 def set_malloc(mode: str) -> str:
-    """Set host malloc: "kept" is what training processes run with (ablation/host_memory.py), "default" glibc's
+    """Set host malloc: "kept" is what training processes run with (ablation/engine/host_memory.py), "default" glibc's
     own thresholds. Returns the setting, for the header line."""
     return keep_freed_memory() if mode == "kept" else "glibc defaults"
 

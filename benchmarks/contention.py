@@ -6,7 +6,7 @@ fresh process alone, then in two processes at once on the same cores, each with 
 use, and prints seconds per step and the slowdown ratio shared / alone (target: <= 2.5; two jobs on the cores
 each one was using can at best take 2x). The wait policies compared, side by side in one run:
 
-- the harness's (``runner.py`` sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose one: ablation/threads.py);
+- the harness's (``runner.py`` sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose one: ablation/engine/threads.py);
 - GNU OpenMP's default (the variable unset: waiting threads spin for a while before they sleep);
 - ``ACTIVE`` (waiting threads spin).
 
@@ -35,9 +35,9 @@ def child(steps: int, warmup: int) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from ablation.config import parse_run_config
     from ablation.data.catalog import dataset_info
     from ablation.data.loaders import make_loaders
+    from ablation.experiment.schema import parse_run_config
     from ablation.models import build_model
 
     config = parse_run_config(

@@ -31,10 +31,10 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
-    from ablation.cell import CellOptions
-    from ablation.config import load_experiment
-    from ablation.sweep import prepare_sweep, run_sweep
-    from ablation.worker import WorkerOptions
+    from ablation.experiment.schema import load_experiment
+    from ablation.sweep.cell import CellOptions
+    from ablation.sweep.local import prepare_sweep, run_sweep
+    from ablation.sweep.worker import WorkerOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()

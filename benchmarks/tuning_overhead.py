@@ -51,12 +51,12 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
-    from ablation import plan, tuning, worker
-    from ablation.cell import CellOptions
-    from ablation.config import load_experiment
-    from ablation.sweep import prepare_sweep, run_sweep
-    from ablation.tracking_names import FINAL_TRAIN_TIME, PHASE, PHASE_TUNE, ROLE_CELL, role_filter
-    from ablation.worker import WorkerOptions
+    from ablation.experiment.schema import load_experiment
+    from ablation.sweep import plan, tuning, worker
+    from ablation.sweep.cell import CellOptions
+    from ablation.sweep.local import prepare_sweep, run_sweep
+    from ablation.sweep.worker import WorkerOptions
+    from ablation.tracking.names import FINAL_TRAIN_TIME, PHASE, PHASE_TUNE, ROLE_CELL, role_filter
 
     refill, pruning = Timer(), Timer()
     plan.SweepPlan.refill = refill.wrap(plan.SweepPlan.refill)

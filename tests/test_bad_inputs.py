@@ -21,7 +21,7 @@ import pytest
 
 import runner
 from ablation.attention import ATTENTION_TYPES
-from tests.conftest import ROOT
+from tests.support.folders import ROOT
 
 GOOD = {
     "model": "{arch: resnet18, width: 0.125, stem: cifar, attention: {type: cbam, reduction: 4}}",

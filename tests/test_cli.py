@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import EXPERIMENTS, ROOT
+from tests.support.folders import EXPERIMENTS, ROOT
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

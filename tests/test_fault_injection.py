@@ -1,12 +1,12 @@
 """Kill the sweep anywhere: a rerun finishes with nothing lost, duplicated or reused.
 
-The sweep is SIGKILLed (``ABLATION_KILL_AT``, ``ablation.faults``) at points spread over its whole run, one point per
-scenario, each on fresh stores: inside the sweep's set-up, while claiming a cell, mid-epoch, inside a checkpoint
-write and between its renames, between an epoch's checkpoint and its logging, during a cell's finalisation. After
-each kill the same command is run again to the end, and the stores must hold what an uninterrupted sweep's hold:
-one FINISHED run per cell, the same per-epoch metrics (same seed, CPU), each step once, no RUNNING run, and no
-checkpoint that had to be set aside (a partial one was never read). Also: Ctrl-C ends the sweep in one line with
-exit code 130 and its runs KILLED; a device that does not exist stops it before anything is created.
+The sweep is SIGKILLed (``ABLATION_KILL_AT``, ``ablation.core.faults``) at points spread over its whole run, one point
+per scenario, each on fresh stores: inside the sweep's set-up, while claiming a cell, mid-epoch, inside a checkpoint
+write and between its renames, between an epoch's checkpoint and its logging, during a cell's finalisation. After each
+kill the same command is run again to the end, and the stores must hold what an uninterrupted sweep's hold: one FINISHED
+run per cell, the same per-epoch metrics (same seed, CPU), each step once, no RUNNING run, and no checkpoint that had to
+be set aside (a partial one was never read). Also: Ctrl-C ends the sweep in one line with exit code 130 and its runs
+KILLED; a device that does not exist stops it before anything is created.
 """
 
 import os
@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from ablation.tracking_names import (
+from ablation.tracking.names import (
     DESCRIPTION,
     FINAL_PARAMS,
     FINAL_TOP1_ERR_BEST,
@@ -40,8 +40,9 @@ from ablation.tracking_names import (
     VAL_TOP5_ERR,
     role_filter,
 )
-from tests import processes
-from tests.conftest import ROOT, tiny_experiment
+from tests.support import processes
+from tests.support.folders import ROOT
+from tests.support.tiny import tiny_experiment
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from ablation.config import load_experiment
-from ablation.mlflow_store import dashboard_hint
-from ablation.prepared import prepare_sweep
-from ablation.tracking_names import (
+from ablation.experiment.prepared import prepare_sweep
+from ablation.experiment.schema import load_experiment
+from ablation.tracking.mlflow_store import dashboard_hint
+from ablation.tracking.names import (
     DESCRIPTION,
     EXPERIMENT_KIND,
     FINAL_TOP1_ERR_LAST,
@@ -29,7 +29,7 @@ from ablation.tracking_names import (
     ROLE_SWEEP,
     role_filter,
 )
-from tests.conftest import sweep_in, tiny_experiment
+from tests.support.tiny import sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def test_the_mlflow_ui_shows_the_sweep_grouped_by_arm_and_a_cells_final_error(tm
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/health", server)
-        # The link the harness prints after a sweep and a table (ablation.mlflow_store.dashboard_hint).
+        # The link the harness prints after a sweep and a table (ablation.tracking.mlflow_store.dashboard_hint).
         link = dashboard_hint(tracking_uri, experiment_id).rsplit("then ", 1)[1].replace("http://127.0.0.1:5000", base)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)

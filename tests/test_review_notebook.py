@@ -5,10 +5,11 @@ import pytest
 from mlflow import MlflowClient
 from nbclient import NotebookClient
 
-from ablation.config import load_experiment
-from ablation.prepared import prepare_sweep
-from ablation.tracking_names import ROLE_CELL, role_filter
-from tests.conftest import ROOT, sweep_in, tiny_experiment
+from ablation.experiment.prepared import prepare_sweep
+from ablation.experiment.schema import load_experiment
+from ablation.tracking.names import ROLE_CELL, role_filter
+from tests.support.folders import ROOT
+from tests.support.tiny import sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 

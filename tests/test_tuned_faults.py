@@ -15,9 +15,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from ablation.tracking_names import CONFIG_HASH, PHASE, PHASE_TUNE, RECIPE, RECIPE_TUNED, ROLE_CELL, role_filter
-from tests import processes
-from tests.test_plan import tuned_experiment
+from ablation.tracking.names import CONFIG_HASH, PHASE, PHASE_TUNE, RECIPE, RECIPE_TUNED, ROLE_CELL, role_filter
+from tests.support import processes
+from tests.sweep.test_plan import tuned_experiment
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ablation.attention.base import Attention
 from ablation.attention.custom import OPTIONS_KEY, TARGET_KEY, resolve_target
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
 
 
 class AttentionAdapter(Attention):

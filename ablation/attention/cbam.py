@@ -25,7 +25,7 @@ from ablation.attention.base import Attention
 from ablation.attention.channel import ChannelGate, check_pools
 from ablation.attention.options import Order, ParallelCombine
 from ablation.attention.spatial import SpatialGate, check_spatial
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
 
 # Declared by the schema (ablation/attention/options.py); checked here again for direct construction.
 ORDERS: tuple[str, ...] = get_args(Order)

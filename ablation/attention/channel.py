@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ablation.attention.options import ChannelPool
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
 
 # Global poolings over H x W, (B, C, H, W) -> (B, C), one per name of the schema's ChannelPool. "lp" and "lse"
 # are the extras of the official code (Jongchan/attention-module, cbam.py): lp = F.lp_pool2d(p=2) over the full

@@ -5,7 +5,7 @@ The user's module is imported here and only for ``type: custom``; this file itse
 is built by ``ablation.attention.adapter``). Its target must be importable from where the harness runs: an
 installed package, or a folder on ``PYTHONPATH``.
 
-The SHA-256 of the file that defines the target is part of each cell's key (``ablation.config.config_hash``,
+The SHA-256 of the file that defines the target is part of each cell's key (``ablation.experiment.schema.config_hash``,
 wherever a key is computed): a result is keyed by everything that determines it, so editing the module gives new
 cells, never "already done".
 Only that one file is hashed; a helper the module imports from another file is not.
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ablation.attention.options import TARGET_FORMAT, CustomOptions
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
 
 TARGET_KEY = "model.attention.target"
 OPTIONS_KEY = "model.attention.options"
@@ -133,7 +133,7 @@ def source_file(target: str) -> Path:
 
 def source_record(options: Any) -> dict[str, str] | None:
     """For a user's module (``type: custom``): {"target", "file", "sha256"} of its source file, recorded with
-    every run and part of each cell's key (``ablation.config.config_hash``); None for the built-in types."""
+    every run and part of each cell's key (``ablation.experiment.schema.config_hash``); None for the built-in types."""
     if not isinstance(options, CustomOptions):
         return None
     path = source_file(options.target)

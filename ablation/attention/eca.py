@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ablation.attention.base import Attention
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
 
 
 def adaptive_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator
 
-from ablation.config_base import StrictModel
+from ablation.core.strict import StrictModel
 
 # Every allowed value of an attention option is declared here once; the modules (channel.py, spatial.py, cbam.py)
 # and the labels below derive theirs with typing.get_args.
@@ -25,7 +25,7 @@ Impl = Literal["fast", "reference"]
 Placement = Literal["block", "stage"]
 
 # Keys of model.attention that say how a module is computed or named, never what it computes: they are not
-# constructor arguments, and ablation.config leaves them out of the config hash.
+# constructor arguments, and ablation.experiment.schema leaves them out of the config hash.
 HOW_FIELDS = ("impl", "label")
 
 # Labels as the paper writes them, keyed by the Literals' values (checked below: a value added to a Literal

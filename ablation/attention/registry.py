@@ -13,11 +13,10 @@ experiment never waits for torch.
 
 from __future__ import annotations
 
-import importlib
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache, reduce
+from functools import reduce
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field
@@ -31,7 +30,8 @@ from ablation.attention.options import (
     NoAttentionOptions,
     SEOptions,
 )
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
+from ablation.core.targets import load_target
 
 
 @dataclass(frozen=True)
@@ -80,17 +80,7 @@ def placement(options: AttentionSchema | Mapping[str, Any]) -> str | None:
     return parsed.placement if where == "option" else where
 
 
-@cache
-def load(path: str) -> Any:
-    """The object an import path "package.module:Name" names (a registered module, imported on first use)."""
-    module, _, name = path.partition(":")
-    target: Any = importlib.import_module(module)
-    for part in name.split("."):
-        target = getattr(target, part)
-    return target
-
-
 def build_attention(options: AttentionSchema | Mapping[str, Any], channels: int):
     """The attention module of ``options`` for a ``channels``-channel feature map."""
     parsed = parse_attention(options)
-    return load(ENTRIES[parsed.type].module)(channels, **parsed.constructor_kwargs())
+    return load_target(ENTRIES[parsed.type].module)(channels, **parsed.constructor_kwargs())

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ablation.attention.options import SpatialDescriptor
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
 
 DESCRIPTORS: tuple[str, ...] = get_args(SpatialDescriptor)  # declared by the schema; checked again below
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.config import DataConfig
+from ablation.core.errors import ConfigError
+from ablation.data.config import DataConfig
 from ablation.data.holdout import held_out_count
 from ablation.data.identity import file_identity, file_is_verified, file_stamp, folder_identity, mark_verified
-from ablation.errors import ConfigError
+from ablation.data.registry import dataset_entry
 
-BUNDLED = {"cifar10-micro": Path(__file__).with_name("cifar10-micro.npz")}
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "classes")
 
 
@@ -38,8 +38,9 @@ class DatasetInfo:
 
 
 def npz_path(data: DataConfig) -> Path:
-    if data.dataset in BUNDLED:
-        return BUNDLED[data.dataset]
+    shipped = dataset_entry(data.dataset).file
+    if shipped is not None:
+        return shipped
     if data.root is None:
         raise ConfigError("data.root", None, "dataset npz needs data.root = the path of an .npz file")
     path = Path(data.root).expanduser()
@@ -151,37 +152,49 @@ def _checked_npz_identity(path: Path, stamp: tuple[int, ...]) -> str:
 
 
 def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
-    """Classes, resolution, channels and identity of ``data``.
+    """Classes, resolution, channels and identity of ``data``: its registered dataset's ``info``
+    (``ablation.data.registry``).
 
     With ``check_paths`` a path that does not exist, or an .npz that is corrupt or malformed, is a ConfigError, and
     the data's identity is computed; without it (profiling a network, which needs no images) torchvision datasets
     and ImageNet fall back to their standard class counts and there is no identity.
     """
-    if data.dataset in ("npz", *BUNDLED):
-        path = npz_path(data)
-        header = npz_header(path)
-        shape = header["x_train"][0]
-        if len(shape) != 4 or shape[1] != shape[2]:
-            raise ConfigError("data.root", str(path), f"x_train must be N x H x W x C with H == W, got {shape}")
-        if len(header["classes"][0]) != 1:
-            raise ConfigError("data.root", str(path), "classes must be a 1-D array of class names")
-        num_classes = header["classes"][0][0]
-        identity = None
-        if check_paths:
-            identity = _checked_npz_identity(path.resolve(), tuple(file_stamp(path).values()))
-        train_size = shape[0] if data.holdout is None else _training_part(data, _npz_class_sizes(path))
-        return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity, train_size)
-    if data.dataset in ("cifar10", "cifar100"):
-        root = Path(data.root).expanduser() if data.root else None
-        if root is None and check_paths:
-            raise ConfigError("data.root", None, f"dataset {data.dataset} needs data.root = a folder for torchvision")
-        classes = 10 if data.dataset == "cifar10" else 100
-        identity = f"torchvision:{data.dataset}:train+test" if check_paths else None
-        train_size = _training_part(data, [50_000 // classes] * classes)  # torchvision's CIFAR: balanced classes
-        return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root, identity, train_size)
-    # imagenet: train/ and val/ ImageFolders under root.
+    return dataset_entry(data.dataset).call("info", data, check_paths)
+
+
+def npz_info(data: DataConfig, check_paths: bool) -> DatasetInfo:
+    """An .npz in the harness's format (the bundled set, or ``data.root``), its header read and, with
+    ``check_paths``, its content checked and its identity computed."""
+    path = npz_path(data)
+    header = npz_header(path)
+    shape = header["x_train"][0]
+    if len(shape) != 4 or shape[1] != shape[2]:
+        raise ConfigError("data.root", str(path), f"x_train must be N x H x W x C with H == W, got {shape}")
+    if len(header["classes"][0]) != 1:
+        raise ConfigError("data.root", str(path), "classes must be a 1-D array of class names")
+    num_classes = header["classes"][0][0]
+    identity = None
+    if check_paths:
+        identity = _checked_npz_identity(path.resolve(), tuple(file_stamp(path).values()))
+    train_size = shape[0] if data.holdout is None else _training_part(data, _npz_class_sizes(path))
+    return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity, train_size)
+
+
+def cifar_info(data: DataConfig, check_paths: bool) -> DatasetInfo:
+    """torchvision's CIFAR-10 or -100 (by the dataset's name) under ``data.root``: balanced classes, 32 px."""
+    root = Path(data.root).expanduser() if data.root else None
+    if root is None and check_paths:
+        raise ConfigError("data.root", None, f"dataset {data.dataset} needs data.root = a folder for torchvision")
+    classes = 100 if data.dataset.endswith("100") else 10
+    identity = f"torchvision:{data.dataset}:train+test" if check_paths else None
+    train_size = _training_part(data, [50_000 // classes] * classes)  # torchvision's CIFAR: balanced classes
+    return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root, identity, train_size)
+
+
+def imagenet_info(data: DataConfig, check_paths: bool) -> DatasetInfo:
+    """train/ and val/ ImageFolders under ``data.root``; its identity is the folder's (``identity``)."""
     if not check_paths:
-        return DatasetInfo("imagenet", 1000, data.image_size or 224, 3, None)
+        return DatasetInfo(data.dataset, 1000, data.image_size or 224, 3, None)
     if data.root is None:
         raise ConfigError("data.root", None, "dataset imagenet needs data.root = a folder with train/ and val/")
     root = Path(data.root).expanduser()
@@ -189,4 +202,4 @@ def dataset_info(data: DataConfig, check_paths: bool = True) -> DatasetInfo:
         if not (root / split).is_dir():
             raise ConfigError("data.root", data.root, f"has no {split}/ folder; imagenet needs root/train and root/val")
     num_classes = sum(1 for p in (root / "train").iterdir() if p.is_dir())
-    return DatasetInfo("imagenet", num_classes, data.image_size or 224, 3, root, folder_identity(root))
+    return DatasetInfo(data.dataset, num_classes, data.image_size or 224, 3, root, folder_identity(root))

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Subset
 
-from ablation.config import DataConfig
 from ablation.data.catalog import DatasetInfo
+from ablation.data.config import DataConfig
 from ablation.data.holdout import stratified_holdout
 from ablation.data.memory import InMemoryLoader
-from ablation.data.sources import IMAGENET_STATS, holdout_split, load_arrays, normalization
+from ablation.data.registry import IMAGENET_STATS, dataset_entry
+from ablation.data.sources import holdout_split, load_arrays, normalization
 
 
 class FolderLoader:
@@ -59,11 +60,12 @@ class FolderLoader:
         world_size: int = 1,
         folder: Any = None,
         indices: Sequence[int] | np.ndarray | None = None,
+        stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS,
     ) -> None:
         from torch.utils.data import DataLoader
         from torchvision import datasets, transforms
 
-        normalize = transforms.Normalize(*IMAGENET_STATS)
+        normalize = transforms.Normalize(*stats)
         if train and augment:
             transform = transforms.Compose(
                 [
@@ -149,9 +151,15 @@ def make_loaders(
     if batch_size % world_size:
         raise ValueError(f"batch_size {batch_size} is not divisible by world_size {world_size}")
     eval_batch_size = eval_batch_size or max(batch_size, 256)
-    if data.dataset == "imagenet":
+    if dataset_entry(data.dataset).kind == "folders":
         common = dict(
-            image_size=info.image_size, seed=seed, device=device, workers=workers, rank=rank, world_size=world_size
+            image_size=info.image_size,
+            seed=seed,
+            device=device,
+            workers=workers,
+            rank=rank,
+            world_size=world_size,
+            stats=normalization(data, None),
         )
         parts: dict[str, dict[str, Any]] = {"train": {}, "val": {}}
         if data.holdout is not None:

@@ -1,9 +1,11 @@
-"""Reading the datasets an experiment names: arrays for the small ones, ImageFolders for ImageNet.
+"""Reading the datasets an experiment names: arrays for the ``"arrays"`` kind, ImageFolders for ``"folders"``.
 
-Small datasets (the bundled set, any .npz in its format, CIFAR-10/100 through torchvision) become uint8 arrays
-that ``InMemoryLoader`` keeps on the training device. ImageNet streams from disk through DataLoader workers with
-the paper's preprocessing. ``check_data`` runs before any job: a path that is missing or a dataset that cannot
-be fetched is a one-line ConfigError then, not a crash inside a sweep.
+An ``"arrays"`` dataset (the bundled set, any .npz in its format, CIFAR-10/100 through torchvision, a user's own)
+becomes uint8 arrays that ``InMemoryLoader`` keeps on the training device; its registry entry's ``arrays``
+function reads them (``npz_arrays``, ``cifar_arrays`` here). A ``"folders"`` dataset (ImageNet) streams from disk
+through DataLoader workers with the paper's preprocessing (``ablation.data.loaders``). ``check_data`` runs before
+any job: a path that is missing or a dataset that cannot be fetched is a one-line ConfigError then, not a crash
+inside a sweep.
 """
 
 from __future__ import annotations
@@ -15,17 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.config import DataConfig
-from ablation.data.catalog import BUNDLED, DatasetInfo, dataset_info, npz_path
+from ablation.core.errors import ConfigError
+from ablation.data.catalog import DatasetInfo, dataset_info, npz_path
+from ablation.data.config import DataConfig
 from ablation.data.holdout import stratified_holdout
-from ablation.errors import ConfigError
-
-# Per-channel mean / std used to normalise inputs. The small sets compute theirs from their own train split.
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CIFAR_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
+from ablation.data.registry import dataset_entry
 
 
 @dataclass(frozen=True)
@@ -65,19 +61,22 @@ def _cifar(data: DataConfig, download: bool) -> tuple:
     return train, test
 
 
-@functools.lru_cache(maxsize=4)
-def _load_arrays_cached(data: DataConfig) -> ArrayDataset:
-    if data.dataset in ("cifar10", "cifar100"):
-        train, test = _cifar(data, download=True)
-        return ArrayDataset(
-            data.dataset,
-            str(Path(data.root).expanduser().resolve()),
-            np.asarray(train.data, dtype=np.uint8),
-            np.asarray(train.targets, dtype=np.int64),
-            np.asarray(test.data, dtype=np.uint8),
-            np.asarray(test.targets, dtype=np.int64),
-            tuple(train.classes),
-        )
+def cifar_arrays(data: DataConfig) -> ArrayDataset:
+    """torchvision's CIFAR-10 or -100 under ``data.root``, downloaded there if missing."""
+    train, test = _cifar(data, download=True)
+    return ArrayDataset(
+        data.dataset,
+        str(Path(data.root).expanduser().resolve()),
+        np.asarray(train.data, dtype=np.uint8),
+        np.asarray(train.targets, dtype=np.int64),
+        np.asarray(test.data, dtype=np.uint8),
+        np.asarray(test.targets, dtype=np.int64),
+        tuple(train.classes),
+    )
+
+
+def npz_arrays(data: DataConfig) -> ArrayDataset:
+    """An .npz in the harness's format: the bundled set, or the file ``data.root`` names."""
     path = npz_path(data)
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
@@ -96,9 +95,14 @@ def _load_arrays_cached(data: DataConfig) -> ArrayDataset:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _load_arrays_cached(data: DataConfig) -> ArrayDataset:
+    return dataset_entry(data.dataset).call("arrays", data)
+
+
 def load_arrays(data: DataConfig) -> ArrayDataset:
-    """The arrays of a small dataset; cached per process, so the cells of a sweep read the file once."""
-    if data.dataset not in ("npz", "cifar10", "cifar100", *BUNDLED):
+    """The arrays of an ``"arrays"`` dataset; cached per process, so the cells of a sweep read the file once."""
+    if dataset_entry(data.dataset).kind != "arrays":
         raise ValueError(f"{data.dataset} is not an in-memory dataset")
     # The cache key ignores what does not change the arrays (augmentation, resolution, the holdout split).
     return _load_arrays_cached(data.model_copy(update={"augment": True, "image_size": None, "holdout": None}))
@@ -113,14 +117,14 @@ def holdout_split(data: DataConfig, arrays: ArrayDataset) -> tuple[np.ndarray, n
 
 
 def normalization(data: DataConfig, arrays: ArrayDataset | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std) the job's inputs are normalised with: fixed for ImageNet and CIFAR, otherwise those
+    """Per-channel (mean, std) the job's inputs are normalised with: the dataset's own (its registry entry's
+    ``stats``: ImageNet, CIFAR), otherwise those
     of the images the job trains on, which with ``data.holdout`` is the training part only (the held-out images,
     what the job is scored on, do not shape its inputs)."""
-    if data.dataset == "imagenet":
-        return IMAGENET_STATS
-    if data.dataset in CIFAR_STATS:
-        return CIFAR_STATS[data.dataset]
-    from ablation.data.memory import channel_stats
+    fixed = dataset_entry(data.dataset).stats
+    if fixed is not None:
+        return fixed
+    from ablation.data.memory import channel_stats  # torch: the training images' own statistics
 
     split = holdout_split(data, arrays)
     mean, std = channel_stats(arrays.x_train if split is None else arrays.x_train[split[0]])
@@ -132,6 +136,6 @@ def normalization(data: DataConfig, arrays: ArrayDataset | None) -> tuple[tuple[
 def check_data(data: DataConfig) -> DatasetInfo:
     """Everything about the data that can fail, checked before any job starts (downloads CIFAR if needed)."""
     info = dataset_info(data, check_paths=True)
-    if data.dataset in ("cifar10", "cifar100"):
+    if dataset_entry(data.dataset).downloads:  # fetched now, once, not inside every job
         load_arrays(data)
     return info

@@ -131,3 +131,31 @@ class ResNet(tv.ResNet):
             x = attention(layer(x))
         x = self.layer4(x)
         return self.fc(self.avgpool(x).flatten(1))
+
+
+# ---- the registered builders (ablation.models.registry), all called with the same keyword arguments
+
+
+def resnet18(**kwargs: Any) -> ResNet:
+    return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
+
+
+def resnet34(**kwargs: Any) -> ResNet:
+    return ResNet(BasicBlock, [3, 4, 6, 3], **kwargs)
+
+
+def resnet50(**kwargs: Any) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
+
+
+def resnet101(**kwargs: Any) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 23, 3], **kwargs)
+
+
+def resnext50_32x4d(**kwargs: Any) -> ResNet:
+    # Xie et al. 2017: cardinality 32, 4 channels per group in the first stage.
+    return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kwargs)
+
+
+def resnext101_32x4d(**kwargs: Any) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4, **kwargs)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ablation.attention.adapter import AttentionAdapter, build_custom
 from ablation.attention.base import Attention
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
 
 HERE = __name__
 

@@ -4,7 +4,7 @@ its placement import no torch (config errors come before the heavy imports); bui
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support.folders import ROOT
 
 PROBE = """
 import sys

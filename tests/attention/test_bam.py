@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from ablation.attention.bam import BAM
-from tests.attention.formulation import _gradcheck, _input_grad, assert_matches, image, reference_bam
-from tests.conftest import randomize
-from tests.variants import MODES, C
+from tests.support.formulation import _gradcheck, _input_grad, assert_matches, image, randomize, reference_bam
+from tests.support.variants import MODES, C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

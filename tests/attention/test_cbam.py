@@ -1,4 +1,4 @@
-"""CBAM (ablation/attention/cbam.py) against the independent formulation (tests/attention/formulation.py):
+"""CBAM (ablation/attention/cbam.py) against the independent formulation (tests/support/formulation.py):
 every arrangement of the two gates, the official state_dict and init, gradients, and values that bypass the
 schema."""
 
@@ -9,10 +9,9 @@ import torch
 
 from ablation.attention.bam import BAM
 from ablation.attention.cbam import CBAM
-from ablation.errors import ConfigError
-from tests.attention.formulation import _gradcheck, _input_grad, assert_matches, image, reference_cbam
-from tests.conftest import randomize
-from tests.variants import ARRANGEMENTS, MODES, POOLS, C
+from ablation.core.errors import ConfigError
+from tests.support.formulation import _gradcheck, _input_grad, assert_matches, image, randomize, reference_cbam
+from tests.support.variants import ARRANGEMENTS, MODES, POOLS, C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

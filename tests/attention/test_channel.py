@@ -11,10 +11,9 @@ import torch
 from ablation.attention import build_attention
 from ablation.attention.cbam import CBAM
 from ablation.attention.channel import ChannelGate
-from ablation.errors import ConfigError
-from tests.attention.formulation import assert_matches, channel_logits, image, reference_cbam
-from tests.conftest import randomize
-from tests.variants import MODES, POOL_SUBSETS, POOLS, C
+from ablation.core.errors import ConfigError
+from tests.support.formulation import assert_matches, channel_logits, image, randomize, reference_cbam
+from tests.support.variants import MODES, POOL_SUBSETS, POOLS, C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

@@ -16,13 +16,14 @@ from mlflow import MlflowClient
 import runner
 from ablation.attention.adapter import AttentionAdapter
 from ablation.attention.base import Attention, NoAttention
-from ablation.config import load_experiment
-from ablation.grid import expand_arms, expand_cells
-from ablation.measure import count_params
+from ablation.experiment.grid import expand_arms, expand_cells
+from ablation.experiment.schema import load_experiment
 from ablation.models import build_model
-from ablation.profiler import profile_arms, render
-from ablation.sweep import prepare_sweep
-from tests.conftest import in_folder, sweep_in
+from ablation.models.measure import count_params
+from ablation.report.profile import profile_arms, render
+from ablation.sweep.local import prepare_sweep
+from tests.support.folders import in_folder
+from tests.support.tiny import sweep_in
 
 # The user's module: a plain nn.Module (wrapped to get forward_add), one that subclasses our Attention (placed as
 # it is), and the mistakes a user makes.
@@ -230,7 +231,7 @@ def test_profile_counts_its_params_and_macs(package, write_experiment) -> None:
 
 @pytest.mark.slow
 def test_sweep_table_and_gradcam_end_to_end(package, tmp_path, tiny_npz, write_experiment, capsys, monkeypatch) -> None:
-    """On 100 of the bundled CIFAR-10 images (tests/conftest.py tiny_npz), one epoch: seconds per cell."""
+    """On 100 of the bundled CIFAR-10 images (tests/support/tiny.py), one epoch: seconds per cell."""
     grid = f"  - model.attention: [{{type: none}}, {{type: custom, target: '{package}.attn:MyAttention'}}]"
     path = write_experiment(experiment_text("{type: none}", grid, data=f"{{dataset: npz, root: {tiny_npz}}}"))
     prepared = prepare_sweep(load_experiment(path))

@@ -10,11 +10,10 @@ from torch import Tensor
 
 from ablation.attention.eca import ECA
 from ablation.attention.options import ECAOptions
-from ablation.errors import ConfigError
-from ablation.measure import count_params
-from tests.attention.formulation import image, sigmoid
-from tests.conftest import randomize
-from tests.variants import C
+from ablation.core.errors import ConfigError
+from ablation.models.measure import count_params
+from tests.support.formulation import image, randomize, sigmoid
+from tests.support.variants import C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

@@ -11,14 +11,14 @@ from pydantic import ValidationError
 from ablation.attention import build_attention
 from ablation.attention.cbam import CBAM
 from ablation.attention.options import ORDER_NAMES, POOL_NAMES, CBAMOptions, ChannelPool, Order, ParallelCombine
-from ablation.config import config_hash, parse_run_config
-from tests.variants import ARRANGEMENTS, POOLS
+from ablation.experiment.schema import config_hash, parse_run_config
+from tests.support.variants import ARRANGEMENTS, POOLS
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 
 
 def test_allowed_values_are_the_schemas_literals() -> None:
-    """The literal lists the tests sweep (tests/variants.py) and the labels cover exactly the schema's values."""
+    """The literal lists the tests sweep (tests/support/variants.py) and the labels cover the schema's values."""
     assert set(POOLS) == set(get_args(ChannelPool)) == set(POOL_NAMES)
     assert {order for order, _ in ARRANGEMENTS} == set(get_args(Order)) == set(ORDER_NAMES)
     assert {combine for _, combine in ARRANGEMENTS} == set(get_args(ParallelCombine))

@@ -14,9 +14,9 @@ from ablation.attention.base import Attention, NoAttention
 from ablation.attention.cbam import CBAM
 from ablation.attention.eca import ECA
 from ablation.attention.options import CustomOptions
-from ablation.attention.registry import load
 from ablation.attention.se import SE
-from ablation.config import parse_run_config
+from ablation.core.targets import load_target as load
+from ablation.experiment.schema import parse_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

@@ -7,9 +7,8 @@ import torch
 
 from ablation.attention.cbam import CBAM
 from ablation.attention.se import SE
-from tests.attention.formulation import assert_matches, image, linear, relu, sigmoid
-from tests.conftest import randomize
-from tests.variants import C
+from tests.support.formulation import assert_matches, image, linear, randomize, relu, sigmoid
+from tests.support.variants import C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

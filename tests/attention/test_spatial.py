@@ -8,9 +8,8 @@ import torch
 
 from ablation.attention.cbam import CBAM
 from ablation.attention.spatial import SpatialGate
-from tests.attention.formulation import assert_matches, image, reference_cbam, spatial_logits
-from tests.conftest import randomize
-from tests.variants import MODES, C
+from tests.support.formulation import assert_matches, image, randomize, reference_cbam, spatial_logits
+from tests.support.variants import MODES, C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

@@ -6,9 +6,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from ablation.config import parse_run_config
+from ablation.core.errors import ConfigError
 from ablation.data.catalog import dataset_info
-from ablation.errors import ConfigError
+from ablation.experiment.schema import parse_run_config
 
 
 def _write_npz(path, **changes):

@@ -15,19 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
-from ablation.config import parse_run_config
-from ablation.data.catalog import BUNDLED, dataset_info
+from ablation.data.catalog import dataset_info
 from ablation.data.holdout import held_out_count, stratified_holdout
 from ablation.data.loaders import FolderLoader, make_loaders
 from ablation.data.memory import InMemoryLoader
-from ablation.tracking_names import EPOCH_TIME, THROUGHPUT
+from ablation.data.registry import dataset_entry
+from ablation.experiment.schema import parse_run_config
+from ablation.tracking.names import EPOCH_TIME, THROUGHPUT
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 
 def _bundled() -> dict[str, np.ndarray]:
-    with np.load(BUNDLED["cifar10-micro"]) as f:
+    with np.load(dataset_entry("cifar10-micro").file) as f:
         return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
 
 
@@ -95,9 +96,9 @@ def test_the_split_is_the_same_in_another_process_and_changes_with_the_seed():
     kept, held = stratified_holdout(labels, 0.1, seed=0)
     probe = (
         "import json, numpy as np\n"
-        "from ablation.data.catalog import BUNDLED\n"
+        "from ablation.data.registry import dataset_entry\n"
         "from ablation.data.holdout import stratified_holdout\n"
-        "labels = np.load(BUNDLED['cifar10-micro'])['y_train']\n"
+        "labels = np.load(dataset_entry('cifar10-micro').file)['y_train']\n"
         "print(json.dumps([part.tolist() for part in stratified_holdout(labels, 0.1, seed=0)]))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # nothing may hang on the process's hash randomisation
@@ -228,9 +229,9 @@ def test_image_folders_split_the_training_folder_and_never_open_val(tmp_path):
 
 
 def _train(npz: Path, holdout: bool, checkpoint: Path) -> list[dict[str, float]]:
+    from ablation.engine.train import seed_everything, train_job
     from ablation.models import build_model
-    from ablation.tracker import MemoryTracker
-    from ablation.train import seed_everything, train_job
+    from ablation.tracking.tracker import MemoryTracker
 
     config = parse_run_config(
         {

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from ablation.config import load_experiment, parse_run_config
 from ablation.data import identity
 from ablation.data.catalog import dataset_info
-from ablation.report import collect_runs
-from ablation.sweep import prepare_sweep
-from ablation.tracking_names import CONFIG_HASH, DATA_IDENTITY, LEGACY_HASH
-from tests.conftest import sweep_in, tiny_experiment
+from ablation.experiment.schema import load_experiment, parse_run_config
+from ablation.report.table import collect_runs
+from ablation.sweep.local import prepare_sweep
+from ablation.tracking.names import CONFIG_HASH, DATA_IDENTITY, LEGACY_HASH
+from tests.support.tiny import sweep_in, tiny_experiment
 
 GRID = "  model.attention.order: [channel-first]"
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ablation.config import parse_run_config
 from ablation.data.catalog import dataset_info
 from ablation.data.loaders import FolderLoader, make_loaders
 from ablation.data.memory import InMemoryLoader
+from ablation.experiment.schema import parse_run_config
 
 CPU = torch.device("cpu")
 

@@ -2,12 +2,12 @@
 
 import pytest
 
-from ablation.errors import ConfigError
+from ablation.core.errors import ConfigError
 
 
 def test_missing_or_unfetchable_data_is_one_line_before_any_job(tmp_path):
-    from ablation.config import DataConfig
     from ablation.data.sources import check_data
+    from ablation.experiment.schema import DataConfig
 
     cases = [
         (DataConfig(dataset="npz", root=str(tmp_path / "none.npz")), "does not exist"),

@@ -6,8 +6,8 @@ from functools import partial
 
 from torch import nn
 
-from ablation.measure import measure
 from ablation.models import build_model, display_name
+from ablation.models.measure import measure
 
 
 def _counts(arch: str, attention: str, width: float = 1.0, layout: str = "v1") -> tuple[float, float]:

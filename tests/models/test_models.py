@@ -12,13 +12,13 @@ from ablation.attention.bam import BAM
 from ablation.attention.cbam import CBAM
 from ablation.attention.eca import ECA
 from ablation.attention.se import SE
-from ablation.errors import ConfigError
-from ablation.models import ARCHS, build_model
+from ablation.core.errors import ConfigError
+from ablation.models import backbone_names, build_model
 from tests.models.conftest import _modules_of
 
 # Every backbone (and the paper's wide ResNet18) with every registered attention type trains on a tiny batch (a
 # user's own module, which needs a target, in tests/attention/test_custom.py).
-NETWORKS = [(arch, 1.0) for arch in ARCHS] + [("resnet18", 1.5)]
+NETWORKS = [(arch, 1.0) for arch in backbone_names()] + [("resnet18", 1.5)]
 BUILT_IN = [e.name for e in REGISTRY if not any(f.is_required() for f in e.options.model_fields.values())]
 
 

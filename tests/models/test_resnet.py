@@ -8,8 +8,8 @@ import torch
 
 from ablation.attention.base import Attention
 from ablation.attention.cbam import CBAM
-from ablation.measure import count_params
 from ablation.models import build_model, display_name
+from ablation.models.measure import count_params
 from tests.models.conftest import _counts, _modules_of
 
 

@@ -1,388 +1,152 @@
-"""``runner.py slurm --submit`` against the session's real Slurm cluster (tests/slurm/conftest.py).
+"""ablation/slurm/submit.py, task.py and state.py without a cluster: the script, the options' checks, the
+task wrapper's stop-and-requeue decision, reading scontrol's records. tests/slurm/ runs them against real Slurm."""
 
-A tiny sweep goes in as a job array of real worker tasks that share a real PostgreSQL storage; a task is
-requeued mid-cell as a preemption would, another runs into its time limit, and every cell must finish exactly once
-in MLflow, each epoch logged once, the interrupted cell resumed from its checkpoint in its first MLflow run.
-
-No test here hopes that a signal falls inside a window of time. Where a signal must land mid-cell, the cell's worker
-is held still (SIGSTOP) from the moment it is seen mid-cell until the signal is pending in it, then continued: the
-signal is handled exactly where the worker was, on a fast machine or a loaded one.
-"""
-
-from __future__ import annotations
-
-import datetime
-import functools
-import re
+import os
 import signal
+import subprocess
 import sys
-import time
-from pathlib import Path
 
-import optuna
 import pytest
-from mlflow import MlflowClient
 
 import runner
-from ablation.queue import CELL, RUN_ID, WORKER
-from ablation.tracking_names import CONFIG_HASH, ROLE_CELL, VAL_TOP1_ERR, role_filter
-from tests import processes
-from tests.conftest import tiny_experiment
+from ablation.core.errors import ConfigError
+from ablation.slurm.state import parse_scontrol
+from ablation.slurm.submit import SlurmOptions, parse_extra, time_minutes
+from tests.support.tiny import tiny_experiment
 
-GRID = "  - model.attention: [{type: none}, {type: cbam, reduction: 4}]\n"
-
-
-def _submit(folder: Path, experiment: Path, storage: str, tasks: int, *extra: str) -> str:
-    argv = [
-        *("slurm", str(experiment), "--submit", "--storage", storage),
-        *("--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--checkpoint-dir", str(folder / "ckpt")),
-        *("--tasks", str(tasks), "--gpus-per-task", "0", "--cpus-per-task", "1", "--device", "cpu"),
-        # A grace period well above any stall of a loaded machine (and of a worker held still by a test), so no live
-        # worker's cell is ever taken back as an orphan's.
-        *("--heartbeat-interval", "1", "--grace-period", "20", "--log-dir", str(folder / "logs")),
-        # One thread per task (two tasks share the two cores); --setup is where a cluster user activates an env.
-        *("--setup", "export OMP_NUM_THREADS=1", "--python", sys.executable),
-        *extra,
-    ]
-    assert runner.main(argv) == 0
-    return argv
+URL = "postgresql+psycopg2://user@db/sweeps"
 
 
-def _job_id(out: str) -> str:
-    found = re.search(r"submitted Slurm job array (\d+)", out)
-    assert found, out
-    return found.group(1)
-
-
-@functools.cache
-def _storage(url: str) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(url)  # one engine per database: the polling must not open a pool per call
-
-
-def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
-    rdb = _storage(storage)
-    (study,) = rdb.get_all_studies()
-    return rdb.get_all_trials(study._study_id, deepcopy=False)
-
-
-def _cell_runs(folder: Path) -> dict[str, list]:
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
-    runs: dict[str, list] = {}
-    for run in client.search_runs([experiment.experiment_id], role_filter(ROLE_CELL)):
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, VAL_TOP1_ERR)]
-        runs.setdefault(run.data.tags[CONFIG_HASH], []).append((run.info.run_id, run.info.status, steps))
-    return runs
-
-
-def _logs(folder: Path) -> str:
-    return "\n".join(path.read_text(errors="replace") for path in sorted((folder / "logs").rglob("*.out")))
-
-
-def _assert_each_cell_once(folder: Path, storage: str, cells: int, epochs: int) -> dict[str, list]:
-    runs = _cell_runs(folder)
-    assert len(runs) == cells, runs
-    for key, found in runs.items():
-        assert len(found) == 1, f"cell {key} has {len(found)} runs: {found}"
-        ((_, status, steps),) = found
-        assert status == "FINISHED" and sorted(steps) == list(range(1, epochs + 1)), (key, status, steps)
-    latest = {}
-    for trial in _trials(storage):
-        latest[trial.user_attrs[CELL]] = trial
-    assert {t.state for t in latest.values()} == {optuna.trial.TrialState.COMPLETE}
-    return runs
-
-
-def _running(storage: str) -> optuna.trial.FrozenTrial | None:
-    """A cell a worker has claimed and runs."""
-    for trial in _trials(storage):
-        if trial.state == optuna.trial.TrialState.RUNNING and WORKER in trial.user_attrs:
-            return trial
-    return None
-
-
-def _running_with_checkpoint(storage: str, folder: Path) -> optuna.trial.FrozenTrial | None:
-    for trial in _trials(storage):
-        running = trial.state == optuna.trial.TrialState.RUNNING and WORKER in trial.user_attrs
-        if running and (folder / "ckpt" / "tiny" / trial.user_attrs[CELL] / "last.pt").exists():
-            return trial
-    return None
-
-
-# A worker stops on either: SIGTERM (preemption, requeue, scancel; the task wrapper forwards every stop as one) or
-# SIGUSR2 (the time limit is near), which Slurm sends to every process of the task's step.
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR2}
-
-
-def _worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The worker process that runs ``trial``'s cell (the task wrapper starts it with ``--name slurm-<task>``);
-    None once it has ended."""
-    return processes.pid_with_args("--name", trial.user_attrs[WORKER])
-
-
-def _task(trial: optuna.trial.FrozenTrial) -> str:
-    return trial.user_attrs[WORKER].removeprefix("slurm-")
-
-
-def _hold_until_signalled(pid: int | None, send=None, until: float | None = None) -> None:
-    """Hold worker ``pid`` still (SIGSTOP) while ``send()`` (if given) signals its task, and let it go (SIGCONT)
-    once a stop signal is pending in it: the stop is then handled where the worker was held, mid-cell. Slurm's
-    requeue and scancel send SIGCONT themselves just before their SIGTERM, which lets it go as well. With ``until``
-    (a time.time() value), the hold ends then at the latest: a signal that came before the hold was handled already.
-    """
-    if pid is None:  # the worker has ended already: whatever stopped it came first
-        assert send is None, "the worker to signal has ended"
-        return
-    try:
-        with processes.frozen(pid):
-            if send is not None:
-                send()
-            deadline = until if until is not None else time.time() + 60
-            while processes.is_stopped(pid) and not processes.pending_signals(pid) & STOP_SIGNALS:
-                if time.time() > deadline:
-                    assert until is not None, f"no stop signal reached the held worker {pid} in 60 s"
-                    return
-                time.sleep(0.05)
-    except ProcessLookupError:  # it ended before the hold: whatever stopped it came first
-        if send is not None:
-            raise
-
-
-def _end_time(cluster, task: str) -> float:
-    """When Slurm ends ``task`` at its time limit (EndTime of ``scontrol show job``), as a time.time() value."""
-    shown = cluster.run("scontrol", "show", "job", "-o", task)
-    found = re.search(r"\bEndTime=(\S+)", shown)
-    assert found, shown
-    return datetime.datetime.fromisoformat(found.group(1)).timestamp()
-
-
-def _wait_for_checkpointed_cell(cluster, storage: str, folder: Path) -> optuna.trial.FrozenTrial:
-    found: dict = {}
-
-    def a_cell_is_checkpointed() -> bool:
-        found["trial"] = _running_with_checkpoint(storage, folder)
-        return found["trial"] is not None
-
-    cluster.wait_for(a_cell_is_checkpointed, 300, "a running cell with an epoch checkpoint")
-    return found["trial"]
-
-
-# The states of a task that has ended for good. Listed, not inferred from "not running": on its way from RUNNING
-# back to PENDING a requeued task passes through others (REQUEUED, COMPLETING, ...), and none of those is an end.
-ENDED = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "PREEMPTED",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
-}
-
-
-def _release_while_requeued(cluster, job: str) -> bool:
-    """Skip Slurm's hold-off of a requeued task (``SlurmCluster.release``); True when every task has ended."""
-    states = cluster.task_states(job)
-    for task, state in states.items():
-        if state == "PENDING" and "BeginTime" in cluster.run("squeue", "-h", "-j", task, "-o", "%r", check=False):
-            cluster.release(task)
-    return bool(states) and all(state in ENDED for state in states.values())
-
-
-def test_an_array_runs_every_cell_once_and_a_preempted_task_resumes_its_cell(
-    slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch, capsys
+def test_slurm_writes_a_worker_array_and_refuses_a_local_storage(
+    tmp_path, tiny_npz, write_experiment, capsys, monkeypatch
 ):
-    monkeypatch.chdir(tmp_path)  # sbatch runs the tasks where it was called: nothing lands in the checkout
-    epochs = 12
-    experiment = tmp_path / "exp.yaml"
-    experiment.write_text(tiny_experiment(tiny_npz, GRID, "[0]", epochs=epochs))
-    storage = postgres_url()
-    argv = _submit(tmp_path, experiment, storage, 2)
-    job = _job_id(capsys.readouterr().out)
-
-    # Preemption: the task whose cell has a checkpoint is requeued mid-cell (SIGTERM to its processes), its worker
-    # held still until the SIGTERM is pending in it, so the cell cannot finish first.
-    trial = _wait_for_checkpointed_cell(slurm_cluster, storage, tmp_path)
-    task = _task(trial)
-    _hold_until_signalled(_worker_pid(trial), send=lambda: slurm_cluster.run("scontrol", "requeue", task))
-
-    # While it runs, runner.py status shows each array task's Slurm state beside the cells.
-    status = ["status", *argv[1:2], "--storage", storage, "--tracking-uri", argv[argv.index("--tracking-uri") + 1]]
-    assert runner.main(status) == 0
-    shown = capsys.readouterr().out
-    assert f"Slurm array {job} (2 tasks" in shown and f"{job}_0" in shown and f"{job}_1" in shown, shown
-
-    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 300, "the array to finish")
-    assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, slurm_cluster.task_states(job)
-
-    runs = _assert_each_cell_once(tmp_path, storage, cells=2, epochs=epochs)
-    # The preempted cell was given back, claimed again and resumed from its checkpoint in its first MLflow run.
-    attempts = [t for t in _trials(storage) if t.user_attrs[CELL] == trial.user_attrs[CELL]]
-    assert len(attempts) == 2 and {t.user_attrs.get(RUN_ID) for t in attempts} == {trial.user_attrs[RUN_ID]}
-    assert trial.user_attrs[RUN_ID] in {run_id for ((run_id, _, _),) in runs.values()}
-    logs = _logs(tmp_path)
-    assert "resuming after epoch" in logs, logs[-3000:]
-
-    assert runner.main(status) == 0
-    shown = capsys.readouterr().out
-    assert "COMPLETED" in shown and "2 cells: 0 pending, 0 running, 2 done, 0 failed" in shown, shown
-    restarts = re.search(rf"{job}_{task.split('_')[1]}\s+COMPLETED\s+\S+\s+\S+\s+(\d+)", shown)
-    assert restarts and restarts.group(1) == "1", shown
-
-
-def _requeued_itself(cluster, job: str, folder: Path) -> bool:
-    return cluster.task_states(job).get(job) == "PENDING" and "requeueing this task" in _logs(folder)
-
-
-def test_the_time_limit_signal_mid_cell_gives_the_cell_back_and_the_requeued_task_resumes_it(
-    slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch, capsys
-):
-    """The time-limit path at a moment the test chooses: once the cell has an epoch checkpoint, the task gets the
-    SIGUSR2 that slurmctld sends before a time limit, sent the same way (to every process of the task's steps:
-    ``scancel --signal=USR2``) while its worker is held still. The worker gives the cell back, the task requeues
-    itself, and the requeued task resumes the cell from its checkpoint in the same MLflow run."""
-    monkeypatch.chdir(tmp_path)
-    epochs = 20
-    experiment = tmp_path / "exp.yaml"
-    experiment.write_text(tiny_experiment(tiny_npz, "  - model.attention: [{type: none}]\n", "[0]", epochs=epochs))
-    storage = postgres_url()
-    # A 10-minute limit: slurmctld's own SIGUSR2 (120 s before it, or up to a minute earlier) is minutes away.
-    _submit(tmp_path, experiment, storage, 1, "--time", "10")
-    job = _job_id(capsys.readouterr().out)
-
-    trial = _wait_for_checkpointed_cell(slurm_cluster, storage, tmp_path)
-    task = _task(trial)
-    _hold_until_signalled(_worker_pid(trial), send=lambda: slurm_cluster.run("scancel", "--signal=USR2", task))
-
-    slurm_cluster.wait_for(lambda: _requeued_itself(slurm_cluster, job, tmp_path), 120, "the task to requeue itself")
-    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 300, "the task to finish")
-    logs = _logs(tmp_path)
-    assert "time limit near, cell given back; requeueing this task (1/3)" in logs, logs[-3000:]
-    assert re.search(r"resuming after epoch [1-9]", logs), logs[-3000:]
-    assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, logs[-3000:]
-    runs = _assert_each_cell_once(tmp_path, storage, cells=1, epochs=epochs)
-    ((run_id, _, _),) = next(iter(runs.values()))
-    assert {t.user_attrs.get(RUN_ID) for t in _trials(storage)} == {trial.user_attrs[RUN_ID]} == {run_id}
-
-
-def test_a_task_at_its_real_time_limit_gives_its_cell_back_and_requeues_itself(
-    slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch, capsys
-):
-    """The real thing: a 1-minute limit and slurmctld's own SIGUSR2, 30 s before it, at its periodic limit check
-    (Slurm may send it up to a minute early: here anywhere in the task's first 30 s). Whenever the signal comes, the
-    cell must be given back, the task must requeue itself, and (given a longer limit, as a user would) finish the
-    cell once, resumed or restarted: the signal may come before the first checkpoint, even before the worker has
-    claimed the cell or installed its handlers. So that the cell cannot end before the signal on a fast machine, its
-    worker is held still from when it runs the cell until the signal is pending in it (or, had the signal come
-    before the hold, until shortly before the limit)."""
-    monkeypatch.chdir(tmp_path)
-    epochs = 20
-    experiment = tmp_path / "exp.yaml"
-    experiment.write_text(tiny_experiment(tiny_npz, "  - model.attention: [{type: none}]\n", "[0]", epochs=epochs))
-    storage = postgres_url()
-    _submit(tmp_path, experiment, storage, 1, "--time", "1", "--signal-grace", "30")
-    job = _job_id(capsys.readouterr().out)
-
-    found: dict = {}
-
-    def running_or_requeued() -> bool:
-        found["trial"] = _running(storage)
-        return found["trial"] is not None or "requeueing this task" in _logs(tmp_path)
-
-    slurm_cluster.wait_for(running_or_requeued, 120, "the task to run its cell or requeue itself")
-    if found["trial"] is not None:
-        until = _end_time(slurm_cluster, _task(found["trial"])) - 10
-        _hold_until_signalled(_worker_pid(found["trial"]), until=until)
-
-    slurm_cluster.wait_for(lambda: _requeued_itself(slurm_cluster, job, tmp_path), 180, "the task to requeue itself")
-    slurm_cluster.run("scontrol", "update", f"jobid={job}", "TimeLimit=10")
-    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 300, "the task to finish")
-    logs = _logs(tmp_path)
-    assert "time limit near, cell given back; requeueing this task (1/3)" in logs, logs[-3000:]
-    assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, logs[-3000:]
-    _assert_each_cell_once(tmp_path, storage, cells=1, epochs=epochs)
-
-
-def test_the_written_script_runs_as_it_is_under_sbatch(slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch):
-    """Without --submit: the script, submitted by hand with sbatch, runs the sweep's workers to the end."""
-    monkeypatch.chdir(tmp_path)
-    experiment = tmp_path / "exp.yaml"
-    experiment.write_text(tiny_experiment(tiny_npz, GRID, "[0]", epochs=2))
-    storage, script = postgres_url(), tmp_path / "array.sh"
-    argv = [
-        *("slurm", str(experiment), "--storage", storage, "--out", str(script), "--tasks", "2"),
-        *("--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--checkpoint-dir", str(tmp_path / "ckpt")),
-        *("--gpus-per-task", "0", "--cpus-per-task", "1", "--device", "cpu", "--time", "10"),
-        *("--log-dir", str(tmp_path / "logs"), "--setup", "export OMP_NUM_THREADS=1", "--python", sys.executable),
-    ]
-    assert runner.main(argv) == 0
-    job = slurm_cluster.run("sbatch", "--parsable", str(script)).strip()
-    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 180, "the script's array")
-    assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, _logs(tmp_path)[-3000:]
-    _assert_each_cell_once(tmp_path, storage, cells=2, epochs=2)
-    assert f"[slurm-{job}_0]" in _logs(tmp_path) and f"[slurm-{job}_1]" in _logs(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the default log folder, slurm-logs/<experiment>, is made where it runs
+    path = write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [channel-first, parallel]", "[0, 1]"))
+    out = tmp_path / "array.sh"
+    args = ["slurm", str(path), "--storage", URL, "--tracking-uri", "http://mlflow:5000", "--out", str(out)]
+    extra = ["--sbatch=--qos=high", "--sbatch", "#SBATCH --exclusive", "--setup", "module load cuda/12"]
+    assert runner.main([*args, "--gpus-per-job", "2", "--time", "2:00:00", "--signal-grace", "300", *extra]) == 0
+    script = out.read_text()
+    assert "#SBATCH --array=0-3" in script  # one worker per cell by default: 2 arms x 2 seeds
+    assert "#SBATCH --gpus-per-task=2" in script and "--gpus-per-job 2" in script
+    # What recovery depends on: requeueable, SIGUSR2 before the limit, logs appended across restarts.
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=USR2@300" in script
+    assert "#SBATCH --open-mode=append" in script and "#SBATCH --time=120" in script
+    assert "#SBATCH --qos=high" in script and "#SBATCH --exclusive" in script
+    assert script.index("module load cuda/12") < script.index("srun ")
+    assert "python -m ablation.slurm.task --max-requeues 3 -- python " in script  # --setup: python of the env
+    assert f"--storage {URL}" in script and "-m ablation worker" in script and "--name" not in script
+    assert "runner.py worker" not in script and "PYTHONPATH" not in script  # the module, not a file of a checkout
+    assert str(path.resolve()) in script  # paths a task on another node resolves the same way
+    assert subprocess.run(["bash", "-n", str(out)]).returncode == 0
+    assert f"#SBATCH --output={tmp_path}/slurm-logs/tiny/%A_%a.out" in script
+    assert (tmp_path / "slurm-logs" / "tiny").is_dir()  # Slurm does not make it
+    capsys.readouterr()
+    assert runner.main(["slurm", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --storage")
+    assert runner.main(["slurm", str(path), "--storage", URL, "--submit"]) == 2
+    assert capsys.readouterr().err.startswith("error: --tracking-uri: None is not allowed; allowed: the MLflow server")
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--sbatch=--array=0-3"], "error: --sbatch: '--array=0-3' is not allowed; allowed: options runner.py"),
-        (["--sbatch", "qos high"], "error: --sbatch: 'qos high' is not allowed; allowed: an sbatch option"),
-        (["--time", "1", "--signal-grace", "90"], "error: --signal-grace: 90 is not allowed"),
-        (["--partition", "nonexistent"], "error: --submit: 'sbatch' is not allowed; allowed: a job Slurm accepts"),
-    ],
+    ("text", "minutes"),
+    [("90", 90), ("1:30", 2), ("2:00:00", 120), ("1-0", 1440), ("1-02:30", 1590), ("0-00:00:30", 1)],
 )
-def test_bad_submissions_are_one_line_errors_and_submit_nothing(
-    slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch, capsys, extra, message
-):
-    monkeypatch.chdir(tmp_path)
-    experiment = tmp_path / "exp.yaml"
-    experiment.write_text(tiny_experiment(tiny_npz, GRID, "[0]"))
-    before = slurm_cluster.run("squeue", "-h", "-o", "%i")
-    argv = [
-        *("slurm", str(experiment), "--submit", "--storage", postgres_url()),
-        *("--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--gpus-per-task", "0", "--cpus-per-task", "1"),
-        *("--log-dir", str(tmp_path / "logs"), *extra),
-    ]
-    assert runner.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(message) and err.count("\n") == 1, err
-    assert slurm_cluster.run("squeue", "-h", "-o", "%i") == before
+def test_slurm_time_limits_in_minutes(text, minutes):
+    assert time_minutes(text) == minutes
 
 
-def test_a_cancelled_array_loses_nothing_and_a_new_submission_finishes_the_sweep(
-    slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch, capsys
-):
-    """scancel stops the workers cleanly and requeues nothing; status says no task is left for the open cell; the
-    same command submitted again finishes it, resumed in its first MLflow run."""
-    monkeypatch.chdir(tmp_path)
-    epochs = 10
-    experiment = tmp_path / "exp.yaml"
-    experiment.write_text(tiny_experiment(tiny_npz, "  - model.attention: [{type: none}]\n", "[0]", epochs=epochs))
-    storage = postgres_url()
-    argv = _submit(tmp_path, experiment, storage, 1)
-    job = _job_id(capsys.readouterr().out)
-    trial = _wait_for_checkpointed_cell(slurm_cluster, storage, tmp_path)
-    _hold_until_signalled(_worker_pid(trial), send=lambda: slurm_cluster.run("scancel", job))
-    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 60, "the cancelled task to end")
-    *_, trial = _trials(storage)  # the newest: the attempt the cell was given back as
-    assert trial.state == optuna.trial.TrialState.WAITING  # given back, not left RUNNING for the grace period
-    (cancelled_run,) = {t.user_attrs[RUN_ID] for t in _trials(storage) if RUN_ID in t.user_attrs}
-    assert "interrupted; run the same command to resume" in _logs(tmp_path)
+@pytest.mark.parametrize("text", ["", "1h", "0", "1:2:3:4", "-5"])
+def test_bad_slurm_time_limits(text):
+    with pytest.raises(ValueError, match="is not allowed"):
+        time_minutes(text)
 
-    status = ["status", str(experiment), "--storage", storage, "--tracking-uri", argv[argv.index("--tracking-uri") + 1]]
-    assert runner.main(status) == 0
-    shown = capsys.readouterr().out
-    assert (
-        "CANCELLED" in shown and "no Slurm task of this sweep is pending or running, and 1 cells are not done" in shown
+
+def test_extra_sbatch_options_are_parsed_and_owned_ones_refused():
+    assert parse_extra(("--qos=high", "#SBATCH --mem=32G", "--exclusive")) == {
+        "qos": "high",
+        "mem": "32G",
+        "exclusive": True,
+    }
+    with pytest.raises(ConfigError, match=r"--sbatch: '--time=5' is not allowed; .* use --time$"):
+        parse_extra(("--time=5",))
+    with pytest.raises(ConfigError, match="an sbatch option such as"):
+        parse_extra(("qos=high",))
+    with pytest.raises(ConfigError, match="--signal-grace: 600 is not allowed; allowed: fewer seconds than"):
+        SlurmOptions(tasks=1, time="10", signal_grace_s=600)
+
+
+def test_scontrol_records_give_every_array_task_even_folded_pending_ones():
+    running = "JobId=8 ArrayJobId=7 ArrayTaskId=1 JobState=RUNNING Reason=None Restarts=1 RunTime=00:01:05 NodeList=n3"
+    pending = "JobId=7 ArrayJobId=7 ArrayTaskId=2-4%2 JobState=PENDING Reason=BeginTime Restarts=0 NodeList="
+    other = "JobId=9 ArrayJobId=9 ArrayTaskId=0 JobState=RUNNING"
+    tasks = {t.task: t for t in parse_scontrol("7", "\n".join([running, pending, other]))}
+    assert sorted(tasks) == ["7_1", "7_2", "7_3", "7_4"]
+    assert (tasks["7_1"].state, tasks["7_1"].node, tasks["7_1"].restarts) == ("RUNNING", "n3", 1)
+    assert (tasks["7_3"].state, tasks["7_3"].reason, tasks["7_3"].node) == ("PENDING", "BeginTime", "")
+    # A one-task array is a plain job (submitit submits it so): its record has no array fields.
+    (plain,) = parse_scontrol("12", "JobId=12 JobName=w JobState=CANCELLED Reason=None Restarts=0 NodeList=n1")
+    assert (plain.task, plain.state, plain.node) == ("12", "CANCELLED", "n1")
+
+
+# ---- the task wrapper (python -m ablation.slurm.task), on a stand-in worker that stops like runner.py does
+
+WORKER = """
+import os, signal, sys, time
+def stop(signum, frame):
+    print(f"worker got {signal.Signals(signum).name}", flush=True)
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+print("worker up " + " ".join(sys.argv[1:]) + " threads " + os.environ.get("OMP_NUM_THREADS", "-"), flush=True)
+time.sleep(60)
+"""
+
+
+# A worker still importing when the signal comes: no handler yet, so the signal's default action ends it.
+STARTING_WORKER = """
+import os, sys, time
+print("worker up " + " ".join(sys.argv[1:]) + " threads " + os.environ.get("OMP_NUM_THREADS", "-"), flush=True)
+time.sleep(60)
+"""
+
+
+def _wrapper(tmp_path, restarts: str, max_requeues: str, worker: str = WORKER) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(SLURM_ARRAY_JOB_ID="41", SLURM_ARRAY_TASK_ID="3", SLURM_RESTART_COUNT=restarts, SLURM_CPUS_PER_TASK="3")
+    argv = [sys.executable, "-m", "ablation.slurm.task", "--max-requeues", max_requeues, "--"]
+    process = subprocess.Popen(
+        [*argv, sys.executable, "-c", worker], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    line = process.stdout.readline()
+    assert line.startswith("worker up --name slurm-41_3"), line  # each task names its worker after itself
+    assert line.strip().endswith("threads 3"), line  # its share of the node's cores, not all of them
+    return process
 
-    assert runner.main(argv) == 0
-    again = _job_id(out := capsys.readouterr().out)
-    assert "1 worker tasks for 1 cells not yet done" in out and again != job
-    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, again), 180, "the second array")
-    runs = _assert_each_cell_once(tmp_path, storage, cells=1, epochs=epochs)
-    ((run_id, _, _),) = next(iter(runs.values()))
-    assert run_id == cancelled_run  # the cancelled attempt's run, resumed
+
+@pytest.mark.parametrize("restarts", ["0", "2"])
+def test_near_the_time_limit_the_worker_is_stopped_and_a_spent_task_is_not_requeued(tmp_path, restarts):
+    process = _wrapper(tmp_path, restarts, max_requeues="2" if restarts == "2" else "0")
+    process.send_signal(signal.SIGUSR2)  # Slurm's warning, --signal=USR2@grace
+    out, _ = process.communicate(timeout=30)
+    assert "worker got SIGTERM" in out  # passed on as the stop the worker knows
+    assert f"not requeued: the task was requeued {restarts} times" in out, out
+    assert process.returncode == 130
+
+
+def test_a_worker_ended_by_the_time_limit_signal_while_starting_counts_as_stopped(tmp_path):
+    """Slurm may send the time limit's SIGUSR2 up to a minute early, to every process of the task: a worker that has
+    not installed its handlers yet is ended by it (or by the SIGTERM passed on). It had claimed nothing, so the task
+    goes on as after a clean stop (here: its requeues are spent, so it says so instead of requeueing)."""
+    process = _wrapper(tmp_path, "1", max_requeues="1", worker=STARTING_WORKER)
+    process.send_signal(signal.SIGUSR2)
+    out, _ = process.communicate(timeout=30)
+    assert "time limit near, cell given back; not requeued: the task was requeued 1 times" in out, out
+    assert process.returncode != 0  # the worker's own end, passed on: the task itself is not requeued
+
+
+def test_a_stop_that_is_not_the_time_limit_is_passed_on_and_nothing_requeued(tmp_path):
+    process = _wrapper(tmp_path, "0", max_requeues="3")
+    process.send_signal(signal.SIGTERM)  # scancel, or a preemption (Slurm requeues those itself)
+    out, _ = process.communicate(timeout=30)
+    assert "worker got SIGTERM" in out and "requeue" not in out, out
+    assert process.returncode == 130

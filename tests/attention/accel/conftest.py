@@ -9,8 +9,8 @@ from torch import Tensor
 
 from ablation.attention.accel import accelerate, fused
 from ablation.attention.cbam import CBAM
-from tests.conftest import randomize
-from tests.variants import TOL, C
+from tests.support.formulation import randomize
+from tests.support.variants import TOL, C
 
 LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 

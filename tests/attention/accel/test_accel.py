@@ -24,8 +24,8 @@ from ablation.attention.base import NoAttention
 from ablation.attention.cbam import CBAM
 from ablation.models import build_model
 from tests.attention.accel.conftest import BACKENDS, CPU, LAYOUTS, compare
-from tests.conftest import ROOT
-from tests.variants import ARRANGEMENTS, MODES, POOL_SUBSETS, C
+from tests.support.folders import ROOT
+from tests.support.variants import ARRANGEMENTS, MODES, POOL_SUBSETS, C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

@@ -11,7 +11,7 @@ from ablation.attention.accel import accelerate
 from ablation.attention.accel.cpu_kernels import cpu_kernels_available
 from ablation.attention.cbam import CBAM
 from tests.attention.accel.conftest import CPU, max_diff
-from tests.variants import C
+from tests.support.variants import C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

@@ -13,8 +13,8 @@ from ablation.attention.cbam import CBAM
 from ablation.attention.channel import ChannelGate
 from ablation.attention.spatial import SpatialGate
 from tests.attention.accel.conftest import CPU, max_diff
-from tests.conftest import randomize
-from tests.variants import TOL, C
+from tests.support.formulation import randomize
+from tests.support.variants import TOL, C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

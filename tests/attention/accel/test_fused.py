@@ -23,8 +23,9 @@ from ablation.attention.options import Impl, Order
 from ablation.attention.se import SE
 from ablation.models import build_model
 from tests.attention.accel.conftest import BACKENDS, CPU, compare, max_diff
-from tests.conftest import ROOT, randomize
-from tests.variants import MODES, TOL, C
+from tests.support.folders import ROOT
+from tests.support.formulation import randomize
+from tests.support.variants import MODES, TOL, C
 
 pytestmark = pytest.mark.usefixtures("one_thread", "_seed")
 

@@ -1,0 +1,129 @@
+"""One Slurm array task: a ``runner.py worker`` process, stopped cleanly and requeued when its time runs out.
+
+Slurm ends a task three ways, and each must lose nothing:
+
+- preemption or ``scontrol requeue``: SIGTERM to every process of the task, then SIGKILL after ``KillWait``.
+  The worker gives its cell back (the last epoch checkpoint is on the shared filesystem, the MLflow run marked
+  KILLED), Slurm requeues the task, and whichever worker claims the cell next resumes it in the same run;
+- the time limit: a task submitted by ``runner.py slurm`` asks for SIGUSR2 some minutes before it
+  (``--signal=USR2@...``). The worker stops the same way, and this wrapper then requeues its own task (Slurm does
+  not requeue a task that timed out), at most ``max_requeues`` times counted by ``SLURM_RESTART_COUNT``;
+- ``scancel``: SIGTERM, the worker stops, and nothing is requeued: a person asked for the stop.
+
+A SIGKILL anywhere (a node lost, ``KillWait`` too short) is the kill-anywhere case the queue already recovers
+from: the cell comes back once its heartbeat is older than the grace period.
+
+This module imports nothing heavy: it runs in submitit's process on the node (``WorkerTask``, pickled at
+submission) or as ``python -m ablation.slurm.task`` from a written sbatch script, and the worker is a child
+process that imports torch, MLflow and Optuna itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+STOPPED = 130  # runner.py's exit code after a clean stop (SIGINT, SIGTERM, SIGUSR2)
+
+
+def task_id() -> str:
+    """This task's Slurm id: ``<array job>_<task>`` in an array, else the job id."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{index}" if array and index else os.environ.get("SLURM_JOB_ID", "local")
+
+
+def worker_name() -> str:
+    """The worker's name in log lines and in the queue (``runner.py status`` matches array tasks to cells by it)."""
+    return worker_name_of(task_id())
+
+
+def worker_name_of(task: str) -> str:
+    return f"slurm-{task}"
+
+
+def run_task(command: list[str], max_requeues: int, say=print) -> int:
+    """Run the worker ``command`` (without ``--name``) to the end; returns its exit code, or 0 after a requeue."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env and env.get("SLURM_CPUS_PER_TASK"):
+        # Without CPU confinement (TaskPlugin=task/none) torch would start a thread per core of the node and
+        # crowd the other tasks on it; the task's share is what it asked for. A user's own setting is kept.
+        env["OMP_NUM_THREADS"] = env["SLURM_CPUS_PER_TASK"]
+    child: subprocess.Popen | None = None
+    near_limit = stop_asked = False
+
+    def forward(signum, frame) -> None:
+        nonlocal near_limit, stop_asked
+        near_limit = near_limit or signum == signal.SIGUSR2
+        stop_asked = True
+        # Slurm may have signalled the worker itself too; a second stop request is one it ignores.
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    # The handlers come first: a stop that arrives while the worker starts is remembered and passed on, not left to
+    # the default action (SIGUSR2's ends this wrapper and orphans the worker).
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGUSR2, forward)
+    child = subprocess.Popen([*command, "--name", worker_name()], env=env)
+    if stop_asked:
+        child.send_signal(signal.SIGTERM)
+    code = child.wait()
+    # A worker still starting (importing torch) when the signal came had no handler yet: it ended by the signal
+    # itself, before it could claim a cell, so nothing was lost and the task requeues as after a clean stop. Slurm
+    # may send the time limit's signal up to a minute early, so this happens with limits near the grace period.
+    if not (near_limit and code in (STOPPED, -signal.SIGTERM, -signal.SIGUSR2)):
+        return code
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if restarts >= max_requeues:
+        say(
+            f"[{worker_name()}] time limit near, cell given back; not requeued: the task was requeued {restarts} "
+            f"times (--max-requeues {max_requeues}). Other tasks or a new submission take the sweep on."
+        )
+        return code
+    say(f"[{worker_name()}] time limit near, cell given back; requeueing this task ({restarts + 1}/{max_requeues})")
+    # The requeue signals this task again (SIGTERM): nothing is left to stop. (A no-op handler, not SIG_IGN, which
+    # prints a "race condition" traceback for a signal already pending.)
+    signal.signal(signal.SIGTERM, _nothing)
+    signal.signal(signal.SIGUSR2, _nothing)
+    done = subprocess.run(["scontrol", "requeue", task_id()], capture_output=True, text=True)
+    if done.returncode != 0:
+        say(f"[{worker_name()}] scontrol requeue {task_id()} failed: {done.stderr.strip()}")
+        return code
+    return 0
+
+
+def _nothing(signum, frame) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """What submitit pickles for each array task: the worker's command line (the same for every task)."""
+
+    command: tuple[str, ...]
+    max_requeues: int
+
+    def __call__(self) -> int:
+        # submitit set its own SIGTERM / SIGUSR2 handlers before calling this; run_task replaces them.
+        code = run_task(list(self.command), self.max_requeues, say=lambda line: print(line, flush=True))
+        if code not in (0, STOPPED):
+            raise RuntimeError(f"the worker exited with code {code}; its output is in this task's log")
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablation.slurm.task", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-requeues", type=int, default=3)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- python runner.py worker ...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no worker command after --")
+    return run_task(command, args.max_requeues, say=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
