@@ -43,7 +43,7 @@ _PACKAGES = {
 # set) would otherwise submit into this cluster with that job's settings.
 CLIENT_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE_", "SINFO_", "SCONTROL_", "SCANCEL_")
 _DAEMONS = ("slurmctld", "slurmscriptd", "slurmd", "slurmstepd")
-_JOB_FIELDS = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState)=(\S+)")
+_JOB_FIELDS = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState|Restarts)=(\S+)")
 
 
 class SlurmUnavailable(RuntimeError):
@@ -142,6 +142,7 @@ class SlurmCluster:
         self._binaries = binaries
         self._logs = {name: folder / f"{name}.log" for name in ("slurmctld", "slurmd")}
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._released: set[tuple[str, str | None]] = set()  # requeued task instances release() made eligible
         self._socket_dir: Path | None = None
 
     # ---- for tests
@@ -200,9 +201,20 @@ class SlurmCluster:
             time.sleep(POLL_S)
 
     def release(self, task_id: str) -> None:
-        """Make a requeued task eligible now. Slurm holds a requeued job back before it may start again
-        (Reason=BeginTime, 120 s in 22.05); this only skips that hold-off, nothing else about scheduling changes."""
-        self.run("scontrol", "update", f"jobid={task_id}", "StartTime=now")
+        """Make a requeued task eligible (almost) now. Slurm holds a requeued job back before it may start again
+        (Reason=BeginTime, 120 s in 22.05); this only shortens that hold-off, nothing else about scheduling changes.
+
+        Not to ``now``: slurmd revoked the previous instance's credential when it ended it, and refuses a launch
+        whose begin time is not later than that revocation, in whole seconds ("Killing non-startable batch JobId=2:
+        Job credential revoked", and the task ends without running again). A task that squeue shows as PENDING is
+        past its previous instance's end, so a begin time two seconds ahead is later than any revocation. Each
+        instance is released once (its restart count tells them apart): a second release would push it back."""
+        shown = self.run("scontrol", "show", "job", "-o", task_id, check=False)
+        instance = (task_id, dict(_JOB_FIELDS.findall(shown)).get("Restarts"))
+        if instance in self._released:
+            return
+        self._released.add(instance)
+        self.run("scontrol", "update", f"jobid={task_id}", "StartTime=now+2")
 
     def log_tail(self, n: int = 40) -> str:
         """The last ``n`` lines of slurmctld's and slurmd's logs."""
