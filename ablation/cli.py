@@ -13,13 +13,16 @@ checked, so a mistake is one line before torch, MLflow or Optuna is imported).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
 from pathlib import Path
 
 from ablation.core.errors import ConfigError, StoreError
-from ablation.core.stopping import request_stop
+from ablation.core.outages import OUTAGE_EXIT, Outage
+from ablation.core.patience import ENV as STORE_WAIT_ENV
+from ablation.core.stopping import request_stop, reset_stop
 from ablation.engine.threads import configure_threads
 from ablation.experiment.grid import expand_arms, expand_cells
 from ablation.experiment.prepared import prepare_sweep, read_only_sweep
@@ -140,6 +143,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if report.done:
         args.format, args.out = TABLE_FORMATS[0], None
         cmd_table(args, prepared)
+    if report.stopped_workers and report.pending:
+        print(
+            f"error: {report.stopped_workers} worker process(es) stopped on an outage of the machine or a store (the "
+            "line above says which); once it is fixed, run the same command to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(OUTAGE_EXIT)
     if report.failed:
         raise SystemExit(1)
 
@@ -428,12 +438,27 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR2, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored (a background job)
         signal.signal(signal.SIGINT, _interrupt)
+    reset_stop()
+    # --store-wait reaches this process's store calls and the worker processes it starts through the environment.
+    wait = getattr(args, "store_wait", None)
+    previous = os.environ.get(STORE_WAIT_ENV)
+    if wait is not None:
+        os.environ[STORE_WAIT_ENV] = f"{wait:g}"
     try:
         args.func(args)
     except (ConfigError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Outage as exc:  # the machine's or a store's fault: nothing is lost, a rerun resumes once it is fixed
+        print(f"error: {exc}", file=sys.stderr)
+        return OUTAGE_EXIT
     except KeyboardInterrupt:
         print("interrupted; run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if wait is not None:  # main() runs again in this process (tests, notebooks): leave the environment as found
+            if previous is None:
+                os.environ.pop(STORE_WAIT_ENV, None)
+            else:
+                os.environ[STORE_WAIT_ENV] = previous
     return 0

@@ -66,6 +66,16 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(autouse=True)
+def _no_stop_requested():
+    """A test that requested a stop (ablation.core.stopping) leaves none behind for the next one: the command line
+    clears it when it starts, a test calling the package directly would not."""
+    yield
+    from ablation.core.stopping import reset_stop
+
+    reset_stop()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of tiny-tensor tests: a second OpenMP thread only adds sync cost (~6x slower on a busy 2-core

@@ -18,6 +18,10 @@ from typing import Any, TypeVar
 
 _depth = 0  # protected blocks the main thread is inside (signal handlers only ever run there)
 _held = False  # a stop arrived inside one of them
+# Set by the first stop request: threads that wait on something (a store that is down: ablation.core.patience)
+# give up instead of holding up the end of the command. Cleared when a command starts (reset_stop).
+_stop = threading.Event()
+_on_stop: list[Callable[[], None]] = []  # when_stopping()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,10 +29,33 @@ F = TypeVar("F", bound=Callable[..., Any])
 def request_stop() -> None:
     """Called by a signal handler: raise KeyboardInterrupt now, or, inside a protected block, when it ends."""
     global _held
+    if not _stop.is_set():
+        _stop.set()
+        for action in _on_stop:
+            action()
     if _depth:
         _held = True
         return
     raise KeyboardInterrupt
+
+
+def stop_requested() -> bool:
+    """Whether a stop was requested since the command started (any thread may ask)."""
+    return _stop.is_set()
+
+
+def when_stopping(action: Callable[[], None]) -> None:
+    """Run ``action`` (quick, safe inside a signal handler) on the first stop request: shorten a store's timeouts so
+    that the clean-up after a stop does not wait out a store that stopped answering."""
+    if action not in _on_stop:
+        _on_stop.append(action)
+
+
+def reset_stop() -> None:
+    """A new command in this process (the tests run many): no stop requested yet."""
+    global _held
+    _stop.clear()
+    _held = False
 
 
 @contextlib.contextmanager

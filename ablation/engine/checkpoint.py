@@ -35,19 +35,59 @@ def previous_path(path: Path) -> Path:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` so that a reader (or a crash) never sees a half-written file, keeping the
-    checkpoint it replaces as ``previous_path(path)``."""
+    checkpoint it replaces as ``previous_path(path)``.
+
+    A write that fails (no space, an I/O error) removes its temporary file and raises the file system's own
+    OSError, naming the file: torch reports it as "unexpected pos 811072 vs 810968", which says neither. The
+    checkpoints already there are left as they were.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({"format_version": FORMAT_VERSION, **state}, _KillMidWrite(f) if armed("checkpoint.write") else f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+    try:
+        with open(tmp, "wb") as f:
+            writer = _RecordingWriter(f)
+            try:
+                torch.save({"format_version": FORMAT_VERSION, **state}, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:  # a flush's or a close's: the file is ours
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
+        raise
     kill_point("checkpoint.written")
     if path.exists():
         os.replace(path, previous_path(path))
     kill_point("checkpoint.rotated")
     os.replace(tmp, path)
     _fsync_directory(path.parent)
+
+
+class _RecordingWriter:
+    """The file torch.save writes to, keeping the OSError of a failed write: torch replaces it with its own
+    RuntimeError, and the writer's error is the one that says what happened (ENOSPC) and where."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            written = self.file.write(data)
+        except OSError as exc:
+            self.error = exc if exc.filename is not None else OSError(exc.errno, exc.strerror, self.file.name)
+            raise
+        if armed("checkpoint.write"):
+            self.file.flush()
+            kill_point("checkpoint.write")
+        return written
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
@@ -166,22 +206,6 @@ def _fsync_directory(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-class _KillMidWrite:
-    """A file whose writer is killed after its first bytes (the ``checkpoint.write`` fault point)."""
-
-    def __init__(self, file) -> None:
-        self.file = file
-
-    def write(self, data) -> int:
-        written = self.file.write(data)
-        self.file.flush()
-        kill_point("checkpoint.write")
-        return written
-
-    def flush(self) -> None:
-        self.file.flush()
 
 
 def rng_state() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ablation.attention.accel import kernel_state
 from ablation.core.console import say
 from ablation.core.errors import ConfigError
 from ablation.core.faults import kill_point
+from ablation.core.outages import Outage, outage_of
 from ablation.data.registry import dataset_entry
 from ablation.data.sources import load_arrays
 from ablation.engine.checkpoint import cell_checkpoint, discard_previous
@@ -136,9 +137,14 @@ def run_cell(
             **({"dist": dist} if dist is not None else {}),
         )
     except KeyboardInterrupt:
-        store.finish(run_id, "KILLED", "interrupted by the user (Ctrl-C); a rerun resumes it")
+        _mark_killed(store, run_id, "interrupted by the user (Ctrl-C); a rerun resumes it", say)
         raise
-    except Exception as exc:  # the sweep goes on; the reason is kept on the run and in the sweep's state
+    except Exception as exc:
+        outage = outage_of(exc)
+        if outage is not None:  # the machine's or a store's fault, not a result: the cell is left to resume
+            _mark_killed(store, run_id, f"stopped: {outage}", say)
+            raise outage from exc
+        # A failure of the cell's own: the sweep goes on; the reason is kept on the run and in the sweep's state.
         reason = f"{type(exc).__name__}: {exc}"
         if cell.spec is not None and cell.spec.phase == PHASE_TUNE and isinstance(exc, NonFiniteLossError):
             store.log_tags(run_id, {TUNE_STATE: "FAIL"})  # a diverged trial ended: its values do not train
@@ -174,6 +180,15 @@ def run_cell(
     else:
         outcome.finalizing = finalizer.submit(finalize)
     return outcome
+
+
+def _mark_killed(store: SweepStore, run_id: str, reason: str, say: Callable[[str], None]) -> None:
+    """Mark the cell's run KILLED (resumable) if the tracking store lets us; one that is down leaves it RUNNING,
+    which the next attempt reopens all the same."""
+    try:
+        store.finish(run_id, "KILLED", reason)
+    except Outage as exc:
+        say(f"[cell] its MLflow run {run_id} stays RUNNING: {exc}")
 
 
 def run_distributed_cell(prepared: PreparedSweep, launch: CellLaunch) -> None:

@@ -199,6 +199,19 @@ def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 # ---- the flags
 
 
+def seconds_at_least(minimum: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value >= minimum:  # NaN (not a number) too
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a number of seconds >= {minimum:g}")
+        return value
+
+    return parse
+
+
 def at_least(minimum: int):
     """An argparse type: an integer >= minimum."""
 
@@ -231,6 +244,14 @@ def add_tracking_arg(parser: argparse.ArgumentParser) -> None:
         "--tracking-uri",
         default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder)",
+    )
+    parser.add_argument(
+        "--store-wait",
+        type=seconds_at_least(0),
+        default=None,
+        metavar="SECONDS",
+        help="how long a store that went away is waited for before stopping, resumable "
+        "(default: $ABLATION_STORE_WAIT, else 300)",
     )
 
 

@@ -24,6 +24,7 @@ import torch
 from optuna.trial import TrialState
 
 from ablation.core.console import say
+from ablation.core.outages import OUTAGE_EXIT, Outage
 from ablation.experiment.prepared import PreparedSweep, prepare_sweep
 from ablation.sweep.launch import LOCAL_POLL_S, SWEEP_READY, WorkerOptions, child_environment, worker_command
 from ablation.sweep.state import join_sweep
@@ -42,6 +43,7 @@ class SweepReport:
     train_s: float = 0.0  # pure training time of the cells this command's in-process worker ran
     wall_s: float = 0.0
     parent_run_id: str = ""
+    stopped_workers: int = 0  # worker processes an outage of the machine or a store stopped (each said which)
 
 
 def duration(seconds: float) -> str:
@@ -86,11 +88,17 @@ def run_sweep(prepared: PreparedSweep, options: WorkerOptions, slots=None, retry
             )
             report.trained_now, report.train_s = worker.finished, worker.train_s
         _wait_for(processes, prepared, queue, began, total)
-    except KeyboardInterrupt:
-        # Ctrl-C (or SIGTERM): the cells in flight were marked KILLED and given back; so is the sweep's parent run.
-        # A SIGTERM reaches this process alone: its worker processes are stopped here, in whatever it was doing.
+        report.stopped_workers = sum(process.returncode == OUTAGE_EXIT for process in processes)
+    except (KeyboardInterrupt, Outage) as exc:
+        # Ctrl-C (or SIGTERM), or an outage of the machine or a store: the cells in flight were marked KILLED and
+        # given back; so is the sweep's parent run. A SIGTERM reaches this process alone: its worker processes are
+        # stopped here, in whatever it was doing.
         _stop(processes)
-        store.finish(report.parent_run_id, "KILLED", "interrupted; run the same command to resume")
+        why = f"stopped: {exc}" if isinstance(exc, Outage) else "interrupted"
+        try:
+            store.finish(report.parent_run_id, "KILLED", f"{why}; run the same command to resume")
+        except Outage as down:
+            say(f"[sweep] its parent run {report.parent_run_id} stays RUNNING: {down}")
         raise
     counts = _counts(queue)
     report.total = total()

@@ -26,6 +26,7 @@ server; several machines share PostgreSQL (``postgresql+psycopg2://user@host/db`
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -43,6 +44,7 @@ from optuna.trial import TrialState
 
 from ablation.core.errors import StoreError
 from ablation.core.faults import kill_point
+from ablation.core.patience import StoreWaiter
 from ablation.core.stopping import protect
 from ablation.experiment.grid import Cell
 from ablation.tracking.stores import exclusive, is_set_up, sqlite_path, with_busy_timeout
@@ -50,6 +52,7 @@ from ablation.tracking.stores import exclusive, is_set_up, sqlite_path, with_bus
 DEFAULT_STORAGE = "sqlite:///sweeps.db"
 HEARTBEAT_INTERVAL_S = 15
 GRACE_PERIOD_S = 60
+STOP_JOIN_S = 5.0
 CELL, NAME, RUN_ID, FAILURE, OWNER = "cell_hash", "cell_name", "mlflow_run_id", "failure", "owner"
 JOBS = "slurm_jobs"  # the sweep's attribute: the Slurm arrays submitted for it (ablation.slurm.submit)
 WORKER = "worker"  # the name of the worker that claimed the cell (a Slurm task's is slurm-<array>_<index>)
@@ -78,7 +81,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
     try:
         # Several worker processes write one SQLite file: they wait for its lock instead of failing at once.
         with schema:
-            return _ProtectedStorage(
+            storage = _ProtectedStorage(
                 with_busy_timeout(url),
                 engine_kwargs=engine_kwargs,
                 skip_compatibility_check=known,
@@ -87,6 +90,8 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None),
                 skip_table_creation=known,
             )
+        storage._waiter = StoreWaiter("the sweep storage", url)
+        return storage
     except StoreError:
         raise
     except Exception as exc:  # sqlalchemy.exc.OperationalError, ArgumentError, ImportError of a driver...
@@ -97,12 +102,32 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
 class _ProtectedStorage(RDBStorage):
     """Optuna's RDBStorage whose every public call runs protected from a stop signal (``ablation.core.stopping``):
     a Ctrl-C inside SQLite's driver would leave a claim or a heartbeat half-written and the file locked against
-    the clean-up that gives the cell back."""
+    the clean-up that gives the cell back. And made through the storage's ``StoreWaiter`` (``open_storage`` sets
+    it): a database that is down or locked is waited for, bounded and said aloud (``ablation.core.patience``)."""
+
+    _waiter: StoreWaiter | None = None
+
+
+# Calls that add a row: sent again after a failure that may have reached the database, they could add it twice.
+_NOT_IDEMPOTENT = {"create_new_study", "create_new_trial"}
+
+
+def _patient(method):
+    protected_method = protect(method)
+    idempotent = method.__name__ not in _NOT_IDEMPOTENT
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self._waiter is None:  # still being set up (RDBStorage.__init__): open_storage reports its errors
+            return protected_method(self, *args, **kwargs)
+        return self._waiter.call(protected_method, self, *args, idempotent=idempotent, **kwargs)
+
+    return call
 
 
 for _name, _method in vars(RDBStorage).items():
     if isinstance(_method, types.FunctionType) and not _name.startswith("_"):
-        setattr(_ProtectedStorage, _name, protect(_method))
+        setattr(_ProtectedStorage, _name, _patient(_method))
 
 
 @dataclass(frozen=True)
@@ -396,7 +421,9 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+            # A beat waiting on a storage that is down gives up on a stop request; a daemon thread still writing
+            # past this bound is left behind rather than holding up the worker's end.
+            self._thread.join(timeout=STOP_JOIN_S)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):

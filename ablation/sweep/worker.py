@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from ablation.core.console import say
 from ablation.core.errors import ConfigError
+from ablation.core.outages import Outage, outage_of
 from ablation.experiment.grid import build_network
 from ablation.experiment.prepared import PreparedSweep
 from ablation.experiment.spec import CellSpec
@@ -42,6 +43,7 @@ class WorkerReport:
     interrupted: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     train_s: float = 0.0
+    outage: Outage | None = None  # what stopped it, when the machine or a store did (ablation.core.outages)
 
 
 class EpochLines:
@@ -94,7 +96,7 @@ def run_worker(
     report = WorkerReport()
     waiting, finalizing = "", set()  # what it last said it waits for; trials of ours whose results are being logged
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-finalize") as finalizer:
-        while True:
+        while report.outage is None:
             claim = queue.claim()
             if claim is None:
                 # Read before the plan is asked: once nothing is in flight, the refill sees every cell's final
@@ -121,9 +123,10 @@ def run_worker(
             beat = Heartbeat(queue.storage, claim.trial_id, options.heartbeat_interval).start()
             try:
                 outcome = _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finalizer, plan)
-            except BaseException:
+            except BaseException as exc:
                 beat.stop()
-                queue.release(claim, "the worker was stopped")
+                stopped = f"the worker stopped: {exc}" if isinstance(exc, Outage) else "the worker was stopped"
+                give_back(queue, claim, stopped, options.name)
                 raise
             if outcome is None:  # MLflow already had it finished
                 beat.stop()
@@ -146,7 +149,18 @@ def run_worker(
                 on_cell(cell.name, outcome.reason or outcome.status, set(finalizing))
             if outcome.status == "interrupted":
                 break  # a stop was asked for: do not pick up more work
+    if report.outage is not None:  # logging a finished cell's results met an outage: the cell was given back
+        raise report.outage
     return report
+
+
+def give_back(queue: SweepQueue, claim: Claim, reason: str, name: str) -> None:
+    """Give a claimed cell back to the queue; if the sweep storage is down, say so: the cell comes back by
+    itself once its heartbeat is older than the grace period."""
+    try:
+        queue.release(claim, reason)
+    except Outage as exc:
+        say(f"[{name}] could not give its cell back ({exc}); it is taken up again once its heartbeat is stale")
 
 
 def refuse_unsupported(prepared: PreparedSweep, options: WorkerOptions) -> None:
@@ -187,12 +201,20 @@ def _complete_when_logged(
     def done(future) -> None:
         try:
             error = future.exception() if future is not None else None
+            outage = outage_of(error) if error is not None else None
             if error is None:
                 queue.complete(claim, outcome.top1_err)
+            elif outage is not None:  # not the cell's fault: a rerun resumes it at its last epoch and logs again
+                report.finished -= 1
+                report.outage = outage
+                beat.stop()
+                give_back(queue, claim, f"logging its results stopped: {outage}", name)
             else:
                 report.finished -= 1
                 report.failed[name] = f"logging its results failed: {error}"
                 queue.fail(claim, report.failed[name])
+        except Outage as exc:  # the sweep storage is down: the heartbeat going stale gives the cell back
+            report.outage = report.outage or exc
         finally:
             beat.stop()
             finalizing.discard(claim.trial_id)

@@ -30,7 +30,8 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatu
 from mlflow.exceptions import MlflowException
 
 from ablation.core.errors import StoreError
-from ablation.core.stopping import Protected
+from ablation.core.patience import Patient, StoreWaiter
+from ablation.core.stopping import Protected, stop_requested, when_stopping
 from ablation.experiment.grid import Cell
 from ablation.experiment.schema import Experiment, flatten
 from ablation.tracking.names import (
@@ -327,12 +328,44 @@ class SweepStore:
 
 
 def _client(tracking_uri: str) -> MlflowClient:
-    """The store's client. On a database store every call runs protected from a stop signal
-    (``ablation.core.stopping``): a Ctrl-C inside the driver would leave the write half-done and the database
-    locked against the very clean-up that marks the run KILLED. A tracking server's calls stay interruptible: half
-    a request locks nothing here."""
+    """The store's client: every call made through a ``StoreWaiter`` (``ablation.core.patience``): a store that
+    is down is waited for, bounded and said aloud, and then stops the command resumable. On a database store each
+    call also runs protected from a stop signal (``ablation.core.stopping``): a Ctrl-C inside the driver would leave
+    the write half-done and the database locked against the very clean-up that marks the run KILLED. A tracking
+    server's calls stay interruptible: half a request locks nothing here."""
+    configure_http_retries()
     client = MlflowClient(with_busy_timeout(tracking_uri))
-    return client if tracking_uri.startswith(("http://", "https://")) else Protected(client)
+    inner = client if tracking_uri.startswith(("http://", "https://")) else Protected(client)
+    waiter = StoreWaiter("the tracking store", tracking_uri)
+    return Patient(inner, waiter, not_idempotent=NOT_IDEMPOTENT)  # type: ignore[return-value]
+
+
+# Calls that create something: sent again after a failure that may have reached the store, they could create it
+# twice. Everything else this package calls sets a value or logs rows that carry their own timestamps, which
+# MLflow's SQL stores (a tracking server's backend included) keep once.
+NOT_IDEMPOTENT = frozenset({"create_run", "create_experiment"})
+# MLflow's HTTP client retries a server that went away 7 times with a growing back-off (minutes, in silence) and
+# waits 120 s for an answer. The waiter above does the retrying, aloud; each of MLflow's attempts is one request with
+# a bounded wait. A user's own settings of these variables are kept.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+# Once a stop is requested, a request waits this long for an answer (if the timeout is ours, not the user's): the
+# clean-up that marks runs KILLED must not wait out a server that hangs.
+STOPPING_TIMEOUT = "3"
+
+
+def configure_http_retries() -> None:
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if not stop_requested() and os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == STOPPING_TIMEOUT:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]  # a new command
+    when_stopping(_shorten_http_timeout)
+
+
+def _shorten_http_timeout() -> None:
+    if os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = STOPPING_TIMEOUT
 
 
 def dashboard_hint(tracking_uri: str, experiment_id: str | None) -> str:

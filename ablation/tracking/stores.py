@@ -58,9 +58,10 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database.removeprefix("file:")).expanduser().resolve()
 
 
-def with_busy_timeout(url: str, seconds: int = 60) -> str:
+def with_busy_timeout(url: str, seconds: int = 10) -> str:
     """A SQLite URL whose connections wait up to ``seconds`` for another process's write lock (pysqlite's own
-    default, 5 s, is too short for several workers logging to one file)."""
+    default, 5 s, is short for several workers logging to one file). Past it, the call's ``StoreWaiter`` tries
+    again, and says so (``ablation.core.patience``): no longer wait on a lock is silent."""
     if not url.startswith("sqlite:") or "timeout=" in url:
         return url
     return url + ("&" if "?" in url else "?") + f"timeout={seconds}"

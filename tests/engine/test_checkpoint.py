@@ -132,3 +132,27 @@ def test_a_writer_killed_mid_write_leaves_no_file_that_is_read(tmp_path):
     state = load_resumable(path, key="k", run_id=None, apply=lambda s: None, say=lines.append)
     assert state["epoch"] == 1 and lines == []
     assert not list(tmp_path.glob("*.tmp*"))  # the dead writer's temporary is gone
+
+
+def test_a_write_on_a_full_disk_says_so_and_leaves_the_previous_checkpoints_whole(tmp_path):
+    """The disk fills up between two epochs: the failed write raises the file system's own error naming the file
+    (not torch's 'unexpected pos'), leaves no partial file, and the checkpoints already there load as they were."""
+    import errno
+
+    from tests.support.disks import fill, small_disk
+
+    state = {"config_hash": "k", "epoch": 1, "model": {"w": torch.arange(20000.0)}, "optimizer": {}, "history": []}
+    with small_disk(tmp_path / "disk", 512) as disk:
+        path = disk / "cell" / "last.pt"
+        save_checkpoint(path, state)
+        save_checkpoint(path, {**state, "epoch": 2})
+        fill(disk, leave_bytes=4096)
+        with pytest.raises(OSError) as raised:
+            save_checkpoint(path, {**state, "epoch": 3})
+        assert raised.value.errno == errno.ENOSPC and str(path.parent) in str(raised.value.filename)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["last.previous.pt", "last.pt"]  # no temporary left
+        assert torch.load(path, weights_only=True)["epoch"] == 2
+        assert torch.load(previous_path(path), weights_only=True)["epoch"] == 1
+        applied = []
+        resumed = load_resumable(path, key="k", run_id=None, apply=applied.append)
+        assert resumed is not None and resumed["epoch"] == 2 and applied
