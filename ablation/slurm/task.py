@@ -28,6 +28,9 @@ import sys
 from dataclasses import dataclass
 
 STOPPED = 130  # runner.py's exit code after a clean stop (SIGINT, SIGTERM, SIGUSR2)
+# The exit code of a worker that an outage of the machine or a store stopped (ablation.core.outages.OUTAGE_EXIT,
+# restated: this module imports nothing of the package, it runs before the worker's imports).
+OUTAGE = 75
 
 
 def task_id() -> str:
@@ -71,6 +74,14 @@ def run_task(command: list[str], max_requeues: int, say=print) -> int:
     if stop_asked:
         child.send_signal(signal.SIGTERM)
     code = child.wait()
+    if code == OUTAGE:
+        # Not requeued: a requeued task would meet the same full disk or unreachable store. The worker's last line
+        # says which; its cell was given back (or comes back by heartbeat), and a new submission resumes it.
+        say(
+            f"[{worker_name()}] the worker stopped on an outage of the machine or a store (its line above says "
+            "which); its cell is left to resume: fix the cause, then submit the sweep again"
+        )
+        return code
     # A worker still starting (importing torch) when the signal came had no handler yet: it ended by the signal
     # itself, before it could claim a cell, so nothing was lost and the task requeues as after a clean stop. Slurm
     # may send the time limit's signal up to a minute early, so this happens with limits near the grace period.

@@ -57,6 +57,9 @@ class WorkerOptions:
     # up, joins when told (``wait_for_sweep``), trusts the schemas the sweep has just made or checked, and polls
     # every LOCAL_POLL_S.
     started_by_sweep: bool = False
+    # --store-wait: how long a store that went away is waited for (None: $ABLATION_STORE_WAIT, else the default).
+    # Passed on explicitly, not only through the environment: a written sbatch script runs later, elsewhere.
+    store_wait_s: float | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, progress: bool, name: str = "worker") -> WorkerOptions:
@@ -90,6 +93,7 @@ class WorkerOptions:
             epoch_lines=not progress,
             started_by_sweep=started_by_sweep,
             poll_s=LOCAL_POLL_S if started_by_sweep else cls.poll_s,
+            store_wait_s=getattr(args, "store_wait", None),
         )
 
     def to_argv(self, name: str) -> list[str]:
@@ -106,6 +110,7 @@ class WorkerOptions:
             *("--loader-workers", str(self.cell.workers)),
         ]
         argv += ["--log-checkpoints"] if self.cell.log_checkpoints else []
+        argv += ["--store-wait", f"{self.store_wait_s:g}"] if self.store_wait_s is not None else []
         return argv + (["--started-by-sweep"] if self.started_by_sweep else [])
 
 
@@ -200,12 +205,14 @@ def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def seconds_at_least(minimum: float):
+    """An argparse type: a number of seconds >= minimum (not NaN, not infinite)."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = float("nan")
-        if not value >= minimum:  # NaN (not a number) too
+        if not minimum <= value < float("inf"):  # NaN (not a number) too
             raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: a number of seconds >= {minimum:g}")
         return value
 

@@ -255,21 +255,31 @@ def _abandon(processes: list[subprocess.Popen]) -> None:
 
 
 def _wait_for(processes: list[subprocess.Popen], prepared, queue, began: float, total) -> None:
-    """Wait for worker processes, with a status line every 10 seconds."""
+    """Wait for worker processes, with a status line every 10 seconds. A worker that an outage stopped (exit code
+    OUTAGE_EXIT: a full disk, a store that stayed away) stops the others: they would meet the same fault cell after
+    cell; each gives its cell back, and a rerun resumes the sweep once the cause is gone."""
     start_done, last = _counts(queue)["done"], time.perf_counter()
-    for process in processes:
-        while True:
-            try:  # returns within ~50 ms of the process's end: the sweep's own end is not held up
-                process.wait(timeout=max(0.0, last + 10 - time.perf_counter()))
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            last = time.perf_counter()
-            counts = _counts(queue)
-            elapsed = time.perf_counter() - began
-            rate = (counts["done"] - start_done) / elapsed
-            eta = duration(counts["pending"] / rate) if rate > 0 else "?"
-            say(
-                f"[sweep] {counts['done']}/{total()} done, {counts['running']} running, "
-                f"{counts['failed']} failed | elapsed {duration(elapsed)} | ETA {eta}"
-            )
+    while True:
+        alive = [p for p in processes if p.poll() is None]
+        if not alive:
+            return
+        if any(p.returncode == OUTAGE_EXIT for p in processes if p not in alive):
+            say(f"[sweep] a worker process stopped on an outage; stopping the other {len(alive)}")
+            _stop(alive)
+            return
+        try:  # returns within ~50 ms of the first live process's end: the sweep's own end is not held up
+            alive[0].wait(timeout=max(0.0, min(0.5, last + 10 - time.perf_counter())))
+            continue
+        except subprocess.TimeoutExpired:
+            pass
+        if time.perf_counter() < last + 10:
+            continue
+        last = time.perf_counter()
+        counts = _counts(queue)
+        elapsed = time.perf_counter() - began
+        rate = (counts["done"] - start_done) / elapsed
+        eta = duration(counts["pending"] / rate) if rate > 0 else "?"
+        say(
+            f"[sweep] {counts['done']}/{total()} done, {counts['running']} running, "
+            f"{counts['failed']} failed | elapsed {duration(elapsed)} | ETA {eta}"
+        )

@@ -150,3 +150,24 @@ def test_a_stop_that_is_not_the_time_limit_is_passed_on_and_nothing_requeued(tmp
     out, _ = process.communicate(timeout=30)
     assert "worker got SIGTERM" in out and "requeue" not in out, out
     assert process.returncode == 130
+
+
+# A worker an outage stopped (a full disk, a store that stayed away): it said which, and exits with code 75.
+OUTAGE_WORKER = """
+import os, sys
+print("worker up " + " ".join(sys.argv[1:]) + " threads " + os.environ.get("OMP_NUM_THREADS", "-"), flush=True)
+print("error: the folder /shared/checkpoints/x: has no space left; free space there", flush=True)
+sys.exit(75)
+"""
+
+
+def test_a_worker_stopped_by_an_outage_is_said_in_the_tasks_log_and_not_requeued(tmp_path):
+    from ablation.core.outages import OUTAGE_EXIT
+    from ablation.slurm.task import OUTAGE
+
+    assert OUTAGE == OUTAGE_EXIT  # restated in task.py, which imports nothing of the package
+    process = _wrapper(tmp_path, "0", max_requeues="3", worker=OUTAGE_WORKER)
+    out, _ = process.communicate(timeout=30)
+    assert "the worker stopped on an outage of the machine or a store" in out, out
+    assert "requeueing" not in out, out
+    assert process.returncode == OUTAGE_EXIT

@@ -32,6 +32,7 @@ def test_worker_options_survive_the_worker_command_line(tmp_path: Path) -> None:
         gpus_per_job=2,
         name="w1-gpu0,1",
         epoch_lines=True,
+        store_wait_s=12.5,  # --store-wait: explicit, a written Slurm script runs without this process's environment
     )
     experiment = experiment_argv("experiments/demo.yaml", ["train.epochs=2", "seeds=[0, 1]"])
     command = worker_command(experiment, options, options.name)

@@ -213,3 +213,41 @@ def test_cli_sweep_then_table_formats(tmp_path, tiny_npz, write_experiment, caps
     latex = (tmp_path / "results" / "tiny" / "table.tex").read_text()
     assert r"\toprule" in latex and r"\bottomrule" in latex
     assert not math.isnan(table[C.TOP1_MEAN][0])
+
+
+class _NoCells:
+    """A queue with nothing in it: all ``_wait_for`` reads of the sweep's state is its counts."""
+
+    def latest(self):
+        return {}
+
+
+def test_a_worker_process_stopped_by_an_outage_stops_the_others_resumable():
+    """A full disk or an unreachable store meets every worker, cell after cell: the first that stops on it (exit
+    code OUTAGE_EXIT) stops the others, which give their cells back on SIGTERM, instead of each failing alone."""
+    import subprocess
+    import sys
+    import time
+
+    from ablation.core.outages import OUTAGE_EXIT
+    from ablation.sweep.local import _wait_for
+
+    holder = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(130)); time.sleep(120)"
+    others = [subprocess.Popen([sys.executable, "-c", holder]) for _ in range(2)]
+    stopped = subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({OUTAGE_EXIT})"])
+    began = time.perf_counter()
+    _wait_for([*others, stopped], None, _NoCells(), began, lambda: 0)
+    assert stopped.returncode == OUTAGE_EXIT
+    assert [p.returncode for p in others] == [130, 130]  # stopped as the Ctrl-C path stops them, not killed
+    assert time.perf_counter() - began < 60  # not the holders' own 120 s
+
+
+def test_waiting_for_worker_processes_ends_when_the_last_one_does():
+    import subprocess
+    import sys
+
+    from ablation.sweep.local import _wait_for
+
+    workers = [subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({s})"]) for s in (0.1, 0.5)]
+    _wait_for(workers, None, _NoCells(), 0.0, lambda: 0)
+    assert [p.returncode for p in workers] == [0, 0]
