@@ -13,23 +13,27 @@ checked, so a mistake is one line before torch, MLflow or Optuna is imported).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from ablation.core.errors import ConfigError, StoreError
+from ablation.core.errors import ConfigError, StoreError, UsageError
 from ablation.core.outages import OUTAGE_EXIT, Outage
 from ablation.core.patience import ENV as STORE_WAIT_ENV
 from ablation.core.stopping import request_stop, reset_stop
+from ablation.data.custom import forget as forget_custom_data
+from ablation.data.sources import forget_arrays
 from ablation.engine.threads import configure_threads
 from ablation.experiment.grid import expand_arms, expand_cells
 from ablation.experiment.prepared import prepare_sweep, read_only_sweep
 from ablation.experiment.schema import load_experiment
 from ablation.report.formats import PROFILE_FORMATS, TABLE_FORMATS
-from ablation.slurm.submit import SlurmOptions, submit_sweep, time_minutes, write_script
-from ablation.sweep.launch import (
+from ablation.scheduler.launch import (
     CellLaunch,
     WorkerOptions,
     add_experiment_args,
@@ -41,14 +45,16 @@ from ablation.sweep.launch import (
     experiment_argv,
     worker_command,
 )
-from ablation.sweep.slots import parse_workers, plan_slots, user_thread_cap
+from ablation.scheduler.slots import parse_workers, plan_slots, user_thread_cap
+from ablation.slurm.submit import SlurmOptions, submit_sweep, time_minutes, write_script
 from ablation.tracking.stores import probe_storage, probe_tracking
 
 # ---- one line for every mistake
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line like every other input error: flag, value, what is allowed."""
+    """argparse, but a bad flag is one line like every other input error: flag, value, what is allowed; raised as
+    a ``UsageError`` (printed by ``main``, raised to a caller of the Python API)."""
 
     def error(self, message: str) -> None:
         choice = re.match(r"argument (\S+): invalid choice: '?([^']*)'? \(choose from (.*)\)", message)
@@ -63,8 +69,7 @@ class _OneLineParser(argparse.ArgumentParser):
             message = message.removeprefix("argument ")
         else:
             message = f"{message} (see {self.prog} --help)"
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        raise UsageError(message)
 
 
 def _slurm_time(text: str) -> str:
@@ -75,14 +80,14 @@ def _slurm_time(text: str) -> str:
     return text
 
 
-# ---- shared arguments (the flags that pass between processes are in ablation.sweep.launch)
+# ---- shared arguments (the flags that pass between processes are in ablation.scheduler.launch)
 
 
 def _experiment_args(args: argparse.Namespace) -> tuple[str, ...]:
     return experiment_argv(args.experiment, args.overrides)
 
 
-def _arms(args: argparse.Namespace, check_paths: bool = True):
+def experiment_arms(args: argparse.Namespace, check_paths: bool = True):
     """The experiment and its arms, every config value and the data checked, before anything imports torch: a
     mistake in an experiment file or a --set is reported in well under a second."""
 
@@ -94,36 +99,38 @@ def _prepare(args: argparse.Namespace, validated=None):
     # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
     from ablation.engine.train import resolve_device
 
-    experiment, arms = validated or _arms(args)
+    experiment, arms = validated or experiment_arms(args)
     resolve_device(args.device)  # a device that does not exist here is an input error, like a bad config value
     return prepare_sweep(experiment, _experiment_args(args), arms)
 
 
 def _read_only(args: argparse.Namespace):
 
-    return read_only_sweep(*_arms(args))
+    return read_only_sweep(*experiment_arms(args))
 
 
 # ---- commands
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    _, arms = _arms(args, check_paths=False)
+    _, arms = experiment_arms(args, check_paths=False)
     # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
     from ablation.report.profile import profile_arms, render
 
     sys.stdout.write(render(profile_arms(arms), args.format))
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
-
+def run_sweep_command(args: argparse.Namespace):
+    """``sweep``'s work, without its printing: check everything, plan the device slots, run every cell (resuming
+    what an earlier run left). Returns (report, prepared). What ``ablation.sweep`` calls too: same checks, same
+    one-line errors, same resumption."""
     workers = parse_workers(args.workers)
-    validated = _arms(args)
+    validated = experiment_arms(args)
     # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
     import torch
 
     # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
-    from ablation.sweep.local import run_sweep
+    from ablation.scheduler.local import run_sweep
 
     num_gpus = torch.cuda.device_count() if args.device in ("auto", "cuda") else 0
     slots = plan_slots(
@@ -133,7 +140,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     # Progress bars only when this process is the only worker (several would garble one terminal).
     only_here = len(slots) == 1 and args.gpus_per_job == 1
     options = WorkerOptions.from_args(args, progress=only_here and not args.no_progress)
-    report = run_sweep(prepared, options, slots, retry_failed=args.retry_failed)
+    return run_sweep(prepared, options, slots, retry_failed=args.retry_failed), prepared
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    report, prepared = run_sweep_command(args)
     print(
         f"sweep {prepared.experiment.name}: {report.done}/{report.total} cells done, {len(report.failed)} failed, "
         f"{report.pending} pending; wall {report.wall_s:.1f}s"
@@ -158,7 +169,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     import os
 
     # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
-    from ablation.sweep.worker import run_worker
+    from ablation.scheduler.worker import run_worker
 
     prepared = _prepare(args)
     name = args.name or f"worker-{os.getpid()}"
@@ -171,9 +182,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_status(args: argparse.Namespace) -> None:
     # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
+    from ablation.scheduler.queue import DEFAULT_STORAGE
+    from ablation.scheduler.status import render_status, sweep_status
     from ablation.slurm.status import render_arrays
-    from ablation.sweep.queue import DEFAULT_STORAGE
-    from ablation.sweep.status import render_status, sweep_status
     from ablation.tracking.mlflow_store import resolve_tracking_uri
 
     prepared = _read_only(args)
@@ -192,7 +203,8 @@ def cmd_slurm(args: argparse.Namespace) -> None:
     # Every path the tasks see must mean the same on every node: absolute, on the shared filesystem.
     args.experiment = str(Path(args.experiment).resolve())
     args.checkpoint_dir = str(Path(args.checkpoint_dir).resolve())
-    experiment, arms = _arms(args, check_paths=args.submit)  # without --submit the data may be on the cluster only
+    # Without --submit the data may be on the cluster only.
+    experiment, arms = experiment_arms(args, check_paths=args.submit)
 
     cells = len(expand_cells(experiment, arms))
     options = SlurmOptions.from_args(args, experiment.name, cells)
@@ -209,49 +221,51 @@ def cmd_slurm(args: argparse.Namespace) -> None:
 def cmd_run_cell(args: argparse.Namespace) -> None:
     """One cell inside a torchrun launch (every rank runs this; rank 0 tracks)."""
     # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
-    from ablation.sweep.cell import run_distributed_cell
+    from ablation.scheduler.cell import run_distributed_cell
 
     run_distributed_cell(_prepare(args), CellLaunch.from_args(args))
 
 
 def cmd_table(args: argparse.Namespace, prepared=None) -> None:
     # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
-    from ablation.report.table import collect_curves, collect_runs, log_to_parent, render, summarize, write_outputs
-    from ablation.tracking.mlflow_store import SweepStore, dashboard_hint, resolve_tracking_uri
+    from ablation.report.table import render
 
     if prepared is None:
         prepared = _read_only(args)
-    uri = resolve_tracking_uri(args.tracking_uri)
-    probe_tracking(uri, write=False)
-    store = SweepStore(uri, prepared.experiment)  # read-only: an experiment never swept is not created
-    if not store.exists:
-        print(f"{prepared.experiment.name}: never swept in {uri} (no such MLflow experiment); nothing to tabulate")
-        return
     out_dir = Path(args.out) if args.out else Path("results") / prepared.experiment.name
-    if prepared.experiment.planned:  # which cells it ran is in its runs' specs (ablation.tracking.results)
-        from ablation.report.planned import planned_outputs, planned_view
-
-        view = planned_view(prepared, uri)
-        if view is None:
-            print(f"{prepared.experiment.name}: no run of this sweep in {uri}; nothing to tabulate")
-            return
-        prepared, runs, summary = view.main, view.runs, view.summary
-        written = write_outputs(summary, prepared, out_dir, collect_curves(runs, uri))
-        written += planned_outputs(view, out_dir)
-    else:
-        runs = collect_runs(prepared, uri)
-        summary = summarize(prepared, runs)
-        written = write_outputs(summary, prepared, out_dir, collect_curves(runs, uri))
-    try:
-        parent = log_to_parent(prepared, uri, written)
-    except Exception as exc:  # a read-only store still gets its table, just not attached to the run
-        parent = None
-        print(f"not attached to the sweep's parent run ({str(exc).strip().splitlines()[0][:200]})", file=sys.stderr)
-    sys.stdout.write(render(summary, prepared, args.format))
+    found = write_table(prepared, args.tracking_uri, out_dir)
+    if isinstance(found, str):
+        print(found)
+        return
+    results, written, parent, hint = found
+    sys.stdout.write(render(results.summary, results.prepared, args.format))
     print(f"written: {', '.join(str(p) for p in written)}", file=sys.stderr)
     if parent:
         print(f"logged to the sweep's parent run {parent} (artifacts: results/)", file=sys.stderr)
-        print(dashboard_hint(uri, store.experiment_id), file=sys.stderr)
+        print(hint, file=sys.stderr)
+
+
+def write_table(prepared, tracking_uri: str | None, out_dir: Path):
+    """The results of ``prepared`` read from the tracking store, written to ``out_dir`` (table, figures, runs.csv)
+    and attached to the sweep's parent run: (results, written paths, parent run id or None, the dashboard's link),
+    or one line saying why there is nothing to tabulate."""
+    # torch, MLflow, Optuna or pandas: imported by the command that needs them, once its input is checked
+    from ablation.report.outputs import read_results, write_results
+    from ablation.report.table import log_to_parent
+    from ablation.tracking.mlflow_store import SweepStore, dashboard_hint, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    probe_tracking(uri, write=False)
+    results = read_results(prepared, uri)
+    if isinstance(results, str):
+        return results
+    written = write_results(results, out_dir, uri)
+    try:
+        parent = log_to_parent(results.prepared, uri, written)
+    except Exception as exc:  # a read-only store still gets its table, just not attached to the run
+        parent = None
+        print(f"not attached to the sweep's parent run ({str(exc).strip().splitlines()[0][:200]})", file=sys.stderr)
+    return results, written, parent, dashboard_hint(uri, SweepStore(uri, prepared.experiment).experiment_id)
 
 
 def cmd_gradcam(args: argparse.Namespace) -> None:
@@ -431,34 +445,68 @@ def _already_stopping(signum, frame) -> None:
     pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_command(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments; a bad flag raises ``UsageError`` (one line)."""
+    return build_parser().parse_args(argv)
+
+
+_HANDLED = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def command_context(store_wait: float | None = None, *, restore_handlers: bool = True) -> Iterator[None]:
+    """What every command runs inside, the command line and the Python API alike: OpenMP threads that sleep when
+    idle (before torch is imported, where it is not yet), a stop (Ctrl-C, SIGTERM, Slurm's SIGUSR2, a notebook's
+    interrupt) that ends the command cleanly and resumably, no stop pending from an earlier command in this process,
+    and ``--store-wait`` for this process and the worker processes it starts. Everything is put back as found on
+    the way out (a notebook or a test runs many commands in one process), the signal handlers unless
+    ``restore_handlers`` is False: a process about to exit keeps handlers that absorb a late second stop (Slurm
+    signals every process of a task, a sweep passes a stop on to its workers), instead of dying of it on the way out
+    with another exit code than a clean stop's."""
     configure_threads()  # before anything imports torch (ablation/engine/threads.py)
-    args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGUSR2, _interrupt)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored (a background job)
-        signal.signal(signal.SIGINT, _interrupt)
+    # Signal handlers can be set in the main thread only; a command run from another thread stops on its caller's.
+    here = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.getsignal(signum) for signum in _HANDLED} if here else {}
+    if here:
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGUSR2, _interrupt)
+        if previous[signal.SIGINT] is signal.default_int_handler:  # not where it is ignored (a background job)
+            signal.signal(signal.SIGINT, _interrupt)
     reset_stop()
-    # --store-wait reaches this process's store calls and the worker processes it starts through the environment.
-    wait = getattr(args, "store_wait", None)
-    previous = os.environ.get(STORE_WAIT_ENV)
-    if wait is not None:
-        os.environ[STORE_WAIT_ENV] = f"{wait:g}"
+    forget_custom_data()  # a user's data function runs again: a notebook may have changed the data since
+    forget_arrays()
+    saved_wait = os.environ.get(STORE_WAIT_ENV)
+    if store_wait is not None:
+        os.environ[STORE_WAIT_ENV] = f"{store_wait:g}"
     try:
-        args.func(args)
-    except (ConfigError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Outage as exc:  # the machine's or a store's fault: nothing is lost, a rerun resumes once it is fixed
-        print(f"error: {exc}", file=sys.stderr)
-        return OUTAGE_EXIT
-    except KeyboardInterrupt:
-        print("interrupted; run the same command to resume", file=sys.stderr)
-        return 130
+        yield
     finally:
-        if wait is not None:  # main() runs again in this process (tests, notebooks): leave the environment as found
-            if previous is None:
+        for signum, handler in previous.items() if restore_handlers else ():
+            signal.signal(signum, handler)
+        if store_wait is not None:
+            if saved_wait is None:
                 os.environ.pop(STORE_WAIT_ENV, None)
             else:
-                os.environ[STORE_WAIT_ENV] = previous
+                os.environ[STORE_WAIT_ENV] = saved_wait
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_threads()  # before anything imports torch (ablation/engine/threads.py)
+    try:
+        args = parse_command(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with command_context(getattr(args, "store_wait", None), restore_handlers=False):
+        try:
+            args.func(args)
+        except (ConfigError, StoreError, UsageError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Outage as exc:  # the machine's or a store's fault: nothing is lost, a rerun resumes once it is fixed
+            print(f"error: {exc}", file=sys.stderr)
+            return OUTAGE_EXIT
+        except KeyboardInterrupt:
+            print("interrupted; run the same command to resume", file=sys.stderr)
+            return 130
     return 0

@@ -32,9 +32,9 @@ def main() -> None:
     from mlflow import MlflowClient
 
     from ablation.experiment.schema import load_experiment
-    from ablation.sweep.cell import CellOptions
-    from ablation.sweep.local import prepare_sweep, run_sweep
-    from ablation.sweep.worker import WorkerOptions
+    from ablation.scheduler.cell import CellOptions
+    from ablation.scheduler.local import prepare_sweep, run_sweep
+    from ablation.scheduler.worker import WorkerOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()

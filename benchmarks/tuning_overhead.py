@@ -52,10 +52,10 @@ def main() -> None:
     from mlflow import MlflowClient
 
     from ablation.experiment.schema import load_experiment
-    from ablation.sweep import plan, tuning, worker
-    from ablation.sweep.cell import CellOptions
-    from ablation.sweep.local import prepare_sweep, run_sweep
-    from ablation.sweep.worker import WorkerOptions
+    from ablation.scheduler import plan, tuning, worker
+    from ablation.scheduler.cell import CellOptions
+    from ablation.scheduler.local import prepare_sweep, run_sweep
+    from ablation.scheduler.worker import WorkerOptions
     from ablation.tracking.names import FINAL_TRAIN_TIME, PHASE, PHASE_TUNE, ROLE_CELL, role_filter
 
     refill, pruning = Timer(), Timer()

@@ -9,10 +9,10 @@ runs=${1:-10}
 logs=${2:-/tmp/stress-timing}
 mkdir -p "$logs"
 tests=(
-    tests/slurm tests/test_fault_injection.py tests/test_tuned_faults.py tests/sweep/test_worker.py
-    tests/sweep/test_worker_startup.py tests/sweep/test_queue.py tests/tracking/test_stores.py tests/sweep/test_state.py
+    tests/slurm tests/test_fault_injection.py tests/test_tuned_faults.py tests/scheduler/test_worker.py
+    tests/scheduler/test_worker_startup.py tests/scheduler/test_queue.py tests/tracking/test_stores.py tests/scheduler/test_state.py
     tests/support/test_processes.py tests/data/test_identity.py tests/test_mlflow_ui.py
-    "tests/sweep/test_plan.py::test_the_last_worker_still_queues_what_the_plan_needs_next"
+    "tests/scheduler/test_plan.py::test_the_last_worker_still_queues_what_the_plan_needs_next"
     "tests/test_bad_inputs.py::test_a_config_error_appears_before_the_heavy_imports"
 )
 # The load: a busy loop pinned to core 0, for as long as this script runs.

@@ -25,11 +25,12 @@ LAYERS = {
     "stats": {"core", "experiment"},
     "tracking": {"core", "experiment"},
     "engine": {"core", "attention", "models", "data", "experiment", "tracking"},
-    "sweep": {"core", "attention", "models", "data", "experiment", "tracking", "engine", "stats", "report"},
-    "slurm": {"core", "experiment", "tracking", "sweep"},
+    "scheduler": {"core", "attention", "models", "data", "experiment", "tracking", "engine", "stats", "report"},
+    "slurm": {"core", "experiment", "tracking", "scheduler"},
     "report": {"core", "attention", "models", "data", "experiment", "tracking", "engine", "stats"},
 }
-# Read as layers, bottom up: core; attention, data; models; experiment; stats, tracking; engine; report; sweep; slurm.
+# Read as layers, bottom up: core; attention, data; models; experiment; stats, tracking; engine; report; scheduler;
+# slurm.
 TOP_LEVEL = {"__init__", "__main__", "cli", "api"}  # the entry points; everything else lives in a subpackage
 HEAVY = ("torch", "torchvision", "mlflow", "optuna", "scipy", "matplotlib", "pandas", "submitit", "sqlalchemy")
 

@@ -1,19 +1,18 @@
 """notebooks/review.ipynb runs headless top to bottom on a real (tiny) sweep and shows status, table and charts."""
 
-import nbformat
 import pytest
 from mlflow import MlflowClient
-from nbclient import NotebookClient
 
 from ablation.experiment.prepared import prepare_sweep
 from ablation.experiment.schema import load_experiment
 from ablation.tracking.names import ROLE_CELL, role_filter
+from tests.support import notebooks
 from tests.support.folders import ROOT
+from tests.support.notebooks import images, text
 from tests.support.tiny import sweep_in, tiny_experiment
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOK = ROOT / "notebooks" / "review.ipynb"
 GRID = "  - model.attention: [{type: none}]\n  - model.attention.order: [channel-first]\n"
 
 
@@ -22,27 +21,7 @@ def execute(monkeypatch, experiment, tracking_uri, storage) -> dict[str, list[di
     monkeypatch.setenv("REVIEW_EXPERIMENT", str(experiment))
     monkeypatch.setenv("REVIEW_TRACKING_URI", tracking_uri)
     monkeypatch.setenv("REVIEW_STORAGE", storage)
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not cell.get("outputs") for cell in notebook.cells), "the notebook is stored with outputs"
-    # allow_errors=True so that every error is listed below rather than the first one raised.
-    NotebookClient(
-        notebook, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(ROOT)}}
-    ).execute()
-    errors = [
-        f"{cell.metadata.get('tags')}: {out.ename}: {out.evalue}"
-        for cell in notebook.cells
-        for out in cell.get("outputs", [])
-        if out.output_type == "error"
-    ]
-    assert not errors, errors
-    return {cell.metadata["tags"][0]: cell.outputs for cell in notebook.cells if cell.metadata.get("tags")}
-
-
-def text(outputs: list[dict], mime: str = "text/plain") -> str:
-    """Everything a cell printed (streams) and displayed as ``mime``."""
-    parts = [out.text for out in outputs if out.output_type == "stream"]
-    parts += [out.data[mime] for out in outputs if mime in out.get("data", {})]
-    return "\n".join(parts)
+    return notebooks.execute("review.ipynb", timeout_s=120)
 
 
 def test_the_review_notebook_runs_headless_on_a_finished_sweep(tmp_path, tiny_npz, monkeypatch):
@@ -67,8 +46,7 @@ def test_the_review_notebook_runs_headless_on_a_finished_sweep(tmp_path, tiny_np
 
     # The bar chart and the learning curves are displayed images.
     for tag in ("bar-chart", "curves"):
-        images = [out for out in outputs[tag] if "image/png" in out.get("data", {})]
-        assert len(images) == 1, tag
+        assert len(images(outputs[tag])) == 1, tag
 
     # A link to every cell's MLflow run.
     client = MlflowClient(options.tracking_uri)

@@ -16,8 +16,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation.tracking.names import CONFIG_HASH, PHASE, PHASE_TUNE, RECIPE, RECIPE_TUNED, ROLE_CELL, role_filter
+from tests.scheduler.test_plan import tuned_experiment
 from tests.support import processes
-from tests.sweep.test_plan import tuned_experiment
 
 pytestmark = pytest.mark.slow
 

@@ -13,15 +13,12 @@ Only that one file is hashed; a helper the module imports from another file is n
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import inspect
-import sys
-from pathlib import Path
 from typing import Any
 
-from ablation.attention.options import TARGET_FORMAT, CustomOptions
+from ablation.attention.options import CustomOptions
 from ablation.core.errors import ConfigError
+from ablation.core.targets import resolve_user_target, source_digest
 
 TARGET_KEY = "model.attention.target"
 OPTIONS_KEY = "model.attention.options"
@@ -30,28 +27,9 @@ OPTIONS_KEY = "model.attention.options"
 def resolve_target(target: str) -> Any:
     """The class or callable that ``target`` ("package.module:Name") names; ConfigError (one line) if there is
     none."""
-    module_name, _, name = target.partition(":")
-    try:
-        found: Any = importlib.import_module(module_name)
-    except Exception as exc:  # whatever the user's module raises on import, said on one line
-        why = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise ConfigError(
-            TARGET_KEY, target, f"cannot be imported ({why}); allowed: {TARGET_FORMAT}, on PYTHONPATH or installed"
-        ) from None
-    for part in name.split("."):
-        if not hasattr(found, part):
-            raise ConfigError(
-                TARGET_KEY, target, f"does not exist: {module_name} has no attribute {name!r}; allowed: {TARGET_FORMAT}"
-            )
-        found = getattr(found, part)
-    if not callable(found):
-        raise ConfigError(
-            TARGET_KEY,
-            target,
-            f"is a {type(found).__name__}, not a class or callable; allowed: a class (or function) taking "
-            "(channels, **options) and returning a torch.nn.Module",
-        )
-    return found
+    return resolve_user_target(
+        target, TARGET_KEY, "a class (or function) taking (channels, **options) and returning a torch.nn.Module"
+    )
 
 
 def check_arguments(options: CustomOptions) -> None:
@@ -118,26 +96,12 @@ def _call(target: str, signature: inspect.Signature) -> str:
     return f"{target}{signature}".replace(" -> None", "")
 
 
-def source_file(target: str) -> Path:
-    """The file that defines ``target``."""
-    found = resolve_target(target)
-    try:
-        path = inspect.getsourcefile(found if inspect.isclass(found) or inspect.isfunction(found) else type(found))
-    except TypeError:
-        path = None
-    path = path or getattr(sys.modules.get(getattr(found, "__module__", "")), "__file__", None)
-    if not path or not Path(path).is_file():
-        raise ConfigError(TARGET_KEY, target, "has no source file whose hash could key its results")
-    return Path(path).resolve()
-
-
 def source_record(options: Any) -> dict[str, str] | None:
     """For a user's module (``type: custom``): {"target", "file", "sha256"} of its source file, recorded with
     every run and part of each cell's key (``ablation.experiment.schema.config_hash``); None for the built-in types."""
     if not isinstance(options, CustomOptions):
         return None
-    path = source_file(options.target)
-    return {"target": options.target, "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return source_digest(resolve_target(options.target), TARGET_KEY, options.target)
 
 
 def module_source(options: Any) -> dict[str, str] | None:

@@ -8,12 +8,12 @@ Pydantic only: reading and validating an experiment never waits for torch.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator
 
 from ablation.core.strict import StrictModel
+from ablation.core.targets import TARGET_FORMAT, TARGET_PATTERN
 
 # Every allowed value of an attention option is declared here once; the modules (channel.py, spatial.py, cbam.py)
 # and the labels below derive theirs with typing.get_args.
@@ -228,10 +228,6 @@ class BAMOptions(_Reduced):
         return _with("BAM", self._reduction_label())
 
 
-TARGET_FORMAT = "'package.module:Name', e.g. mypkg.attn:MyAttention"
-_TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
 class CustomOptions(AttentionSchema):
     """A module of the user's own, built as ``Name(channels, **options)`` from an importable ``target``.
 
@@ -250,7 +246,7 @@ class CustomOptions(AttentionSchema):
     @field_validator("target")
     @classmethod
     def _target(cls, value: str) -> str:
-        if not _TARGET.fullmatch(value):
+        if not TARGET_PATTERN.fullmatch(value):
             raise ValueError(f"must be {TARGET_FORMAT}")
         return value
 

@@ -2,13 +2,14 @@
 
 Every check that rejects an experiment raises ``ConfigError`` with a single line that names the dotted key,
 the bad value and what is allowed, so the command line can print it and stop before any job starts.
+``UsageError`` is the same promise for a command-line flag (or the Python API's argument that stands for it).
 ``StoreError`` is the same promise for a tracking store, sweep storage or checkpoint folder that cannot be used
 (unreachable, read-only, refusing a write): one line naming the URI and the cause, raised before anything is
 created in it.
 """
 
 # An ``allowed`` text that starts like this says what is wrong with the value: it follows the value directly.
-_PREDICATES = ("is ", "has ", "holds ", "exceeds ", "does ", "cannot ")
+_PREDICATES = ("is ", "has ", "holds ", "exceeds ", "does ", "cannot ", "takes ", "never ", "returned ")
 
 
 class ConfigError(ValueError):
@@ -30,3 +31,8 @@ class StoreError(RuntimeError):
         self.option, self.uri, self.cause = option, uri, cause
         cause = " ".join(cause.split())  # whatever a driver said, on one line
         super().__init__(f"{option} {uri}: {cause}")
+
+
+class UsageError(ValueError):
+    """A flag of the command line (or the API argument behind it) is not allowed; one line: flag, value, what is
+    allowed. The command line prints it and exits with code 2; the Python API raises it."""

@@ -125,7 +125,7 @@ def verify_npz(path: Path, identity: str) -> None:
     mark_verified(path, identity)
 
 
-def _training_part(data: DataConfig, class_sizes: list[int]) -> int:
+def training_part(data: DataConfig, class_sizes: list[int]) -> int:
     """Images a job trains on, given the training set's class sizes: all, or those ``data.holdout`` keeps."""
     if data.holdout is None:
         return sum(class_sizes)
@@ -176,7 +176,7 @@ def npz_info(data: DataConfig, check_paths: bool) -> DatasetInfo:
     identity = None
     if check_paths:
         identity = _checked_npz_identity(path.resolve(), tuple(file_stamp(path).values()))
-    train_size = shape[0] if data.holdout is None else _training_part(data, _npz_class_sizes(path))
+    train_size = shape[0] if data.holdout is None else training_part(data, _npz_class_sizes(path))
     return DatasetInfo(data.dataset, num_classes, data.image_size or shape[1], shape[3], path, identity, train_size)
 
 
@@ -187,7 +187,7 @@ def cifar_info(data: DataConfig, check_paths: bool) -> DatasetInfo:
         raise ConfigError("data.root", None, f"dataset {data.dataset} needs data.root = a folder for torchvision")
     classes = 100 if data.dataset.endswith("100") else 10
     identity = f"torchvision:{data.dataset}:train+test" if check_paths else None
-    train_size = _training_part(data, [50_000 // classes] * classes)  # torchvision's CIFAR: balanced classes
+    train_size = training_part(data, [50_000 // classes] * classes)  # torchvision's CIFAR: balanced classes
     return DatasetInfo(data.dataset, classes, data.image_size or 32, 3, root, identity, train_size)
 
 

@@ -3,10 +3,13 @@ not, and the training set's holdout a tuning trial is scored on. Torch-free."""
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from typing import Any
 
-from ablation.core.strict import StrictModel
-from ablation.data.registry import dataset_names
+from pydantic import Field, field_validator, model_validator
+
+from ablation.core.strict import StrictModel, wrong_key
+from ablation.core.targets import TARGET_FORMAT, TARGET_PATTERN
+from ablation.data.registry import CUSTOM, dataset_names
 
 
 class Holdout(StrictModel):
@@ -38,6 +41,30 @@ class DataConfig(StrictModel):
     # Train on a class-stratified part of the training set and evaluate on the rest of it, never on the test
     # set: what a tuning trial does (``tune.holdout``). None (the default): train on all of it, test on the test set.
     holdout: Holdout | None = None
+    # dataset custom: the user's data, made by target(**options) (ablation.data.custom); not with another dataset.
+    target: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        if value is not None and not TARGET_PATTERN.fullmatch(value):
+            raise ValueError(f"must be {TARGET_FORMAT.replace('mypkg.attn:MyAttention', 'mypkg.data:make')}")
+        return value
+
+    @model_validator(mode="after")
+    def _custom(self) -> DataConfig:
+        # A check across keys, reported on the key that is wrong (the "cross_key" error: ablation.experiment.schema).
+        if self.dataset == CUSTOM:
+            if self.target is None:
+                raise wrong_key("target", None, "required with dataset custom: the data's maker, 'package.module:make'")
+            if self.root is not None:
+                raise wrong_key("root", self.root, "is not read for dataset custom; its maker's options say where")
+        elif self.target is not None:
+            raise wrong_key("target", self.target, f"is for dataset custom only (dataset is {self.dataset})")
+        elif self.options:
+            raise wrong_key("options", self.options, f"is for dataset custom only (dataset is {self.dataset})")
+        return self
 
     @field_validator("dataset")
     @classmethod

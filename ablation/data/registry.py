@@ -28,6 +28,8 @@ from ablation.core.errors import ConfigError
 from ablation.core.targets import load_target
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# A user's own data, made by a function the experiment names (data.target; ablation.data.custom).
+CUSTOM = "custom"
 
 
 @dataclass(frozen=True)
@@ -119,5 +121,6 @@ for _entry in (
         stats=IMAGENET_STATS,
         root="a folder with train/ and val/ ImageFolders",
     ),
+    Dataset(CUSTOM, "arrays", "ablation.data.custom:custom_info", "ablation.data.custom:custom_arrays"),
 ):
     register_dataset(_entry)

@@ -96,7 +96,8 @@ def npz_arrays(data: DataConfig) -> ArrayDataset:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_arrays_cached(data: DataConfig) -> ArrayDataset:
+def _load_arrays_cached(data_json: str) -> ArrayDataset:
+    data = DataConfig.model_validate_json(data_json)
     return dataset_entry(data.dataset).call("arrays", data)
 
 
@@ -104,8 +105,15 @@ def load_arrays(data: DataConfig) -> ArrayDataset:
     """The arrays of an ``"arrays"`` dataset; cached per process, so the cells of a sweep read the file once."""
     if dataset_entry(data.dataset).kind != "arrays":
         raise ValueError(f"{data.dataset} is not an in-memory dataset")
-    # The cache key ignores what does not change the arrays (augmentation, resolution, the holdout split).
-    return _load_arrays_cached(data.model_copy(update={"augment": True, "image_size": None, "holdout": None}))
+    # The cache key ignores what does not change the arrays (augmentation, resolution, the holdout split); it is the
+    # config's JSON, since a config with options (a dict) cannot be hashed.
+    key = data.model_copy(update={"augment": True, "image_size": None, "holdout": None})
+    return _load_arrays_cached(key.model_dump_json())
+
+
+def forget_arrays() -> None:
+    """A new command: arrays are read again (a notebook's user may have changed the data in between)."""
+    _load_arrays_cached.cache_clear()
 
 
 def holdout_split(data: DataConfig, arrays: ArrayDataset) -> tuple[np.ndarray, np.ndarray] | None:

@@ -9,6 +9,7 @@ training run to the bookkeeping that describes it would be the worse outcome.
 
 from __future__ import annotations
 
+import getpass
 import importlib.metadata
 import os
 import platform
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ablation.tracking.names import GIT_COMMIT, GIT_DIRTY, SOURCE_NAME, SOURCE_TYPE, SOURCE_TYPE_LOCAL, USER
 
 DISTRIBUTION = "cbam-ablation"
 PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "optuna", "pandas", "pydantic", DISTRIBUTION)
@@ -75,6 +78,25 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
     status = _git("status", "--porcelain", cwd=root)
     state["git_dirty"] = None if status is None else bool(status.strip())
     return state
+
+
+def source_tags(source: str) -> dict[str, str]:
+    """MLflow's standard source tags for a run of the experiment file ``source``: where it came from, who ran it and,
+    from a git checkout of the harness, its commit (MLflow's dashboard shows, filters and groups by these)."""
+    tags = {SOURCE_NAME: source, SOURCE_TYPE: SOURCE_TYPE_LOCAL, USER: _user()}
+    git = git_state()
+    if git["git_commit"]:
+        tags[GIT_COMMIT] = git["git_commit"]
+        if git["git_dirty"] is not None:
+            tags[GIT_DIRTY] = str(git["git_dirty"]).lower()
+    return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment or the password database (a container's arbitrary uid)
+        return f"uid-{os.getuid()}"
 
 
 def cuda_state() -> dict[str, Any]:

@@ -233,7 +233,7 @@ def train_job(
     ``_Job.wrap_for_training`` (DDP, compilation), then per epoch ``_run_epoch`` (``_train_loop``,
     ``_evaluate``) and, on rank 0, ``_checkpoint`` and logging.
 
-    ``on_epoch(history, last)`` (a tuning trial's pruning, ``ablation.sweep.tuning``) is called on rank 0 after each
+    ``on_epoch(history, last)`` (a tuning trial's pruning, ``ablation.scheduler.tuning``) is called on rank 0 after each
     epoch is checkpointed and logged, and once after a resume; True stops the job there (``TrainResult.pruned``),
     every rank together.
     """

@@ -31,7 +31,8 @@ from ablation.experiment.schema import Experiment, RunConfig, config_hash, flatt
 from ablation.experiment.spec import PHASE_TUNE, RECIPE_TUNED, CellSpec
 from ablation.experiment.tune import TuneConfig
 from ablation.models import build_model
-from ablation.models.registry import MIN_IMAGE_SIZE, display_name
+from ablation.models.custom import check_builder, custom_label
+from ablation.models.registry import CUSTOM, MIN_IMAGE_SIZE, display_name
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,18 @@ class Arm:
     # A user's own attention module (type custom): {"target", "file", "sha256"} of its source file, recorded
     # with every run and part of each cell's key; None for the built-in types.
     module_source: dict[str, str] | None = None
+    # A user's own network (arch custom): the same record of its builder's source file.
+    backbone_source: dict[str, str] | None = None
 
     @property
     def module_sha256(self) -> str | None:
         """The digest of a user's attention module's source file as expanded, which keys its cells."""
         return self.module_source["sha256"] if self.module_source else None
+
+    @property
+    def backbone_sha256(self) -> str | None:
+        """The digest of a user's network builder's source file as expanded, which keys its cells."""
+        return self.backbone_source["sha256"] if self.backbone_source else None
 
     @property
     def num_classes(self) -> int:
@@ -75,13 +83,13 @@ class Cell:
     def hash(self) -> str:
         """The cell's key: its config, seed and the identity of its data (``ablation.data.identity``); for a
         user's own attention module also its source file's digest (an edited module is a new cell)."""
-        return config_hash(self.config, self.arm.data.identity, self.arm.module_sha256)
+        return config_hash(self.config, self.arm.data.identity, self.arm.module_sha256, self.arm.backbone_sha256)
 
     @cached_property
     def legacy_hash(self) -> str:
         """The key this cell had before data identities were part of it (runs logged then carry it). A user's
         module keeps its source digest here too: no run of an older version of it is ever taken for this cell."""
-        return config_hash(self.config, None, self.arm.module_sha256)
+        return config_hash(self.config, None, self.arm.module_sha256, self.arm.backbone_sha256)
 
     @property
     def name(self) -> str:
@@ -119,6 +127,8 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
             _check_fit(config, data)
             model = config.model
             source = module_source(model.attention)  # imports a user's module (type custom) and checks its arguments
+            # A user's network (arch custom): its builder imported and its arguments checked, its file's digest kept.
+            network = check_builder(model.target, model.options) if model.arch == CUSTOM else None
             row = find_row(
                 experiment.paper,
                 model.arch,
@@ -131,13 +141,15 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
                 description = render_template(template, config.model_dump(mode="json"))
             else:
                 description = _describe(config, point)
-            key = config_hash(config, data.identity, source["sha256"] if source else None)
+            key = config_hash(
+                config, data.identity, source["sha256"] if source else None, network["sha256"] if network else None
+            )
             if key in seen:
                 raise ConfigError(
                     f"grid[{block_index}]", point, f"resolves to the same config as arm {seen[key]}; drop one"
                 )
             seen[key] = len(arms)
-            arms.append(Arm(len(arms), description, point, config, data, row, template is not None, source))
+            arms.append(Arm(len(arms), description, point, config, data, row, template is not None, source, network))
     # A table of the paper's rows reads best in the paper's words; a grid that only partly covers the paper
     # keeps one consistent, generated style for every arm.
     if all(arm.paper_row is not None or arm.explicit_description for arm in arms):
@@ -159,7 +171,7 @@ def expand_arms(experiment: Experiment, check_paths: bool = True) -> list[Arm]:
 def _check_fit(config: RunConfig, data: DatasetInfo) -> None:
     """What no single key can check alone: the resolution against the stem, the batch against the data."""
     smallest = MIN_IMAGE_SIZE[config.model.stem]
-    if data.image_size < smallest:
+    if config.model.arch != CUSTOM and data.image_size < smallest:  # a user's network has no stem of ours
         raise ConfigError(
             "data.image_size",
             data.image_size,
@@ -185,7 +197,9 @@ def expand_cells(experiment: Experiment, arms: list[Arm] | None = None) -> list[
 
 def _describe(config: RunConfig, point: dict[str, Any]) -> str:
     """Network label plus any varied non-model key (', lr=0.05')."""
-    label = display_name(config.model.arch, config.model.width) + describe_attention(config.model.attention)
+    model = config.model
+    network = custom_label(model.target) if model.arch == CUSTOM else display_name(model.arch, model.width)
+    label = network + describe_attention(model.attention)
     extras = [
         f"{key.split('.')[-1]}={format_value(value)}"
         for key, value in flatten(point).items()
@@ -204,6 +218,8 @@ def build_network(arm: Arm):
         width=model.width,
         stem=model.stem,
         layout=model.layout,
+        target=model.target,
+        options=model.options,
     )
 
 

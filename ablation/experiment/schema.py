@@ -24,12 +24,14 @@ from ablation.attention.custom import source_record
 from ablation.attention.options import HOW_FIELDS
 from ablation.attention.registry import ATTENTION_TYPES, OPTIONS
 from ablation.core.errors import ConfigError
-from ablation.core.strict import StrictModel
+from ablation.core.strict import CROSS_KEY, StrictModel
 from ablation.data.config import DataConfig
 from ablation.experiment.bundled import experiment_path
 from ablation.experiment.paper import TABLE_TITLES
 from ablation.experiment.tune import SeedRule, TuneConfig
 from ablation.models.config import ModelConfig
+from ablation.models.custom import check_builder
+from ablation.models.registry import CUSTOM
 
 
 class TrainConfig(StrictModel):
@@ -106,15 +108,27 @@ class RunConfig(StrictModel):
 HASH_EXCLUDED = ("data.root", *(f"model.attention.{key}" for key in HOW_FIELDS), "train.compile")
 
 
-def config_hash(config: RunConfig, data_identity: str | None = None, module_sha256: str | None = None) -> str:
+def config_hash(
+    config: RunConfig,
+    data_identity: str | None = None,
+    module_sha256: str | None = None,
+    backbone_sha256: str | None = None,
+) -> str:
     """A short stable digest of everything that determines a job's result: the config (seed included), for a
-    cell's key the identity of the images it trains on, and for a user's own attention module (type custom) the
-    SHA-256 of its source file (``ablation.attention.custom``), so an edited module keys new cells: the digest
-    recorded when the experiment was expanded (``module_sha256``), else the file's as it is now. Without
-    ``data_identity`` it is the digest the cell key had before data identities were part of it."""
+    cell's key the identity of the images it trains on, and for a user's own attention module (type custom) or
+    network (arch custom) the SHA-256 of its source file (``ablation.attention.custom``, ``ablation.models.custom``),
+    so an edited module keys new cells: the digest recorded when the experiment was expanded (``module_sha256``,
+    ``backbone_sha256``), else the file's as it is now. Without ``data_identity`` it is the digest the cell key had
+    before data identities were part of it."""
     flat = {k: v for k, v in flatten(config.model_dump(mode="json")).items() if k not in HASH_EXCLUDED}
-    if flat.get("data.holdout") is None:  # no holdout: the keys cells had before the option existed
-        flat.pop("data.holdout", None)
+    # Keys that did not exist when earlier cells were keyed, at their defaults: left out, so those keys still hold.
+    for key in ("data.holdout", "model.target", "data.target"):
+        if flat.get(key) is None:
+            flat.pop(key, None)
+    if backbone_sha256 is None and config.model.arch == CUSTOM:
+        backbone_sha256 = check_builder(config.model.target, config.model.options)["sha256"]
+    if backbone_sha256 is not None:
+        flat["model.source_sha256"] = backbone_sha256
     if data_identity is not None:
         flat["data.identity"] = data_identity
     if module_sha256 is None:  # None for every built-in type: their keys are unchanged
@@ -197,6 +211,10 @@ def _as_config_error(exc: ValidationError, where: str) -> ConfigError:
         value = given.get("warmup_epochs") if isinstance(given, dict) else getattr(given, "warmup_epochs", None)
         key = f"{key}.warmup_epochs".lstrip(".")
         return ConfigError(key, value, message)
+    if kind == CROSS_KEY:  # a check across keys of a section names the key at fault
+        value = err["ctx"]["value"]
+        sentence = message if value is None else None  # a key that is missing has no value to show
+        return ConfigError(f"{key}.{err['ctx']['key']}".lstrip("."), value, message, sentence=sentence)
     if kind == "literal_error":
         message = "allowed: " + err["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
     elif kind.endswith("_type"):
@@ -321,13 +339,24 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
             str(path), None, "", sentence=f"the file holds {kind}; an experiment file is a mapping with a 'base' key"
         )
     raw.setdefault("name", path.stem)
+    return apply_overrides(experiment_from_mapping(raw, str(path)), [parse_override(o) for o in overrides])
+
+
+def experiment_from_mapping(raw: Mapping[str, Any], source: str) -> Experiment:
+    """An experiment from the mapping a file holds (or a dict given to the Python API: ``source`` says which), checked
+    with the same one-line errors; ``name`` is required (a file's defaults to its stem)."""
+    raw = dict(raw)
+    if "name" not in raw:
+        raise ConfigError(
+            "name", None, "", sentence="missing: an experiment needs a name (it names its MLflow experiment and folder)"
+        )
     if isinstance(raw.get("grid"), dict):
         raw["grid"] = [raw["grid"]]
     if isinstance(raw.get("paper"), str):
         raw["paper"] = [raw["paper"]]
-    raw["source"] = str(path)
+    raw["source"] = source
     try:
-        experiment = Experiment.model_validate(raw)
+        return Experiment.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = ".".join(str(p) for p in err["loc"]) or "experiment"
@@ -342,7 +371,6 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
             allowed = ", ".join(f for f in Experiment.model_fields if f != "source")
             raise ConfigError(key, err["input"], f"unknown top-level key; allowed: {allowed}") from None
         raise ConfigError(key, err["input"], err["msg"].removeprefix("Value error, ")) from None
-    return apply_overrides(experiment, [parse_override(o) for o in overrides])
 
 
 def apply_overrides(experiment: Experiment, overrides: list[tuple[str, Any]]) -> Experiment:

@@ -16,7 +16,7 @@ RECIPE_DEFAULT, RECIPE_TUNED = "default", "tuned"
 
 @dataclass(frozen=True)
 class CellSpec:
-    """What a planned sweep (``ablation.sweep.plan``) makes a cell from, kept with it in the queue and on its MLflow
+    """What a planned sweep (``ablation.scheduler.plan``) makes a cell from, kept with it in the queue and on its MLflow
     run: which arm and seed, its phase (a tuning trial, or a final run the table reports), its recipe (the experiment's
     default or the arm's tuned values), the values it sets (dotted key -> value) and, for a trial, its number in the
     arm's Optuna study. The cell's key is still its config's: the spec says how the config was made."""

@@ -3,12 +3,15 @@ attention inside it. Torch-free."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
 
 from ablation.attention.options import NoAttentionOptions
 from ablation.attention.registry import AttentionOptions
-from ablation.core.strict import StrictModel
-from ablation.models.registry import Layout, Stem, backbone_names
+from ablation.core.strict import StrictModel, wrong_key
+from ablation.core.targets import TARGET_FORMAT, TARGET_PATTERN
+from ablation.models.registry import CUSTOM, Layout, Stem, arch_names
 
 
 class ModelConfig(StrictModel):
@@ -26,6 +29,10 @@ class ModelConfig(StrictModel):
     attention: AttentionOptions = Field(default_factory=NoAttentionOptions)
     # None: the dataset's number of classes.
     num_classes: int | None = None
+    # arch custom: the user's network, built as target(num_classes=..., attention=..., **options)
+    # (ablation.models.custom); neither is allowed with a built-in arch.
+    target: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("num_classes")
     @classmethod
@@ -37,8 +44,8 @@ class ModelConfig(StrictModel):
     @field_validator("arch")
     @classmethod
     def _arch(cls, value: str) -> str:
-        if value not in backbone_names():
-            raise ValueError(f"allowed: {', '.join(backbone_names())}")
+        if value not in arch_names():
+            raise ValueError(f"allowed: {', '.join(arch_names())}")
         return value
 
     @field_validator("width")
@@ -47,3 +54,31 @@ class ModelConfig(StrictModel):
         if value <= 0:
             raise ValueError("must be a number > 0")
         return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        if value is not None and not TARGET_PATTERN.fullmatch(value):
+            raise ValueError(f"must be {TARGET_FORMAT.replace('mypkg.attn:MyAttention', 'mypkg.nets:build')}")
+        return value
+
+    @model_validator(mode="after")
+    def _custom(self) -> ModelConfig:
+        # A check across keys, reported on the key that is wrong (CROSS_KEY: ablation.experiment.schema).
+        if self.arch == CUSTOM:
+            if self.target is None:
+                raise wrong_key(
+                    "target", None, "required with arch custom: the network's builder, 'package.module:build'"
+                )
+            fixed = sorted({"width", "stem", "layout"} & self.model_fields_set)
+            if fixed:
+                raise wrong_key(
+                    fixed[0],
+                    getattr(self, fixed[0]),
+                    "is a built-in backbone's; arch custom takes its network's own arguments in model.options",
+                )
+        elif self.target is not None:
+            raise wrong_key("target", self.target, f"is for arch custom only (arch is {self.arch})")
+        elif self.options:
+            raise wrong_key("options", self.options, f"is for arch custom only (arch is {self.arch})")
+        return self

@@ -5,8 +5,10 @@ An entry (``Backbone``) names the function that builds the network, as "package.
 ``function(num_classes=..., attention=..., width=..., stem=..., layout=...)``), how the paper labels its rows
 (``label``, ``detail``; the width multiplier reads "widen"/"width" for a ResNet, "alpha" for MobileNet), and whether
 it is built of bottlenecks (whose ``layout`` v1 / v1.5 moves the stride). ``model.arch`` accepts exactly the
-registered names; ``register_backbone`` adds one from anywhere. Torch-free: a builder is imported when a network
-is built, so reading and validating an experiment never waits for torch.
+registered names; ``register_backbone`` adds one from anywhere. ``custom`` (``CUSTOM``) is a user's own network
+named in the experiment itself (``model.target``, ``ablation.models.custom``): a registered name lives only in the
+process that registered it, a target travels to every worker process and Slurm task. Torch-free: a builder is
+imported when a network is built, so reading and validating an experiment never waits for torch.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ STEMS, LAYOUTS = get_args(Stem), get_args(Layout)
 # The smallest input each stem keeps at least 1 x 1 pixels through: the imagenet stem and four stages halve the
 # resolution five times (MobileNet v1 too), the cifar stem three times.
 MIN_IMAGE_SIZE = {"imagenet": 32, "cifar": 8}
+# A user's own network, named by import path in the experiment (model.target; ablation.models.custom).
+CUSTOM = "custom"
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,20 @@ def register_backbone(entry: Backbone, *, replace: bool = False) -> Backbone:
 
 
 def backbone_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    """The networks built by name alone (``custom`` needs its target too: ``arch_names``)."""
+    return tuple(name for name in _REGISTRY if name != CUSTOM)
+
+
+def arch_names() -> tuple[str, ...]:
+    """Every ``model.arch`` an experiment may name: the registered networks, then ``custom``."""
+    return (*backbone_names(), CUSTOM)
 
 
 def backbone(name: str) -> Backbone:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError("model.arch", name, f"allowed: {', '.join(_REGISTRY)}") from None
+        raise ConfigError("model.arch", name, f"allowed: {', '.join(arch_names())}") from None
 
 
 def display_name(arch: str, width: float = 1.0) -> str:
@@ -85,14 +95,23 @@ def build_model(
     width: float = 1.0,
     stem: str = "imagenet",
     layout: str = "v1.5",
+    target: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The network ``arch`` with ``attention`` (options or a mapping with a ``type`` key) inside it: the only way
     the rest of the package makes one, so an experiment changes a backbone by changing one string.
 
     ``width`` multiplies the stage widths of a ResNet (stem kept at 64: the paper's WideResNet18) and is alpha
     for MobileNet. ``stem="cifar"`` suits 32-pixel inputs; ``layout`` picks the bottleneck's strided conv.
+    ``arch="custom"`` builds the user's network ``target`` with its ``options`` (``ablation.models.custom``).
     """
     entry = backbone(arch)
+    if arch == CUSTOM:
+        if target is None:
+            raise ConfigError("model.target", None, "required with model.arch custom; allowed: 'package.module:build'")
+        return load_target(entry.builder)(
+            target=target, options=dict(options or {}), num_classes=num_classes, attention=attention
+        )
     _check_choice("model.stem", stem, STEMS)
     _check_choice("model.layout", layout, LAYOUTS)
     if isinstance(width, bool) or not isinstance(width, int | float) or width <= 0:
@@ -114,5 +133,6 @@ for _entry in (
     Backbone("resnext50_32x4d", "ablation.models.resnet:resnext50_32x4d", "ResNeXt50", "32x4d", bottleneck=True),
     Backbone("resnext101_32x4d", "ablation.models.resnet:resnext101_32x4d", "ResNeXt101", "32x4d", bottleneck=True),
     Backbone("mobilenet_v1", "ablation.models.mobilenet:MobileNetV1", "MobileNet", width_name="alpha"),
+    Backbone(CUSTOM, "ablation.models.custom:build_custom", "Custom"),
 ):
     register_backbone(_entry)

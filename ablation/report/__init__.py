@@ -4,5 +4,5 @@ seed-rule columns from ``planned``; the summary's columns are declared once in `
 
 Reads results, never the scheduler: a table is drawn from the results record in the tracking store
 (``tracking.results``), whatever became of the sweep's Optuna storage. May import ``core``, ``attention``,
-``models``, ``data``, ``experiment``, ``tracking``, ``engine`` and ``stats``; never ``sweep`` or ``slurm``.
+``models``, ``data``, ``experiment``, ``tracking``, ``engine`` and ``stats``; never ``scheduler`` or ``slurm``.
 """

@@ -9,6 +9,9 @@ TOP1, TOP5, TOP1_BEST = "top1_err", "top5_err", "top1_err_best"  # TOP1 is the o
 PARAMS, GMACS, IMG_PER_S, TRAIN_TIME = "params", "gmacs", "img_per_s", "train_time_s"
 RUN_COLUMNS = (ARM, DESCRIPTION, SEED, RUN_ID, TOP1, TOP5, TOP1_BEST, PARAMS, GMACS, IMG_PER_S, TRAIN_TIME)
 
+# ---- the long format, one row per cell (``ablation.report.runs``): the runs frame's names plus these
+CELL, STATUS, FAILURE, CELL_KEY = "cell", "status", "failure", "cell_key"
+
 # ---- the summary
 N = "n"
 TOP1_MEAN, TOP1_STD, TOP5_MEAN, TOP5_STD = "top1_err_mean", "top1_err_std", "top5_err_mean", "top5_err_std"

@@ -348,7 +348,7 @@ def gradcam_for_experiment(
             say(f"[gradcam] {arm.description}: no checkpoint for seed {seed} at {path}; skipped")
             continue
         # A cell finished before data identities were part of its key keeps its old key (the sweep moved its
-        # checkpoint here only after matching its data's digest: ablation.sweep.state).
+        # checkpoint here only after matching its data's digest: ablation.scheduler.state).
         if state.get("config_hash", cell.hash) not in (cell.hash, cell.legacy_hash):
             raise RuntimeError(f"{path} belongs to config {state['config_hash']}, not {cell.name} ({cell.hash})")
         model = build_network(arm)

@@ -7,7 +7,7 @@ import pandas as pd
 from ablation.experiment.grid import Arm, build_network
 from ablation.experiment.paper import SOURCES
 from ablation.models.measure import measure
-from ablation.models.registry import backbone
+from ablation.models.registry import CUSTOM, backbone
 from ablation.report.formats import PROFILE_FORMATS
 
 PARAMS_TOLERANCE_M = 0.01  # the paper prints params to 0.01M
@@ -25,8 +25,8 @@ def profile_arms(arms: list[Arm]) -> pd.DataFrame:
         rows.append(
             {
                 "description": arm.description,
-                "arch": model.arch,
-                "width": model.width,
+                "arch": model.target if model.arch == CUSTOM else model.arch,
+                "width": "n/a" if model.arch == CUSTOM else model.width,  # a user's network has its own options
                 "attention": model.attention.type,
                 "layout": model.layout if backbone(model.arch).bottleneck else "n/a",
                 "image_size": arm.data.image_size,

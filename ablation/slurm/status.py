@@ -1,4 +1,4 @@
-"""``status`` for a sweep run as Slurm arrays: below the cells (``ablation.sweep.status``), each array task
+"""``status`` for a sweep run as Slurm arrays: below the cells (``ablation.scheduler.status``), each array task
 submitted for the sweep with its state in Slurm, its node and the cell its worker runs, and a line when no task is
 left for the cells that are not done."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ablation.scheduler.queue import JOBS
 from ablation.slurm.state import LIVE, array_tasks
 from ablation.slurm.task import worker_name_of
-from ablation.sweep.queue import JOBS
 
 
 def render_arrays(frame: pd.DataFrame) -> str:

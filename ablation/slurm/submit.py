@@ -216,7 +216,7 @@ def write_script(experiment: str, cells: int, worker_command: list[str], options
 def submit_sweep(experiment, arms, experiment_args, worker_options, worker_command, options: SlurmOptions) -> None:
     """``runner.py slurm --submit``: Slurm asked whether it takes the array, the sweep set up in its stores (both
     reached from here first), the array submitted and recorded in the storage for ``runner.py status``."""
-    from ablation.sweep.state import join_sweep  # Optuna, MLflow: only to set the sweep up for a submission
+    from ablation.scheduler.state import join_sweep  # Optuna, MLflow: only to set the sweep up for a submission
 
     check_submittable(options, experiment.name)
     # The device is resolved where a task runs (a login node has no GPU, its nodes do).
@@ -301,7 +301,7 @@ def submit(*, experiment: str, worker_command: list[str], options: SlurmOptions)
 
 def record(queue, submitted: Submitted) -> None:
     """Remember the array in the sweep's storage, where ``runner.py status`` finds it."""
-    from ablation.sweep.queue import JOBS  # Optuna: only where an array is recorded, never for the parser
+    from ablation.scheduler.queue import JOBS  # Optuna: only where an array is recorded, never for the parser
 
     jobs = list(queue.get_attr(JOBS) or [])
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -2,7 +2,7 @@
 
 Layout (what the dashboard and ``runner.py table`` read; every name is a constant of ``ablation.tracking.names``):
 - MLflow experiment = the experiment file's ``name``; tags ``ablation.title``, ``ablation.source``. Its id and
-  creation time make the store's ``fingerprint``, which the sweep's state is bound to (``ablation.sweep.queue``): a
+  creation time make the store's ``fingerprint``, which the sweep's state is bound to (``ablation.scheduler.queue``): a
   deleted and recreated store, or another one, is never mistaken for the one a sweep ran against.
 - parent run (``ablation.role=sweep``), named after the experiment, keyed by the set of its cells.
 - child run per cell (``ablation.role=cell``, ``mlflow.parentRunId``), named after its table row and seed;
@@ -38,6 +38,7 @@ from ablation.tracking.names import (
     ARM,
     ATTENTION,
     ATTENTION_SOURCE,
+    BACKBONE_SOURCE,
     CELL_SPEC,
     CELLS,
     CONFIG_HASH,
@@ -114,12 +115,15 @@ class SweepStore:
     Opened for reading by default (``table``, ``status``, ``gradcam``, and their logging to an existing parent
     run): nothing is created or tagged, a SQLite store that does not exist is a one-line StoreError
     instead of a new empty file, and an experiment that is not in the store (``exists`` False) has no runs and
-    no parent run. ``create=True`` (whatever runs cells: ``ablation.sweep.state.join_sweep``, a ``run-cell`` launch)
+    no parent run. ``create=True`` (whatever runs cells: ``ablation.scheduler.state.join_sweep``, a ``run-cell`` launch)
     creates the experiment when it is missing and marks it as a model-training experiment.
     """
 
     def __init__(self, tracking_uri: str, experiment: Experiment, create: bool = False) -> None:
         self.tracking_uri, self.experiment = tracking_uri, experiment
+        # Tags every run this store creates carries besides its own: MLflow's source tags (set by whatever runs
+        # cells: ablation.scheduler.state.join_sweep, from ablation.engine.environment.source_tags).
+        self.run_tags: dict[str, str] = {}
         path = sqlite_path(tracking_uri)
         if not create and path is not None and not path.exists():
             raise StoreError(
@@ -248,6 +252,7 @@ class SweepStore:
             self.experiment_id,
             run_name=self.experiment.name,
             tags={
+                **self.run_tags,
                 ROLE: ROLE_SWEEP,
                 SWEEP_KEY: key,
                 CELLS: str(cells),
@@ -263,6 +268,7 @@ class SweepStore:
         self._writable()
         axes = {axis_tag(k): _text(v) for k, v in flatten(cell.arm.axes).items()}
         tags = {
+            **self.run_tags,
             ROLE: ROLE_CELL,
             CONFIG_HASH: cell.hash,
             PARENT_RUN: parent_id,
@@ -276,6 +282,8 @@ class SweepStore:
         }
         if cell.arm.module_source:  # a user's own attention module: the source its results came from
             tags[ATTENTION_SOURCE] = cell.arm.module_source["sha256"]
+        if cell.arm.backbone_source:  # a user's own network: the builder its results came from
+            tags[BACKBONE_SOURCE] = cell.arm.backbone_source["sha256"]
         spec = cell.spec
         tags[PHASE] = spec.phase if spec else PHASE_FINAL
         if spec is not None:

@@ -54,10 +54,13 @@ DESCRIPTION = "ablation.description"
 SEED = "ablation.seed"
 ATTENTION = "ablation.attention"  # the attention module's type
 ATTENTION_SOURCE = "ablation.attention_source_sha256"  # the source file of a user's own attention module
+BACKBONE_SOURCE = "ablation.backbone_source_sha256"  # the source file of a user's own network's builder
 FAILURE = "ablation.failure"  # why a run failed or was stopped ("" once reopened)
+GIT_DIRTY = "ablation.git_dirty"  # cell and sweep run: whether the harness's checkout differed from its commit
 AXIS_PREFIX = "axis."  # + a grid axis' dotted key: that axis' value in this cell
 DEVICE = "ablation.device"  # cell run: the device type it trained on (cpu, cuda)
-# Cell runs of a tuned or seed-rule sweep (ablation.sweep.plan); the dashboard filters tuning vs final runs by PHASE.
+# Cell runs of a tuned or seed-rule sweep (ablation.scheduler.plan); the dashboard filters tuning vs final runs by
+# PHASE.
 PHASE = "ablation.phase"  # PHASE_TUNE (a tuning trial) or PHASE_FINAL (a run the table reports)
 RECIPE = "ablation.recipe"  # final run: RECIPE_DEFAULT (the experiment's recipe) or RECIPE_TUNED (its best values)
 CELL_SPEC = "ablation.cell_spec"  # what the plan made the cell from: arm, seed, phase, recipe, values, trial (JSON)
@@ -93,3 +96,13 @@ def axis_tag(key: str) -> str:
 def role_filter(role: str) -> str:
     """MLflow's search filter for the runs of one role (``ROLE_SWEEP`` or ``ROLE_CELL``)."""
     return f"tags.`{ROLE}` = '{role}'"
+
+
+# ---- MLflow's own tags (mlflow.utils.mlflow_tags), which its dashboard shows, filters and groups by
+
+SOURCE_NAME = "mlflow.source.name"  # the experiment file the runs came from
+SOURCE_TYPE = "mlflow.source.type"  # "LOCAL": a program run on a machine (MLflow's SourceType)
+SOURCE_TYPE_LOCAL = "LOCAL"
+USER = "mlflow.user"
+GIT_COMMIT = "mlflow.source.git.commit"  # the harness checkout's commit, where it runs from one
+SYSTEM_METRICS_PREFIX = "system/"  # MLflow's system metrics (SystemMetricsMonitor): CPU, memory, disk, network, GPU

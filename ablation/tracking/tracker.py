@@ -1,7 +1,7 @@
 """The one interface through which a training job reports: metrics, tags and files.
 
 Training code never talks to MLflow. It is handed a ``Tracker``: ``ablation.tracking.mlflow_store.MlflowTracker`` in a
-sweep, ``MemoryTracker`` in tests and notebooks, or a wrapper of either (``ablation.sweep.worker.EpochLines``).
+sweep, ``MemoryTracker`` in tests and notebooks, or a wrapper of either (``ablation.scheduler.worker.EpochLines``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,10 @@ from ablation.experiment.schema import load_experiment
 from ablation.models import build_model
 from ablation.models.measure import count_params
 from ablation.report.profile import profile_arms, render
-from ablation.sweep.local import prepare_sweep
+from ablation.scheduler.local import prepare_sweep
 from tests.support.folders import in_folder
 from tests.support.tiny import sweep_in
+from tests.support.user_code import user_package
 
 # The user's module: a plain nn.Module (wrapped to get forward_add), one that subclasses our Attention (placed as
 # it is), and the mistakes a user makes.
@@ -79,19 +79,10 @@ seeds: [0]
 
 @pytest.fixture
 def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A package of the user's, importable here and in every process a test starts: its name (unique, so that a
-    module imported by another test is never reused)."""
-    name = f"userpkg_{uuid.uuid4().hex[:8]}"
-    folder = tmp_path / "site" / name
-    folder.mkdir(parents=True)
-    (folder / "__init__.py").write_text("")
-    (folder / "attn.py").write_text(MODULE)
-    (folder / "broken.py").write_text("raise RuntimeError('boom at import')\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
-    yield name
-    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        del sys.modules[module]
+    """A package of the user's with the module above (``attn``) and one that fails to import (``broken``)."""
+    files = {"attn": MODULE, "broken": "raise RuntimeError('boom at import')\n"}
+    with user_package(tmp_path, monkeypatch, files) as name:
+        yield name
 
 
 def custom(target: str, **fields) -> dict:

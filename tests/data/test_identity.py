@@ -13,7 +13,7 @@ from ablation.data import identity
 from ablation.data.catalog import dataset_info
 from ablation.experiment.schema import load_experiment, parse_run_config
 from ablation.report.table import collect_runs
-from ablation.sweep.local import prepare_sweep
+from ablation.scheduler.local import prepare_sweep
 from ablation.tracking.names import CONFIG_HASH, DATA_IDENTITY, LEGACY_HASH
 from tests.support.tiny import sweep_in, tiny_experiment
 

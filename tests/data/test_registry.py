@@ -18,10 +18,11 @@ from tests.support.tiny import sweep_in
 
 def test_the_config_accepts_exactly_the_registered_datasets():
     for name in dataset_names():
-        assert parse_run_config({"data": {"dataset": name}}).data.dataset == name
+        data = {"dataset": name, **({"target": "mypkg.data:make"} if name == "custom" else {})}  # custom: its maker
+        assert parse_run_config({"data": data}).data.dataset == name
     with pytest.raises(ConfigError, match=r"data\.dataset: 'mnist' is not allowed; allowed: cifar10-micro, npz"):
         parse_run_config({"data": {"dataset": "mnist"}})
-    with pytest.raises(ConfigError, match="allowed: cifar10-micro, npz, cifar10, cifar100, imagenet"):
+    with pytest.raises(ConfigError, match="allowed: cifar10-micro, npz, cifar10, cifar100, imagenet, custom"):
         dataset_entry("mnist")
 
 

@@ -146,7 +146,7 @@ def _experiment(seeds: list[int]) -> Experiment:
 
 def test_gradcam_for_experiment_end_to_end(tmp_path: Path) -> None:
     from ablation.experiment.prepared import PreparedSweep
-    from ablation.sweep.cell import CellOptions, checkpoint_path
+    from ablation.scheduler.cell import CellOptions, checkpoint_path
 
     experiment = _experiment([3, 5])
     arms = expand_arms(experiment)

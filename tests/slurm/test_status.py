@@ -5,9 +5,9 @@ real cluster: tests/slurm/cluster/test_array.py."""
 def test_status_without_slurm_to_ask_says_so_and_does_not_call_the_tasks_gone(monkeypatch):
     import pandas as pd
 
+    from ablation.scheduler.queue import JOBS
+    from ablation.scheduler.status import render_status
     from ablation.slurm.status import render_arrays
-    from ablation.sweep.queue import JOBS
-    from ablation.sweep.status import render_status
 
     frame = pd.DataFrame([{"description": "CBAM", "seed": 0, "state": "pending", "attempts": 0, "worker": ""}])
     frame.attrs[JOBS] = [{"job_id": "77", "task_ids": ["77_0", "77_1"], "submitted": "2026-12-02T00:00:00+00:00"}]

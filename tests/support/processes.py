@@ -27,15 +27,24 @@ from pathlib import Path
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(
     [
-        *("runner", "torch", "mlflow", "optuna", "pandas", "scipy.stats", "matplotlib.pyplot", "ablation.sweep.local"),
         *(
-            "ablation.sweep.worker",
-            "ablation.sweep.cell",
+            "runner",
+            "torch",
+            "mlflow",
+            "optuna",
+            "pandas",
+            "scipy.stats",
+            "matplotlib.pyplot",
+            "ablation.scheduler.local",
+        ),
+        *(
+            "ablation.scheduler.worker",
+            "ablation.scheduler.cell",
             "ablation.engine.train",
             "ablation.report.table",
             "ablation.report.plots",
         ),
-        *("ablation.engine.environment", "ablation.sweep.status", "mlflow.store.tracking.sqlalchemy_store"),
+        *("ablation.engine.environment", "ablation.scheduler.status", "mlflow.store.tracking.sqlalchemy_store"),
     ]
 )
 

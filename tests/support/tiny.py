@@ -51,9 +51,9 @@ def tiny_config(npz: Path, epochs: int, batch_size: int = 25, seed: int = 0):
 def sweep_in(folder: Path, prepared, tracking="mlflow.db", storage="sweeps.db", retry_failed=False, **cell_options):
     """Run a sweep in this process on SQLite stores and a checkpoint folder inside ``folder``, working there;
     returns (report, options)."""
-    from ablation.sweep.cell import CellOptions
-    from ablation.sweep.local import run_sweep
-    from ablation.sweep.worker import WorkerOptions
+    from ablation.scheduler.cell import CellOptions
+    from ablation.scheduler.local import run_sweep
+    from ablation.scheduler.worker import WorkerOptions
 
     options = WorkerOptions(
         tracking_uri=f"sqlite:///{folder / tracking}",

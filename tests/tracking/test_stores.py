@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 import runner
 from ablation import cli
-from ablation.sweep.queue import open_storage
+from ablation.scheduler.queue import open_storage
 from ablation.tracking.names import CONFIG_HASH, ROLE_CELL, ROLE_SWEEP, role_filter
 from tests.support import processes
 from tests.support.tiny import tiny_experiment
@@ -228,7 +228,7 @@ def test_reading_an_unswept_experiment_creates_nothing(tmp_path, capsys, write_e
     from ablation.experiment.prepared import read_only_sweep
     from ablation.report.gradcam import log_gradcam
     from ablation.report.table import collect_runs, log_to_parent
-    from ablation.sweep.status import sweep_status
+    from ablation.scheduler.status import sweep_status
     from ablation.tracking.mlflow_store import SweepStore, dashboard_hint
 
     path = write_experiment(tiny_experiment(tiny_npz, GRID, "[0]", epochs=1))
@@ -250,7 +250,7 @@ def test_reading_an_unswept_experiment_creates_nothing(tmp_path, capsys, write_e
     assert runner.main(["status", str(path), "--tracking-uri", uri]) == 0
     assert "not started" in capsys.readouterr().out
 
-    prepared = read_only_sweep(*cli._arms(cli.build_parser().parse_args(["table", str(path)])))
+    prepared = read_only_sweep(*cli.experiment_arms(cli.build_parser().parse_args(["table", str(path)])))
     store = SweepStore(uri, prepared.experiment)
     assert not store.exists and store.runs(ROLE_CELL) == [] and store.find_cell(prepared.cells[0].hash) is None
     assert collect_runs(prepared, uri).empty and log_to_parent(prepared, uri, [path]) is None

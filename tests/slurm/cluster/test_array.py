@@ -24,7 +24,7 @@ import pytest
 from mlflow import MlflowClient
 
 import runner
-from ablation.sweep.queue import CELL, RUN_ID, WORKER
+from ablation.scheduler.queue import CELL, RUN_ID, WORKER
 from ablation.tracking.names import CONFIG_HASH, ROLE_CELL, VAL_TOP1_ERR, role_filter
 from tests.support import processes
 from tests.support.tiny import tiny_experiment

@@ -16,8 +16,8 @@ import runner
 from ablation import cli
 from ablation.experiment.prepared import prepare_sweep
 from ablation.experiment.schema import load_experiment
-from ablation.sweep import queue
-from ablation.sweep.launch import (
+from ablation.scheduler import queue
+from ablation.scheduler.launch import (
     LOCAL_POLL_S,
     SWEEP_READY,
     CellOptions,
@@ -25,9 +25,9 @@ from ablation.sweep.launch import (
     child_environment,
     wait_for_sweep,
 )
-from ablation.sweep.queue import open_storage
-from ablation.sweep.state import join_sweep
-from ablation.sweep.worker import run_worker
+from ablation.scheduler.queue import open_storage
+from ablation.scheduler.state import join_sweep
+from ablation.scheduler.worker import run_worker
 from ablation.tracking import stores
 from ablation.tracking.names import CONFIG_HASH, ROLE_CELL, role_filter
 from tests.support import processes

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation.experiment.schema import load_experiment
-from ablation.sweep.local import prepare_sweep
+from ablation.scheduler.local import prepare_sweep
 from ablation.tracking.names import (
     CONFIG_HASH,
     LR,
@@ -149,7 +149,7 @@ def test_a_cell_that_finishes_while_a_worker_joins_is_not_taken_for_deleted(trai
     """A worker joining a sweep checks the storage against the store while another worker runs. A cell that finishes
     between the two reads (its run FINISHED, then its trial COMPLETE) must not look done-without-a-run and be queued
     again (seen on a loaded machine: 7 trials for 6 cells, 'marks 1 cells done that have no finished run')."""
-    from ablation.sweep.state import find_sweep
+    from ablation.scheduler.state import find_sweep
     from ablation.tracking.mlflow_store import SweepStore
 
     path, case = _copy(trained, tmp_path)

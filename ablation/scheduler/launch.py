@@ -65,7 +65,7 @@ class WorkerOptions:
     def from_args(cls, args: argparse.Namespace, progress: bool, name: str = "worker") -> WorkerOptions:
         """The options of ``add_worker_args``'s flags; ``progress``: bars (else a line per epoch)."""
         # Optuna, MLflow: only where a worker runs (this module is read by the parser, before any input is checked)
-        from ablation.sweep.queue import DEFAULT_STORAGE
+        from ablation.scheduler.queue import DEFAULT_STORAGE
         from ablation.tracking.mlflow_store import resolve_tracking_uri
 
         started_by_sweep = getattr(args, "started_by_sweep", False)  # only ``runner.py worker`` has the flag
@@ -98,7 +98,7 @@ class WorkerOptions:
 
     def to_argv(self, name: str) -> list[str]:
         """The flags that give a ``runner.py worker`` process named ``name`` these options. The device is left to
-        the process's environment (a slot's ``CUDA_VISIBLE_DEVICES``, ``ablation.sweep.slots``)."""
+        the process's environment (a slot's ``CUDA_VISIBLE_DEVICES``, ``ablation.scheduler.slots``)."""
         argv = [
             *("--storage", self.storage_url),
             *("--tracking-uri", self.tracking_uri),

@@ -3,7 +3,7 @@
 Every arm of a tuned sweep has a study of its own in the sweep's storage, named after the sweep's queue and the
 arm's key, so that all arms get exactly the same budget (``tune.trials`` trials of ``tune.epochs`` epochs each)
 and one arm's results never steer another arm's sampler. The studies only record trials; the trials run as cells
-of the sweep's queue (``ablation.sweep.plan`` adds them), so workers, machines, SIGKILL recovery and ``status``
+of the sweep's queue (``ablation.scheduler.plan`` adds them), so workers, machines, SIGKILL recovery and ``status``
 treat them like any other cell.
 
 Samplers are rebuilt for every ask with a seed derived from ``tune.sampler.seed``, the arm and the trial's number:

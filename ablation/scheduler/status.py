@@ -8,8 +8,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from ablation.experiment.prepared import PreparedSweep
-from ablation.sweep.queue import CELL, FAILURE, JOBS, RUN_ID, WORKER
-from ablation.sweep.state import find_sweep
+from ablation.scheduler.queue import CELL, FAILURE, JOBS, RUN_ID, WORKER
+from ablation.scheduler.state import find_sweep
 from ablation.tracking.names import PHASE_TUNE
 
 STATE_NAMES = {
@@ -35,7 +35,7 @@ def sweep_status(prepared: PreparedSweep, storage_url: str, tracking_uri: str) -
     rows = []
     cells = prepared.cells
     if prepared.experiment.planned:  # its cells are those its plan has queued so far
-        from ablation.sweep.plan import SweepPlan
+        from ablation.scheduler.plan import SweepPlan
 
         plan = SweepPlan(prepared)
         cells = [plan.cell(entry.spec) for entry in sorted(plan.entries(queue), key=lambda e: e.trial.number)]

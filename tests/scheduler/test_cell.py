@@ -1,5 +1,5 @@
-"""One cell as a job (ablation/sweep/cell.py): where its checkpoint lives, and the dataset its MLflow run records (the
-file it was read from and a digest of its content, the same for a copy, another for other images)."""
+"""One cell as a job (ablation/scheduler/cell.py): where its checkpoint lives, and the dataset its MLflow run records
+(the file it was read from and a digest of its content, the same for a copy, another for other images)."""
 
 import shutil
 
@@ -7,8 +7,8 @@ import numpy as np
 
 from ablation.experiment.grid import expand_arms, expand_cells
 from ablation.experiment.schema import load_experiment
-from ablation.sweep.cell import checkpoint_path, dataset_input
-from ablation.sweep.launch import CellOptions
+from ablation.scheduler.cell import checkpoint_path, dataset_input
+from ablation.scheduler.launch import CellOptions
 from tests.support.tiny import tiny_experiment
 
 

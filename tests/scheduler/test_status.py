@@ -1,11 +1,11 @@
-"""``runner.py status`` (ablation/sweep/status.py): a sweep with no state in the stores reads as None and creates no
+"""``runner.py status`` (ablation/scheduler/status.py): a sweep with no state in the stores reads as None and creates no
 store; the summary line counts the cells by state."""
 
 import pandas as pd
 
 from ablation.experiment.prepared import read_only_sweep
 from ablation.experiment.schema import load_experiment
-from ablation.sweep.status import render_status, sweep_status
+from ablation.scheduler.status import render_status, sweep_status
 from tests.support.tiny import tiny_experiment
 
 

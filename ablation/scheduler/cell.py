@@ -28,12 +28,13 @@ from ablation.data.registry import dataset_entry
 from ablation.data.sources import load_arrays
 from ablation.engine.checkpoint import cell_checkpoint, discard_previous
 from ablation.engine.distributed import init_from_env
+from ablation.engine.environment import source_tags
 from ablation.engine.host_memory import host_memory_state
 from ablation.engine.threads import thread_state
 from ablation.engine.train import NonFiniteLossError, resolve_device, seed_everything, train_job
 from ablation.experiment.grid import Cell, build_network
 from ablation.experiment.prepared import PreparedSweep
-from ablation.sweep.launch import CellLaunch, CellOptions
+from ablation.scheduler.launch import CellLaunch, CellOptions
 from ablation.tracking.mlflow_store import MlflowTracker, SweepStore
 from ablation.tracking.names import (
     CHECKPOINT_DIR,
@@ -49,6 +50,7 @@ from ablation.tracking.names import (
     TUNE_STATE,
     VAL_TOP1_ERR,
 )
+from ablation.tracking.system_metrics import SystemMetrics
 from ablation.tracking.tracker import MemoryTracker, Tracker
 
 
@@ -101,8 +103,8 @@ def run_cell(
     ``cost`` is the network's (params, MACs); ``dist`` the rank-0 context of a multi-process cell. With a
     ``finalizer`` the final metrics, artifacts and the closing of the run happen on that executor
     (``CellOutcome.finalizing``) while the caller moves on. A tuning trial passes its pruning as ``on_epoch``
-    (``ablation.sweep.tuning.pruning_callback``) and its arm's study as ``tune_study``; a trial its pruner stopped ends
-    FINISHED, tagged PRUNED, with the metrics of the epochs it ran.
+    (``ablation.scheduler.tuning.pruning_callback``) and its arm's study as ``tune_study``; a trial its pruner
+    stopped ends FINISHED, tagged PRUNED, with the metrics of the epochs it ran.
     """
     reopened = run_id is not None
     if run_id is None:
@@ -118,24 +120,29 @@ def run_cell(
     model = build_network(cell.arm)
     checkpoint = checkpoint_path(options, store.experiment.name, cell)
     tracker = MlflowTracker(store.client, run_id, reopened=reopened)
+    # System metrics while the cell trains (MLflow's monitor, in a thread; off with MLflow's own setting).
+    monitor = SystemMetrics(run_id, store.tracking_uri, resume=reopened, tell=say).start()
     try:
-        result = train_job(
-            cell.config,
-            model=model,
-            info=cell.arm.data,
-            device=device,
-            checkpoint_path=checkpoint,
-            tracker=tracker_wrapper(tracker) if tracker_wrapper else tracker,
-            stop_after_epochs=options.stop_after_epochs,
-            progress=options.progress,
-            workers=options.workers,
-            description=cell.name,
-            run_id=run_id,
-            key=cell.hash,
-            on_epoch=on_epoch,
-            say=say,
-            **({"dist": dist} if dist is not None else {}),
-        )
+        try:
+            result = train_job(
+                cell.config,
+                model=model,
+                info=cell.arm.data,
+                device=device,
+                checkpoint_path=checkpoint,
+                tracker=tracker_wrapper(tracker) if tracker_wrapper else tracker,
+                stop_after_epochs=options.stop_after_epochs,
+                progress=options.progress,
+                workers=options.workers,
+                description=cell.name,
+                run_id=run_id,
+                key=cell.hash,
+                on_epoch=on_epoch,
+                say=say,
+                **({"dist": dist} if dist is not None else {}),
+            )
+        finally:
+            monitor.stop()
     except KeyboardInterrupt:
         _mark_killed(store, run_id, "interrupted by the user (Ctrl-C); a rerun resumes it", say)
         raise
@@ -204,6 +211,7 @@ def run_distributed_cell(prepared: PreparedSweep, launch: CellLaunch) -> None:
     options = CellOptions(device=device, checkpoint_dir=launch.checkpoint_dir, progress=False)
     if ctx.is_main:
         store = SweepStore(launch.tracking_uri, prepared.experiment, create=True)
+        store.run_tags = source_tags(prepared.experiment.source)
         cost = prepared.costs[cell.arm.index]
         outcome = run_cell(cell, store, launch.parent_run, launch.run_id, options, cost, dist=ctx)
         if outcome.status != "finished":

@@ -17,10 +17,10 @@ from ablation.experiment.spec import CellSpec
 from ablation.report import columns as C
 from ablation.report.planned import planned_view
 from ablation.report.table import render
+from ablation.scheduler.plan import SweepPlan
+from ablation.scheduler.queue import SPEC
+from ablation.scheduler.state import find_sweep
 from ablation.stats.seed_rule import next_round
-from ablation.sweep.plan import SweepPlan
-from ablation.sweep.queue import SPEC
-from ablation.sweep.state import find_sweep
 from ablation.tracking.names import (
     ARM,
     CELL_SPEC,
@@ -232,7 +232,7 @@ def test_the_table_reads_the_results_alone_and_is_the_same_without_the_sweep_sto
 
 
 def test_status_lists_every_queued_cell_with_its_phase(swept):
-    from ablation.sweep.status import render_status, sweep_status
+    from ablation.scheduler.status import render_status, sweep_status
 
     prepared, _, options, _, _, runs = swept
     frame = sweep_status(prepared, options.storage_url, options.tracking_uri)
@@ -320,7 +320,7 @@ def test_the_last_worker_still_queues_what_the_plan_needs_next(tiny_npz, tmp_pat
     import threading
     import time
 
-    from ablation.sweep.queue import SweepQueue
+    from ablation.scheduler.queue import SweepQueue
 
     looked, hidden = threading.Event(), []
     refill, complete = SweepPlan.refill, SweepQueue.complete

@@ -6,8 +6,8 @@ later seeds from whether the earlier ones resolved the difference to the baselin
 what the plan needs next; a worker calls it whenever it finds nothing to claim, under a lock in the storage, so
 that of several workers on several machines exactly one adds each cell. In order:
 
-1. **Tuning** (each arm its own Optuna study, ``ablation.sweep.tuning``): trials that a study holds but the queue does
-   not (its asker died between the two) are queued; trials whose cell finished are told to their study (COMPLETE
+1. **Tuning** (each arm its own Optuna study, ``ablation.scheduler.tuning``): trials that a study holds but the queue
+   does not (its asker died between the two) are queued; trials whose cell finished are told to their study (COMPLETE
    with the holdout top-1 error of the last epoch, PRUNED as the run recorded, FAIL for a diverged loss); then, if
    the queue had nothing for this worker, one new trial is asked, of the arm with the fewest, so that the arms'
    budgets fill in lockstep, and only of an arm with fewer than ``tune.parallel`` trials in flight (by default
@@ -39,9 +39,9 @@ from ablation.experiment.prepared import PreparedSweep
 from ablation.experiment.schema import config_hash
 from ablation.experiment.spec import CellSpec
 from ablation.experiment.tune import SeedRule
+from ablation.scheduler.queue import CELL, FAILURE, SPEC, SweepQueue
+from ablation.scheduler.tuning import ArmStudy, arm_study_name
 from ablation.stats.seed_rule import next_round
-from ablation.sweep.queue import CELL, FAILURE, SPEC, SweepQueue
-from ablation.sweep.tuning import ArmStudy, arm_study_name
 from ablation.tracking.names import (
     PHASE_FINAL,
     PHASE_TUNE,

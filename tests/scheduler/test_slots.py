@@ -1,9 +1,9 @@
-"""Slot planning (ablation/sweep/slots.py) with simulated devices (no GPU needed), and impossible requests."""
+"""Slot planning (ablation/scheduler/slots.py) with simulated devices (no GPU needed), and impossible requests."""
 
 import pytest
 
 from ablation.core.errors import ConfigError
-from ablation.sweep.slots import parse_workers, plan_slots
+from ablation.scheduler.slots import parse_workers, plan_slots
 
 
 def test_four_gpus_two_cells_per_gpu_two_gpus_per_cell():

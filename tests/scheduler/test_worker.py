@@ -1,5 +1,5 @@
 """The worker's epoch lines: a wrapper over any Tracker that prints fresh epochs only (claims and scheduling:
-tests/sweep/test_local.py, tests/sweep/test_queue.py, tests/tracking/test_stores.py)."""
+tests/scheduler/test_local.py, tests/scheduler/test_queue.py, tests/tracking/test_stores.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from ablation.data.catalog import dataset_info
 from ablation.engine.train import seed_everything, train_job
 from ablation.experiment.grid import Arm, build_network
-from ablation.sweep.worker import EpochLines
+from ablation.scheduler.worker import EpochLines
 from ablation.tracking.names import EPOCH_METRICS, EPOCH_TIME, FINAL_TOP1_ERR_LAST, TRAIN_LOSS, VAL_TOP1_ERR
 from ablation.tracking.tracker import MemoryTracker
 from tests.support.tiny import tiny_config

@@ -2,8 +2,8 @@
 
 Everything that can be wrong with the input is checked before the sweep's state or any MLflow run is created:
 the config of every arm, that every network builds (on the meta device, which also counts its params and MACs),
-that the data is there. The sweep's state lives in an Optuna storage (``ablation.sweep.queue``): one worker runs
-in this process, or one worker process per slot (``ablation.sweep.slots``) pulls cells from it, and workers on other
+that the data is there. The sweep's state lives in an Optuna storage (``ablation.scheduler.queue``): one worker runs
+in this process, or one worker process per slot (``ablation.scheduler.slots``) pulls cells from it, and workers on other
 machines can join with ``runner.py worker``. A rerun starts nothing for finished cells, resumes interrupted ones
 and leaves failed ones alone unless asked to retry them.
 
@@ -26,9 +26,9 @@ from optuna.trial import TrialState
 from ablation.core.console import say
 from ablation.core.outages import OUTAGE_EXIT, Outage
 from ablation.experiment.prepared import PreparedSweep, prepare_sweep
-from ablation.sweep.launch import LOCAL_POLL_S, SWEEP_READY, WorkerOptions, child_environment, worker_command
-from ablation.sweep.state import join_sweep
-from ablation.sweep.worker import refuse_unsupported, run_worker
+from ablation.scheduler.launch import LOCAL_POLL_S, SWEEP_READY, WorkerOptions, child_environment, worker_command
+from ablation.scheduler.state import join_sweep
+from ablation.scheduler.worker import refuse_unsupported, run_worker
 
 __all__ = ["PreparedSweep", "SweepReport", "prepare_sweep", "run_sweep"]
 
@@ -118,7 +118,7 @@ def _retry_failed(prepared: PreparedSweep, queue) -> None:
     failed = queue.failed_cells()
     if prepared.experiment.planned:
         # SciPy, which a plain sweep does not need: only for a planned one
-        from ablation.sweep.plan import SweepPlan
+        from ablation.scheduler.plan import SweepPlan
 
         failed = SweepPlan(prepared).retryable(queue, failed)
     retried = queue.retry(failed)
@@ -131,7 +131,7 @@ def _total(prepared: PreparedSweep, queue):
     if not prepared.experiment.planned:
         return lambda: len(prepared.cells)
     # SciPy, which a plain sweep does not need: only for a planned one
-    from ablation.sweep.plan import SweepPlan
+    from ablation.scheduler.plan import SweepPlan
 
     plan = SweepPlan(prepared)
     return lambda: plan.expected_total(queue)

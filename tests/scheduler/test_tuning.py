@@ -8,8 +8,8 @@ import pytest
 from optuna.trial import TrialState
 
 from ablation.experiment.tune import TuneConfig
-from ablation.sweep.queue import open_storage
-from ablation.sweep.tuning import ArmStudy, arm_study_name, derived_seed, make_pruner, pruning_callback
+from ablation.scheduler.queue import open_storage
+from ablation.scheduler.tuning import ArmStudy, arm_study_name, derived_seed, make_pruner, pruning_callback
 from ablation.tracking.names import EPOCH, VAL_TOP1_ERR
 from tests.support.folders import ROOT
 
@@ -58,7 +58,7 @@ def test_the_same_history_gives_the_same_suggestions_in_any_storage(tmp_path):
 
 
 def test_derived_seeds_are_the_same_in_another_process():
-    code = "from ablation.sweep.tuning import derived_seed; print(derived_seed(5, 1, 3))"
+    code = "from ablation.scheduler.tuning import derived_seed; print(derived_seed(5, 1, 3))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert int(out.stdout) == derived_seed(5, 1, 3) != derived_seed(5, 1, 4)
 

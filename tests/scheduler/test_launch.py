@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ablation import cli
-from ablation.sweep.launch import (
+from ablation.scheduler.launch import (
     CellLaunch,
     CellOptions,
     WorkerOptions,
@@ -73,7 +73,7 @@ def test_a_bundled_experiment_reaches_the_workers_as_its_file(tmp_path, monkeypa
 
 
 def test_a_child_process_runs_the_package_its_parent_runs() -> None:
-    from ablation.sweep.launch import child_environment
+    from ablation.scheduler.launch import child_environment
 
     root = str(Path(__file__).resolve().parents[2])  # the folder holding this checkout's ablation/
     env = child_environment({"PYTHONPATH": f"/elsewhere{os.pathsep}{root}"})

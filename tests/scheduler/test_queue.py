@@ -1,5 +1,5 @@
-"""The sweep's queue of cells (ablation/sweep/queue.py) on real processes: a cell left running by a SIGKILLed worker on
-another machine is taken up after the grace period and resumed (cold starts: tests/tracking/test_stores.py)."""
+"""The sweep's queue of cells (ablation/scheduler/queue.py) on real processes: a cell left running by a SIGKILLed worker
+on another machine is taken up after the grace period and resumed (cold starts: tests/tracking/test_stores.py)."""
 
 import contextlib
 import threading
@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 import runner
-from ablation.sweep.queue import OWNER, open_storage
+from ablation.scheduler.queue import OWNER, open_storage
 from ablation.tracking.names import ROLE_CELL, VAL_TOP1_ERR, role_filter
 from tests.support import processes
 from tests.support.tiny import tiny_experiment
@@ -91,7 +91,7 @@ def test_two_workers_that_read_a_waiting_cell_together_never_both_claim_it(tmp_p
     import optuna
     from optuna.storages._rdb import models
 
-    from ablation.sweep.queue import CELL, NAME, SweepQueue
+    from ablation.scheduler.queue import CELL, NAME, SweepQueue
 
     url = f"sqlite:///{tmp_path / 'sweeps.db'}"
     optuna.create_study(study_name="s", storage=open_storage(url))

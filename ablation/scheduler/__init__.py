@@ -5,5 +5,7 @@ this machine (``local``), its status (``status``), and a planned sweep's cells a
 with each arm's Optuna study in ``tuning``).
 
 May import every layer below it: ``core``, ``attention``, ``models``, ``data``, ``experiment``, ``tracking``,
-``engine`` and ``stats``. Never imported by ``report``: tables read results, not the scheduler.
+``engine``, ``stats`` and ``report`` (a cell's learning curve). Named ``scheduler``, not ``sweep``: ``ablation.sweep``
+is the Python API's function (``ablation.api``). Never imported by ``report``: tables read results, not the
+scheduler.
 """

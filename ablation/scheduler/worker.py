@@ -23,11 +23,11 @@ from ablation.core.outages import Outage, outage_of
 from ablation.experiment.grid import build_network
 from ablation.experiment.prepared import PreparedSweep
 from ablation.experiment.spec import CellSpec
-from ablation.sweep.cell import CellOutcome, run_cell
-from ablation.sweep.launch import CellLaunch, WorkerOptions, child_environment, run_cell_command, wait_for_sweep
-from ablation.sweep.queue import NAME, WORKER, Claim, Heartbeat, SweepQueue
-from ablation.sweep.state import join_sweep
-from ablation.sweep.tuning import pruning_callback
+from ablation.scheduler.cell import CellOutcome, run_cell
+from ablation.scheduler.launch import CellLaunch, WorkerOptions, child_environment, run_cell_command, wait_for_sweep
+from ablation.scheduler.queue import NAME, WORKER, Claim, Heartbeat, SweepQueue
+from ablation.scheduler.state import join_sweep
+from ablation.scheduler.tuning import pruning_callback
 from ablation.tracking.mlflow_store import SweepStore
 from ablation.tracking.names import EPOCH_TIME, PHASE_TUNE, TRAIN_LOSS, VAL_TOP1_ERR
 from ablation.tracking.results import objective
@@ -90,7 +90,7 @@ def run_worker(
     cells = {cell.hash: cell for cell in prepared.cells}
     plan = None
     if prepared.experiment.planned:
-        from ablation.sweep.plan import SweepPlan  # and SciPy, which a plain sweep's worker does not need
+        from ablation.scheduler.plan import SweepPlan  # and SciPy, which a plain sweep's worker does not need
 
         plan = SweepPlan(prepared, say)
     report = WorkerReport()

@@ -2,8 +2,8 @@
 
 The two stores have one job each. The tracking store (MLflow) holds the results: a cell is done when it has a
 FINISHED run there. The storage (Optuna) schedules: which cell waits, runs, is done or failed. Its state is
-keyed by the tracking store it was made for (``ablation.sweep.queue.study_name``), and whenever a process joins a sweep
-it is checked against the tracking store under the sweep's lock. Where they disagree the tracking store wins,
+keyed by the tracking store it was made for (``ablation.scheduler.queue.study_name``), and whenever a process joins a
+sweep it is checked against the tracking store under the sweep's lock. Where they disagree the tracking store wins,
 and one line says what was found and what happens now:
 
 - the storage has no state for this sweep and this store (a new or deleted ``sweeps.db``, another ``--storage``,
@@ -30,9 +30,10 @@ from optuna.trial import TrialState
 from ablation.core.console import say
 from ablation.core.faults import kill_point
 from ablation.data.registry import dataset_entry
+from ablation.engine.environment import source_tags
 from ablation.experiment.grid import Cell
 from ablation.experiment.prepared import PreparedSweep
-from ablation.sweep.queue import CELL, SweepQueue, open_storage, study_name
+from ablation.scheduler.queue import CELL, SweepQueue, open_storage, study_name
 from ablation.tracking.mlflow_store import SweepStore
 from ablation.tracking.names import PARENT_RUN
 from ablation.tracking.results import objective
@@ -44,7 +45,7 @@ def initial_cells(prepared: PreparedSweep) -> list[Cell]:
     if not prepared.experiment.planned:
         return prepared.cells
     # SciPy, which a plain sweep does not need: only for a planned one
-    from ablation.sweep.plan import SweepPlan
+    from ablation.scheduler.plan import SweepPlan
 
     return SweepPlan(prepared).initial_cells()
 
@@ -71,6 +72,7 @@ def join_sweep(prepared: PreparedSweep, options, say: Callable[[str], None] = sa
     probe_tracking(options.tracking_uri)
     storage = open_storage(options.storage_url, options.heartbeat_interval, options.grace_period)
     store = SweepStore(options.tracking_uri, prepared.experiment, create=True)
+    store.run_tags = source_tags(prepared.experiment.source)
     name = study_name(prepared.experiment.name, prepared.key, store.fingerprint)
     checkpoint_dir = Path(options.cell.checkpoint_dir)
 
@@ -163,7 +165,7 @@ def _array_digest(cell: Cell) -> str | None:
     if dataset_entry(cell.arm.config.data.dataset).kind != "arrays":
         return None
     # torch: only to adopt runs from before data identities
-    from ablation.sweep.cell import dataset_input
+    from ablation.scheduler.cell import dataset_input
 
     return dataset_input(cell)["digest"]
 

@@ -230,7 +230,7 @@ def test_a_worker_process_stopped_by_an_outage_stops_the_others_resumable():
     import time
 
     from ablation.core.outages import OUTAGE_EXIT
-    from ablation.sweep.local import _wait_for
+    from ablation.scheduler.local import _wait_for
 
     holder = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(130)); time.sleep(120)"
     others = [subprocess.Popen([sys.executable, "-c", holder]) for _ in range(2)]
@@ -246,7 +246,7 @@ def test_waiting_for_worker_processes_ends_when_the_last_one_does():
     import subprocess
     import sys
 
-    from ablation.sweep.local import _wait_for
+    from ablation.scheduler.local import _wait_for
 
     workers = [subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({s})"]) for s in (0.1, 0.5)]
     _wait_for(workers, None, _NoCells(), 0.0, lambda: 0)

@@ -1,0 +1,79 @@
+"""System metrics of a cell's run (CPU, memory, disk, network; GPU utilisation and memory where a GPU is there),
+logged by MLflow's own ``SystemMetricsMonitor`` under ``system/``, as every tracking tool users know shows them.
+
+MLflow's own settings apply: ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it off,
+``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the interval (10 s here unless set: one sample costs about 15 ms of
+CPU, ``benchmarks/system_metrics.py``), and GPU metrics need ``nvidia-ml-py`` (the ``[gpu]`` extra). A monitor
+that cannot start is one line, never a failed run; stopping it waits at most ``STOP_JOIN_S`` (nothing once a stop
+was requested), so a store that went away cannot hold a cell's end. A resumed run goes on from its last step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from ablation.core.console import say
+from ablation.core.stopping import stop_requested
+from ablation.tracking.stores import with_busy_timeout
+
+ENABLE = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+INTERVAL = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
+DEFAULT_INTERVAL_S = 10.0
+STOP_JOIN_S = 2.0
+
+
+def enabled() -> bool:
+    """On unless the user turned MLflow's system metrics off."""
+    return os.environ.get(ENABLE, "true").strip().lower() not in ("false", "0", "no", "off")
+
+
+class SystemMetrics:
+    """The monitor of one run, started with the cell's training and stopped when it ends."""
+
+    def __init__(self, run_id: str, tracking_uri: str, resume: bool, tell: Callable[[str], None] = say) -> None:
+        self.run_id, self.tracking_uri, self.resume, self.tell = run_id, tracking_uri, resume, tell
+        self._monitor = None
+
+    def start(self) -> SystemMetrics:
+        if not enabled():
+            return self
+        try:
+            # MLflow's monitor imports psutil (and pynvml for GPUs): only where a cell runs
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # Its start-up and GPU probing log at INFO through MLflow's logger: not a line per cell at the terminal.
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+            interval = float(os.environ.get(INTERVAL) or DEFAULT_INTERVAL_S)
+            monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=interval,
+                resume_logging=self.resume,
+                tracking_uri=with_busy_timeout(self.tracking_uri),
+            )
+            monitor.start()
+            self._monitor = monitor
+        except Exception as exc:  # a machine without what the monitor reads: the run goes on without system metrics
+            self.tell(f"[cell] no system metrics for run {self.run_id}: {' '.join(str(exc).split())[:200]}")
+        return self
+
+    def stop(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        monitor._shutdown_event.set()
+        thread = monitor._process
+        if thread is not None:
+            thread.join(timeout=0 if stop_requested() else STOP_JOIN_S)
+        if stop_requested() or (thread is not None and thread.is_alive()):
+            return  # a store that does not answer: the samples not yet logged are dropped, the cell is not held
+        try:
+            # The samples taken since the last logged step (MLflow's monitor logs only after a full interval): a
+            # cell shorter than the interval still gets its one step.
+            pending = monitor.aggregate_metrics()
+            if pending:
+                monitor.publish_metrics(pending)
+            monitor.mlflow_logger.flush()
+        except Exception as exc:  # the last samples only; never the run's own results
+            self.tell(f"[cell] system metrics of run {self.run_id} not all logged: {' '.join(str(exc).split())[:200]}")
