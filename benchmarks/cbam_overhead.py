@@ -7,7 +7,7 @@ torch.compile'd (--mode). Compiled, both of our CBAM rows trace the straightforw
 compiler fuses with the BN before it and the ReLU after it (an opaque C++ op in the graph measured slower: see the
 README); the fast row's spatial conv then runs on the direct C++ kernel.
 One step = forward + cross-entropy + backward + SGD step. CPU: batch 16, 112 px, float32, all cores.
-CUDA: batch 64, 224 px, AMP (bf16) + channels_last.
+CUDA: batch 64, 224 px, AMP (bf16) + channels_last (--precision fp32: float32, contiguous).
 
 Timing: repetitions are interleaved across rows (rep 1 of every row, then rep 2, ...), warm-up excluded. The
 "x plain" column is the median over repetitions of (this row's step / plain's step in the same repetition), so
@@ -24,6 +24,7 @@ process); --malloc default shows glibc's own behaviour, and the "faults" column 
     python benchmarks/cbam_overhead.py [--reps 15] [--warmup 2] [--mode eager|compiled|both] [--no-memory]
                                        [--malloc default]
                                        [--size 224] [--order spatial-first]
+                                       [--precision auto|fp32|bf16-cl] [--rows plain,cbam-fast] [--json out.json]
 """
 
 from __future__ import annotations
@@ -70,21 +71,27 @@ def models(order: str = "channel-first") -> dict[str, Row | str]:
     return rows
 
 
+# --rows: short names of the rows, for a run that times only some of them (the GPU check compiles two).
+ROW_NAMES = {"plain": "plain", "cbam-fast": "cbam fast (default)", "cbam-reference": "cbam reference", "timm": TIMM_ROW}
+
+
 class Setup:
     """Device, shapes and one batch, the same for every row."""
 
-    def __init__(self, batch: int | None, size: int | None) -> None:
+    def __init__(self, batch: int | None, size: int | None, precision: str = "auto") -> None:
         self.cuda = torch.cuda.is_available()
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.batch = batch or (64 if self.cuda else 16)
         self.size = size or (224 if self.cuda else 112)
-        self.fmt = torch.channels_last if self.cuda else torch.contiguous_format
+        # auto: bf16 autocast + channels_last on CUDA (what training does there), float32 contiguous on CPU.
+        self.amp = precision == "bf16-cl" or (precision == "auto" and self.cuda)
+        self.fmt = torch.channels_last if self.amp else torch.contiguous_format
         torch.manual_seed(0)
         self.x = torch.randn(self.batch, 3, self.size, self.size, device=self.device).to(memory_format=self.fmt)
         self.y = torch.randint(0, 1000, (self.batch,), device=self.device)
 
     def describe(self) -> str:
-        precision = "AMP bf16 + channels_last" if self.cuda else "float32"
+        precision = "AMP bf16 + channels_last" if self.amp else "float32"
         return (
             f"device {self.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
             f"batch {self.batch}, {self.size} px, {precision}"
@@ -100,7 +107,7 @@ class Setup:
 
     def step_fn(self, net: nn.Module, opt: torch.optim.Optimizer) -> Callable[[], None]:
         def step() -> None:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = nn.functional.cross_entropy(net(self.x), self.y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -126,7 +133,7 @@ def saved_bytes(setup: Setup, model: nn.Module) -> int:
         return t
 
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-    with hooks, torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=setup.cuda):
+    with hooks, torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=setup.amp):
         nn.functional.cross_entropy(model(setup.x), setup.y)
     return sum(seen.values())
 
@@ -149,7 +156,7 @@ def set_malloc(mode: str) -> str:
 def peak_memory_child(name: str, args: argparse.Namespace) -> None:
     """Run in a fresh process: two training steps of one row; print its peak memory growth as JSON."""
     set_malloc(args.malloc)
-    setup = Setup(args.batch, args.size)
+    setup = Setup(args.batch, args.size, args.precision)
     row = models(args.order)[name]
     assert not isinstance(row, str), row
     model, opt = setup.model(row)
@@ -174,7 +181,7 @@ def peak_memory(name: str, args: argparse.Namespace) -> int | None:
     command = [sys.executable, __file__, "--peak-memory-of", name]
     command += [f"--batch={args.batch}"] if args.batch else []
     command += [f"--size={args.size}"] if args.size else []
-    command += [f"--malloc={args.malloc}", f"--order={args.order}"]
+    command += [f"--malloc={args.malloc}", f"--order={args.order}", f"--precision={args.precision}"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{"):
@@ -209,6 +216,14 @@ def main() -> None:
         default="kept",
         help="host malloc: freed memory kept in the process, as training runs (default), or glibc's defaults",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16-cl"],
+        default="auto",
+        help="auto: bf16 autocast + channels_last on CUDA, float32 on CPU; or either, explicitly",
+    )
+    parser.add_argument("--rows", default=None, help=f"only these rows, comma-separated: {', '.join(ROW_NAMES)}")
+    parser.add_argument("--json", default=None, help="also write the rows' figures to this JSON file")
     parser.add_argument("--peak-memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory_of:
@@ -216,7 +231,11 @@ def main() -> None:
         return
 
     malloc = set_malloc(args.malloc)
-    setup = Setup(args.batch, args.size)
+    setup = Setup(args.batch, args.size, args.precision)
+    unknown = [r for r in (args.rows or "").split(",") if r.strip() and r.strip() not in ROW_NAMES]
+    if unknown:
+        parser.error(f"--rows: {unknown[0]!r} is not allowed; allowed: {', '.join(ROW_NAMES)}")
+    wanted = None if args.rows is None else {ROW_NAMES[r.strip()] for r in args.rows.split(",") if r.strip()}
     print(
         f"{setup.describe()}, reps {args.reps} (warm-up {args.warmup}), interleaved, host malloc: {malloc}, "
         f"our CBAM {args.order}"
@@ -227,6 +246,8 @@ def main() -> None:
     saved: dict[str, int] = {}
     peaks: dict[str, int | None] = {}
     for name, row in models(args.order).items():
+        if wanted is not None and name not in wanted:
+            continue
         if isinstance(row, str):
             print(f"{name}: {row}")
             continue
@@ -265,6 +286,19 @@ def main() -> None:
             return f"{'-':>7s}"
         return f"{statistics.median(a / b for a, b in zip(times[key], times[base], strict=True)):7.3f}"
 
+    if args.json:
+        rows_out = [
+            {
+                "model": name,
+                "mode": mode,
+                "step_ms": statistics.median(ts) * 1e3,
+                "x_plain": float(paired((name, mode), ("plain", mode))) if ("plain", mode) in times else None,
+                "img_per_s": setup.batch / statistics.median(ts),
+                "peak_mib": peaks.get(name) / 2**20 if peaks.get(name) is not None else None,
+            }
+            for (name, mode), ts in times.items()
+        ]
+        Path(args.json).write_text(json.dumps({"setup": setup.describe(), "rows": rows_out}, indent=1))
     print(
         f"{'model':20s} {'mode':8s} {'step ms':>8s} {'x plain':>7s} {'x timm':>7s} "
         f"{'peak MiB':>9s} {'saved MiB':>9s} {'faults':>7s}   step ms min / max"

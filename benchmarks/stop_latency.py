@@ -94,7 +94,15 @@ def _stop_once(folder: Path, server: Server, name: str, stop: signal.Signals, in
     command += ["--tracking-uri", server.uri, "--store-wait", "600", "--storage", f"sqlite:///{folder}/sweeps.db"]
     command += ["--checkpoint-dir", str(folder / "checkpoints")]
     with open(log_path, "wb") as log:
-        sweep = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        # SIGINT as a terminal's Ctrl-C delivers it: a benchmark started in the background (``&``) passes SIGINT on
+        # ignored, and a command where it is ignored rightly leaves it so.
+        sweep = subprocess.Popen(
+            command,
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         _wait_until(lambda: " epoch 1: " in log_path.read_text(errors="replace"), sweep, log_path, "the first epoch")
         if in_store_wait:

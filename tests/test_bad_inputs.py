@@ -66,6 +66,35 @@ CASES = [
     Case("no seeds", [], ("seeds", "[]", "non-empty list"), experiment(seeds="[]")),
     Case("repeated seeds", [], ("seeds", "[1, 1]", "distinct"), experiment(seeds="[1, 1]")),
     Case("seed not a number", [], ("seeds", "'a'", "integers"), experiment(seeds="[a]")),
+    Case("seed rule alpha", [], ("seeds", "alpha", "(0, 0.5)"), experiment(seeds="{min: 3, max: 5, alpha: 0.9}")),
+    Case("stats test", [], ("stats.test", "'t'", "allowed: welch, paired"), experiment(stats="{test: t}")),
+    Case(
+        "stats correction", [], ("stats.correction", "'bonf'", "holm, bh, none"), experiment(stats="{correction: bonf}")
+    ),
+    Case(
+        "stats unknown key",
+        [],
+        ("stats.level", "allowed here: test, correction, alpha"),
+        experiment(stats="{level: 1}"),
+    ),
+    Case(
+        "paired with a seed rule",
+        [],
+        ("stats.test", "'paired'", "seed rule", "allowed: welch"),
+        experiment(seeds="{min: 3, max: 5}", stats="{test: paired}"),
+    ),
+    Case(
+        "custom arch without target",
+        [],
+        ("model.target", "required with arch custom"),
+        experiment(model="{arch: custom, attention: {type: none}}", grid=LR_GRID),
+    ),
+    Case(
+        "custom dataset without target",
+        [],
+        ("data.target", "required with dataset custom"),
+        experiment(data="{dataset: custom}"),
+    ),
     Case("negative seed", [], ("seeds", "-1", ">= 0"), experiment(seeds="[-1]")),
     Case("grid value not a list", [], ("grid[0].train.lr", "0.1", "list"), experiment(grid="train.lr: 0.1")),
     Case("unknown paper table", [], ("paper", "table9", "allowed: table1"), experiment(paper="[table9]")),

@@ -27,6 +27,7 @@ from ablation.core.errors import ConfigError
 from ablation.core.strict import CROSS_KEY, StrictModel
 from ablation.data.config import DataConfig
 from ablation.experiment.bundled import experiment_path
+from ablation.experiment.comparison import StatsConfig
 from ablation.experiment.paper import TABLE_TITLES
 from ablation.experiment.tune import SeedRule, TuneConfig
 from ablation.models.config import ModelConfig
@@ -263,7 +264,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 GridBlock = dict[str, Any]
 SEEDS_ALLOWED = (
     "must be a non-empty list of distinct integers >= 0, e.g. [0, 1, 2], or a rule such as "
-    "{min: 3, max: 10, until: ci95 excludes 0}"
+    "{min: 3, max: 10} (until: sequential, alpha: 0.05)"
 )
 
 
@@ -281,6 +282,8 @@ class Experiment(StrictModel):
     seeds: list[int] | SeedRule = Field(default_factory=lambda: [0])
     # Tune every arm with an equal Optuna budget before the final runs (``ablation.experiment.tune``).
     tune: TuneConfig | None = None
+    # How the table compares each arm with the baseline: test, correction, level (``ablation.experiment.comparison``).
+    stats: StatsConfig = Field(default_factory=StatsConfig)
     source: str = ""
 
     @property
@@ -307,6 +310,16 @@ class Experiment(StrictModel):
         ):
             raise ValueError(SEEDS_ALLOWED)
         return value
+
+    @model_validator(mode="after")
+    def _pairing(self) -> Experiment:
+        if self.stats.test == "paired" and isinstance(self.seeds, SeedRule):
+            raise PydanticCustomError(
+                CROSS_KEY,
+                "is not allowed with a seed rule, which gives arms different seeds; allowed: welch, or a seed list",
+                {"key": "stats.test", "value": "paired"},
+            )
+        return self
 
     @field_validator("paper")
     @classmethod
@@ -369,7 +382,16 @@ def experiment_from_mapping(raw: Mapping[str, Any], source: str) -> Experiment:
             raise ConfigError("seeds", raw.get("seeds"), SEEDS_ALLOWED) from None
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(f for f in Experiment.model_fields if f != "source")
+            if len(err["loc"]) > 1:  # inside a section: that section's own keys
+                section_model = {"stats": StatsConfig, "tune": TuneConfig}.get(str(err["loc"][0]))
+                allowed = ", ".join(section_model.model_fields) if section_model else allowed
+                raise ConfigError(key, err["input"], f"unknown key; allowed here: {allowed}") from None
             raise ConfigError(key, err["input"], f"unknown top-level key; allowed: {allowed}") from None
+        if err["type"] == CROSS_KEY:  # a check across keys names the key at fault
+            raise ConfigError(err["ctx"]["key"], err["ctx"]["value"], err["msg"]) from None
+        if err["type"] == "literal_error":
+            allowed = err["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+            raise ConfigError(key, err["input"], f"allowed: {allowed}") from None
         raise ConfigError(key, err["input"], err["msg"].removeprefix("Value error, ")) from None
 
 

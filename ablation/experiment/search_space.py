@@ -35,6 +35,34 @@ def distributions(tune: TuneConfig) -> dict[str, BaseDistribution]:
     return {key: distribution(param) for key, param in tune.space.items()}
 
 
+def default_point(config: RunConfig, tune: TuneConfig) -> dict[str, Any] | None:
+    """The arm's own values (its default recipe) at the space's keys, when every one of them lies in the space:
+    a study asks it as its first trial, so the tuned values are never worse than the default on the holdout.
+    None when one of them lies outside (a range that excludes it, a value not among the choices)."""
+    tree = config.model_dump(mode="json")
+    point = {}
+    for key, param in tune.space.items():
+        value = get_dotted(tree, key)
+        if not _in_space(value, param):
+            return None
+        point[key] = int(value) if param.type == "int" else value
+    return point
+
+
+def _in_space(value: Any, param: SearchParam) -> bool:
+    """Whether the space's dimension ``param`` holds ``value`` (on its step's grid, where it has one)."""
+    if param.type == "categorical":
+        return value in param.choices
+    if isinstance(value, bool) or not isinstance(value, int | float) or not param.low <= value <= param.high:
+        return False
+    if param.type == "int":
+        return value == int(value) and (int(value) - int(param.low)) % int(param.step or 1) == 0
+    if param.step:
+        steps = (value - param.low) / param.step
+        return abs(steps - round(steps)) < 1e-9
+    return True
+
+
 def with_values(config: RunConfig, values: dict[str, Any], **changes: Any) -> RunConfig:
     """``config`` with the dotted ``values`` set (and ``changes``: a dotted key -> value each), validated."""
     tree = config.model_dump(mode="json")

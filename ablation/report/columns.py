@@ -16,7 +16,10 @@ CELL, STATUS, FAILURE, CELL_KEY = "cell", "status", "failure", "cell_key"
 N = "n"
 TOP1_MEAN, TOP1_STD, TOP5_MEAN, TOP5_STD = "top1_err_mean", "top1_err_std", "top5_err_mean", "top5_err_std"
 IMG_PER_S_MEAN = "img_per_s_mean"
+# The comparison with the baseline (ablation.stats.compare): the compact cell, its raw p (as before), and all of it.
 VS_BASELINE, VS_BASELINE_P = "vs_baseline", "vs_baseline_p"
+DIFF, DIFF_LOW, DIFF_HIGH = "diff_top1", "diff_top1_ci_low", "diff_top1_ci_high"  # points, 95% interval
+TEST, T, DF, P_ADJUSTED, EFFECT = "test", "t", "df", "p_adjusted", "hedges_g"
 PAPER_TOP1, PAPER_TOP5, DELTA_TOP1_VS_PAPER = "paper_top1_err", "paper_top5_err", "delta_top1_vs_paper"
 PAPER_PARAMS_M, PAPER_GFLOPS = "paper_params_m", "paper_gflops"
 # The paper's numbers as a table prints them: the source's mark, and a disputed number's other reading.
@@ -24,7 +27,8 @@ PAPER_TOP1_SHOWN, PAPER_TOP5_SHOWN = "paper_top1_shown", "paper_top5_shown"
 PAPER_PARAMS_SHOWN, PAPER_GFLOPS_SHOWN = "paper_params_shown", "paper_gflops_shown"
 SUMMARY_COLUMNS = (
     DESCRIPTION, N, PARAMS, GMACS, TOP1_MEAN, TOP1_STD, TOP5_MEAN, TOP5_STD, IMG_PER_S_MEAN, VS_BASELINE,
-    VS_BASELINE_P, PAPER_TOP1, PAPER_TOP5, DELTA_TOP1_VS_PAPER, PAPER_PARAMS_M, PAPER_GFLOPS, PAPER_TOP1_SHOWN,
+    VS_BASELINE_P, DIFF, DIFF_LOW, DIFF_HIGH, TEST, T, DF, P_ADJUSTED, EFFECT,
+    PAPER_TOP1, PAPER_TOP5, DELTA_TOP1_VS_PAPER, PAPER_PARAMS_M, PAPER_GFLOPS, PAPER_TOP1_SHOWN,
     PAPER_TOP5_SHOWN, PAPER_PARAMS_SHOWN, PAPER_GFLOPS_SHOWN,
 )  # fmt: skip
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablation.core.errors import ConfigError
 from ablation.experiment.paper import sources_footnote
 from ablation.experiment.prepared import PreparedSweep
 from ablation.report import columns as C
 from ablation.report.formats import TABLE_FORMATS
-from ablation.stats.compare import describe_test, mean_std, welch
+from ablation.stats.compare import CORRECTION_NAMES, SeedsDoNotPair, compare_arms, describe, family_size, mean_std
 from ablation.tracking.mlflow_store import SweepStore
 from ablation.tracking.names import (
     CONFIG_HASH,
@@ -77,19 +78,36 @@ def baseline_arm(prepared: PreparedSweep) -> int:
 
 
 def summarize(prepared: PreparedSweep, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per arm: n, params, GMACs, mean and std of the errors, the test against the baseline, and the
-    paper's numbers with our difference to them."""
+    """One row per arm: n, params, GMACs, mean and std of the errors, the comparison with the baseline (the
+    experiment's test and correction: ``stats``), and the paper's numbers with our difference to them. The family's
+    size is kept in ``summary.attrs["comparisons"]`` for the note."""
     base = baseline_arm(prepared)
-    base_top1 = runs.loc[runs[C.ARM] == base, C.TOP1].tolist()
+    stats = prepared.experiment.stats
+    errors = {
+        arm.index: dict(zip(mine[C.SEED], mine[C.TOP1], strict=True))
+        for arm in prepared.arms
+        for mine in [runs[runs[C.ARM] == arm.index]]
+    }
+    try:
+        comparisons = compare_arms(errors, base, test=stats.test, correction=stats.correction)
+    except SeedsDoNotPair as exc:
+        raise ConfigError(
+            "stats.test",
+            "paired",
+            f"is not allowed for these runs: '{prepared.arms[exc.arm].description}' finished seeds {exc.only_first} "
+            f"that the baseline '{prepared.arms[base].description}' did not, and lacks {exc.only_second}; seeds "
+            "pair only where every arm finished the same seeds; allowed: welch",
+        ) from None
     rows = []
     for arm in prepared.arms:
         mine = runs[runs[C.ARM] == arm.index]
         top1, top5 = mine[C.TOP1].tolist(), mine[C.TOP5].tolist()
         top1_mean, top1_std = mean_std(top1)
         top5_mean, top5_std = mean_std(top5)
-        test = None if arm.index == base else welch(top1, base_top1)
+        test = comparisons.get(arm.index)
         row = arm.paper_row
         paper_top1 = row.top1 if row else math.nan
+        adjusted = stats.correction != "none"
         rows.append(
             {
                 C.DESCRIPTION: arm.description,
@@ -101,8 +119,16 @@ def summarize(prepared: PreparedSweep, runs: pd.DataFrame) -> pd.DataFrame:
                 C.TOP5_MEAN: top5_mean,
                 C.TOP5_STD: top5_std,
                 C.IMG_PER_S_MEAN: mine[C.IMG_PER_S].mean() if len(mine) else math.nan,
-                C.VS_BASELINE: describe_test(test, arm.index == base),
+                C.VS_BASELINE: describe(test, arm.index == base, stats.alpha, adjusted),
                 C.VS_BASELINE_P: test.p if test else math.nan,
+                C.DIFF: test.difference if test else math.nan,
+                C.DIFF_LOW: test.low if test else math.nan,
+                C.DIFF_HIGH: test.high if test else math.nan,
+                C.TEST: test.test if test else "",
+                C.T: test.t if test else math.nan,
+                C.DF: test.df if test else math.nan,
+                C.P_ADJUSTED: test.p_adjusted if test else math.nan,
+                C.EFFECT: test.effect if test else math.nan,
                 C.PAPER_TOP1: paper_top1,
                 C.PAPER_TOP5: row.top5 if row else math.nan,
                 C.DELTA_TOP1_VS_PAPER: top1_mean - paper_top1,
@@ -114,7 +140,10 @@ def summarize(prepared: PreparedSweep, runs: pd.DataFrame) -> pd.DataFrame:
                 C.PAPER_GFLOPS_SHOWN: row.shown("gflops", ".3f") if row else "-",
             }
         )
-    return pd.DataFrame(rows, columns=list(C.SUMMARY_COLUMNS))
+    summary = pd.DataFrame(rows, columns=list(C.SUMMARY_COLUMNS))
+    summary.attrs["comparisons"] = family_size(comparisons)
+    summary.attrs["stats"] = stats
+    return summary
 
 
 def _mean_std(mean: float, std: float, plus_minus: str = " ± ") -> str:
@@ -131,7 +160,10 @@ def display_rows(summary: pd.DataFrame, with_paper: bool, style: str = "md") -> 
     """Header and cells as text; the best (lowest) mean error of each column is marked bold."""
     pm = {"latex": r" $\pm$ ", "html": " &plusmn; "}.get(style, " ± ")
     bold = {"latex": r"\textbf{{{}}}", "html": "<b>{}</b>"}.get(style, "**{}**")
-    header = ["Description", "n", "Params", "GMACs", "Top-1 err (%)", "Top-5 err (%)", "vs baseline (Welch)"]
+    # Text from users and from the paper's records, escaped for the format (the description is escaped by the
+    # renderer, which also escapes the header).
+    text = {"latex": latex_escape, "html": html.escape}.get(style, str)
+    header = ["Description", "n", "Params", "GMACs", "Top-1 err (%)", "Top-5 err (%)", comparison_title(summary)]
     extra = [(column, title) for column, title in C.EXTRA_COLUMNS if column in summary.columns]
     header += [title for _, title in extra]
     if with_paper:
@@ -151,35 +183,77 @@ def display_rows(summary: pd.DataFrame, with_paper: bool, style: str = "md") -> 
             bold.format(top5) if r[C.TOP5_MEAN] == best5 else top5,
             r[C.VS_BASELINE] if r[C.N] else "-",
         ]
-        cells += [str(r[column]) for column, _ in extra]
+        cells += [text(r[column]) for column, _ in extra]
         if with_paper:
             cells += [
-                r[C.PAPER_TOP1_SHOWN],
-                r[C.PAPER_TOP5_SHOWN],
+                text(r[C.PAPER_TOP1_SHOWN]),
+                text(r[C.PAPER_TOP5_SHOWN]),
                 _num(r[C.DELTA_TOP1_VS_PAPER], "+.2f"),
-                r[C.PAPER_PARAMS_SHOWN],
-                r[C.PAPER_GFLOPS_SHOWN],
+                text(r[C.PAPER_PARAMS_SHOWN]),
+                text(r[C.PAPER_GFLOPS_SHOWN]),
             ]
         body.append(cells)
     return header, body
 
 
-def table_note(prepared: PreparedSweep) -> str:
+TEST_NAMES = {"welch": "Welch", "paired": "paired"}
+CORRECTION_SHORT = {"holm": "Holm", "bh": "BH"}
+
+
+def comparison_title(summary: pd.DataFrame) -> str:
+    """The comparison column's title: which test and which correction, e.g. "Δ top-1 [95% CI], p (Welch, Holm)"."""
+    stats = summary.attrs.get("stats")
+    if stats is None:
+        return "Δ top-1 [95% CI], p"
+    correction = "" if stats.correction == "none" else f", {CORRECTION_SHORT[stats.correction]}"
+    return f"Δ top-1 [95% CI], p ({TEST_NAMES[stats.test]}{correction})"
+
+
+def comparison_note(prepared: PreparedSweep, summary: pd.DataFrame | None) -> str:
+    """How to read the comparison column: the test, the correction and the size of its family."""
+    stats = prepared.experiment.stats
+    base = prepared.arms[baseline_arm(prepared)].description
+    family = summary.attrs.get("comparisons", 0) if summary is not None else 0
+    test = (
+        "Welch's t-test over seeds (unequal variances)"
+        if stats.test == "welch"
+        else "the paired t-test over seeds (a pair: the same seed in both arms, which fixes their data order and "
+        "augmentation)"
+    )
+    if stats.correction == "none":
+        p = f"p not adjusted for the {family} comparisons with the baseline"
+    else:
+        p = f"p {CORRECTION_NAMES[stats.correction]}-adjusted over the {family} comparisons with the baseline"
+    return (
+        f"'Δ top-1': the arm's mean top-1 error minus '{base}''s, in points, with its 95% confidence interval, and the "
+        f"two-sided p of {test}, {p} (* p < {stats.alpha:g}; raw p, t, df and Hedges' g in table.csv and "
+        "table.html). It needs n >= 2 per arm, and three or more seeds to mean much."
+    )
+
+
+def table_note(prepared: PreparedSweep, summary: pd.DataFrame | None = None) -> str:
     """What produced the numbers: dataset, recipe, epochs, seeds, and how to read them."""
     experiment = prepared.experiment
     config = prepared.arms[0].config
     train, data = config.train, config.data
     seeds = experiment.seeds
-    base = prepared.arms[baseline_arm(prepared)].description
     identities = sorted({arm.data.identity for arm in prepared.arms if arm.data.identity})
     identity = f", {', '.join(identities)}" if identities else ""
     if isinstance(seeds, list):
         seeds_text = f"seeds {', '.join(map(str, seeds))}"
+    elif seeds.until == "sequential":
+        seeds_text = (
+            f"seeds from {seeds.start}, {seeds.min} per arm, then one more per round to each arm whose difference to "
+            f"the baseline is unresolved, and to the baseline, up to {seeds.max}; 'resolved': declared at level "
+            f"{seeds.alpha:g} under the repeated looks (the level spent linearly over the looks at n = {seeds.min}.."
+            f"{seeds.max} seeds, a Welch interval at each)"
+        )
     else:
         seeds_text = (
             f"seeds from {seeds.start}, {seeds.min} per arm, then one more per round to each arm whose difference to "
-            f"the baseline has a 95% CI (Welch) containing 0, and to the baseline, up to {seeds.max} (a stopping "
-            "rule for spending seeds: looking after every round makes 'resolved' weaker than a 5% test)"
+            f"the baseline has a 95% CI (Welch) containing 0, and to the baseline, up to {seeds.max} (the old rule, "
+            "uncorrected for its repeated looks: its 'resolved' declares noise far more often than 5%; see "
+            "benchmarks/README.md)"
         )
     tune = experiment.tune
     recipe = "" if tune is None else " (the default recipe; each tuned row trains its 'Tuned values' instead)"
@@ -187,9 +261,8 @@ def table_note(prepared: PreparedSweep) -> str:
         f"Dataset {data.dataset} ({prepared.arms[0].data.image_size} px{identity}); SGD lr {train.lr:g}, momentum "
         f"{train.momentum:g}, weight decay {train.weight_decay:g}, batch {train.batch_size}, {train.epochs} epochs, "
         f"{train.schedule} schedule{recipe}; {seeds_text}. Errors: last epoch, mean ± sample std over "
-        "the n seeds that finished ('-': n = 1 has no spread); bold: the lowest mean. 'vs baseline': difference "
-        f"in top-1 error to '{base}' in points and the two-sided p of Welch's t-test over seeds (* p < 0.05; needs "
-        "n >= 2 per arm, and three or more seeds to mean much)."
+        "the n seeds that finished ('-': n = 1 has no spread); bold: the lowest mean. "
+        + comparison_note(prepared, summary)
     )
     if tune is not None:
         space = ", ".join(
@@ -220,7 +293,7 @@ def render_markdown(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     title = prepared.experiment.title or prepared.experiment.name
-    return f"**{title}**\n\n" + "\n".join(lines) + f"\n\n{table_note(prepared)}\n" + _comparison(summary, "md")
+    return f"**{title}**\n\n" + "\n".join(lines) + f"\n\n{table_note(prepared, summary)}\n" + _comparison(summary, "md")
 
 
 def _comparison(summary: pd.DataFrame, style: str) -> str:
@@ -231,18 +304,38 @@ def _comparison(summary: pd.DataFrame, style: str) -> str:
     return "\n" + render_comparison(comparison, style)
 
 
+# Every character LaTeX gives a meaning to, and the symbols the tables and notes print, as LaTeX writes them; mapped
+# in one pass (a chain of replacements would escape the braces of an earlier replacement).
+LATEX = {
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "&": r"\&",
+    "%": r"\%",
+    "#": r"\#",
+    "_": r"\_",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "Δ": r"$\Delta$",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "·": r"$\cdot$",
+    "→": r"$\rightarrow$",
+    "†": r"\textdagger{}",
+    "‡": r"\textdaggerdbl{}",
+    "–": "--",
+    "—": "---",
+    "’": "'",
+    "…": r"\ldots{}",
+}
+
+
 def latex_escape(text: str) -> str:
-    for raw, escaped in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("_", r"\_"),
-        ("#", r"\#"),
-        ("Δ", r"$\Delta$"),
-        ("±", r"$\pm$"),
-    ):
-        text = text.replace(raw, escaped)
-    return text
+    """``text`` as LaTeX typesets it literally: all ten special characters escaped, the tables' symbols mapped."""
+    return "".join(LATEX.get(char, char) for char in str(text))
 
 
 def render_latex(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
@@ -259,7 +352,7 @@ def render_latex(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
     ]
     lines += [" & ".join([latex_escape(row[0]), *row[1:]]) + r" \\" for row in body]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [rf"\par\smallskip\footnotesize {latex_escape(table_note(prepared))}", r"\end{table}"]
+    lines += [rf"\par\smallskip\footnotesize {latex_escape(table_note(prepared, summary))}", r"\end{table}"]
     return "\n".join(lines) + "\n" + _comparison(summary, "latex")
 
 
@@ -273,8 +366,36 @@ def render_html(summary: pd.DataFrame, prepared: PreparedSweep) -> str:
     )
     return (
         f"<table>\n<caption>{title}</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>{rows}</tbody>\n</table>\n"
-        f"<p>{html.escape(table_note(prepared))}</p>\n" + _comparison(summary, "html")
+        f"<p>{html.escape(table_note(prepared, summary))}</p>\n"
+        + _comparisons_html(summary)
+        + _comparison(summary, "html")
     )
+
+
+def _comparisons_html(summary: pd.DataFrame) -> str:
+    """Every comparison with the baseline in full: difference, interval, test statistic, df, raw and adjusted p,
+    standardised effect."""
+    header = ["Description", "Test", "Δ top-1", "95% CI", "t", "df", "p (raw)", "p (adjusted)", "Hedges' g"]
+    rows = []
+    for r in summary.to_dict("records"):
+        if not r[C.TEST]:
+            continue
+        cells = [
+            html.escape(r[C.DESCRIPTION]),
+            r[C.TEST],
+            _num(r[C.DIFF], "+.3f"),
+            f"[{_num(r[C.DIFF_LOW], '+.3f')}, {_num(r[C.DIFF_HIGH], '+.3f')}]",
+            _num(r[C.T], ".3f"),
+            _num(r[C.DF], ".2f"),
+            _num(r[C.VS_BASELINE_P], ".4f"),
+            _num(r[C.P_ADJUSTED], ".4f"),
+            _num(r[C.EFFECT], "+.3f"),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    return f'<table class="comparisons">\n<thead><tr>{head}</tr></thead>\n<tbody>{"".join(rows)}</tbody>\n</table>\n'
 
 
 def render_csv(summary: pd.DataFrame) -> str:
@@ -383,6 +504,17 @@ def render_comparison(comparison: pd.DataFrame, style: str = "md") -> str:
             ]
         )
     verdict = "The ranking changed with tuning." if ranking_changed(comparison) else "The ranking is the same."
+    lost = comparison[comparison[C.TUNED_MINUS_DEFAULT] > 0]
+    if len(lost):
+        names = ", ".join(
+            f"{d} ({x:+.2f})" for d, x in zip(lost[C.DESCRIPTION], lost[C.TUNED_MINUS_DEFAULT], strict=True)
+        )
+        verdict += (
+            f" Tuned values lost to the default recipe on the test set for {names}: on the tuning holdout they were "
+            "at least as good (the default was each study's first trial), so the holdout, or the trials' epochs, "
+            "were too small to tell the recipes apart; read those rows' tuning with care."
+        )
+    verdict = label(verdict) if style != "md" else verdict
     if style == "latex":
         lines = [r"\begin{tabular}{lrrr}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
         lines += [" & ".join(row) + r" \\" for row in rows]

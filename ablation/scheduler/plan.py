@@ -37,6 +37,7 @@ from ablation.core.faults import kill_point
 from ablation.experiment.grid import Arm, Cell, cell_of_spec
 from ablation.experiment.prepared import PreparedSweep
 from ablation.experiment.schema import config_hash
+from ablation.experiment.search_space import default_point
 from ablation.experiment.spec import CellSpec
 from ablation.experiment.tune import SeedRule
 from ablation.scheduler.queue import CELL, FAILURE, SPEC, SweepQueue
@@ -187,7 +188,7 @@ class SweepPlan:
             index = min(open_arms, key=lambda i: (counts[i], i))
             arm = self.prepared.arms[index]
             study = self.study(queue, arm)
-            trial = study.ask()
+            trial = study.ask(first=default_point(arm.config, self.tune))
             kill_point("plan.asked")  # asked, not queued: the next refill queues it (the budget holds it already)
             counts[index] += 1
             spec = self._trial_spec(arm, trial)

@@ -101,12 +101,18 @@ class ArmStudy:
         """Read the trials afresh next time (other processes ask and tell too)."""
         self._trials = None
 
-    def ask(self) -> FrozenTrial:
+    def ask(self, first: dict[str, Any] | None = None) -> FrozenTrial:
         """A new trial of this arm, its values suggested by the seeded sampler (the caller holds the plan's lock,
-        so that the budget is never exceeded)."""
+        so that the budget is never exceeded). ``first``: the values of the study's first trial (the arm's default
+        recipe, ``search_space.default_point``), so that the chosen values are never worse than the default on
+        the holdout. Queued in the study before it is asked: a worker that dies between the two leaves it waiting,
+        and the next ask takes it."""
         number = len(self.trials())
         sampler = make_sampler(self.tune, derived_seed(self.tune.sampler.seed, self.arm_index, number))
-        trial = self.load(sampler).ask(distributions(self.tune))
+        study = self.load(sampler)
+        if number == 0 and first is not None:
+            study.enqueue_trial(first, skip_if_exists=True)
+        trial = study.ask(distributions(self.tune))
         self.forget()
         return self.storage.get_trial(trial._trial_id)
 

@@ -2,8 +2,8 @@
 logged by MLflow's own ``SystemMetricsMonitor`` under ``system/``, as every tracking tool users know shows them.
 
 MLflow's own settings apply: ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it off,
-``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the interval (10 s here unless set: one sample costs about 15 ms of
-CPU, ``benchmarks/system_metrics.py``), and GPU metrics need ``nvidia-ml-py`` (the ``[gpu]`` extra). A monitor
+``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the interval (10 s here unless set: what a sample costs is measured
+by ``benchmarks/system_metrics.py``), and GPU metrics need ``nvidia-ml-py`` (the ``[gpu]`` extra). A monitor
 that cannot start is one line, never a failed run; stopping it waits at most ``STOP_JOIN_S`` (nothing once a stop
 was requested), so a store that went away cannot hold a cell's end. A resumed run goes on from its last step.
 """

@@ -97,3 +97,27 @@ def test_the_shipped_tuned_experiments_expand(write_experiment):
         experiment = load_experiment(EXPERIMENTS / f"{name}.yaml")
         arms = expand_arms(experiment, check_paths=False)
         assert experiment.planned and len(arms) >= 3
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "inside"),
+    [
+        ({"type": "float", "low": 0.01, "high": 0.5, "log": True}, 0.1, True),
+        ({"type": "float", "low": 0.01, "high": 0.5}, 0.6, False),
+        ({"type": "float", "low": 0.0, "high": 1.0, "step": 0.25}, 0.5, True),
+        ({"type": "float", "low": 0.0, "high": 1.0, "step": 0.25}, 0.3, False),
+        ({"type": "int", "low": 1, "high": 9, "step": 2}, 5, True),
+        ({"type": "int", "low": 1, "high": 9, "step": 2}, 4, False),
+        ({"type": "categorical", "choices": [0.0, 0.1]}, 0.1, True),
+        ({"type": "categorical", "choices": [0.0, 0.1]}, 0.2, False),
+    ],
+)
+def test_the_default_recipe_is_a_first_trial_only_where_it_lies_in_the_space(param, value, inside):
+    from ablation.experiment.schema import parse_run_config
+    from ablation.experiment.search_space import default_point
+    from ablation.experiment.tune import TuneConfig
+
+    key = "train.label_smoothing" if param["type"] != "int" else "train.warmup_epochs"
+    config = parse_run_config({"train": {key.split(".")[1]: value, "epochs": 20}})
+    tune = TuneConfig.model_validate({"trials": 3, "space": {key: param}})
+    assert default_point(config, tune) == ({key: value} if inside else None)

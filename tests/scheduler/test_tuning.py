@@ -112,3 +112,32 @@ def test_every_pruner_kind_reports_and_decides(tmp_path, kind):
     assert (study.trial(trial.number).state == TrialState.PRUNED) is stop
     assert study.trial(trial.number).intermediate_values == {1: 95.0, 2: 95.0}
     assert isinstance(make_pruner(tune(kind)), optuna.pruners.BasePruner)
+
+
+def test_the_first_trial_is_the_default_recipe_where_it_lies_in_the_space(tmp_path):
+    """So that the chosen values are never worse than the default on the holdout: the default is trial 0."""
+    from ablation.experiment.schema import parse_run_config
+    from ablation.experiment.search_space import default_point
+
+    config = parse_run_config({"train": {"lr": 0.05, "batch_size": 64}})
+    first = default_point(config, tune())
+    assert first == {"train.lr": 0.05, "train.batch_size": 64}
+    study = study_in(tmp_path)
+    trial = study.ask(first=first)
+    assert trial.number == 0 and trial.params == first
+    second = study.ask(first=first)  # only the first trial
+    assert second.number == 1 and second.params != first
+    # Outside the space (a range that excludes it, a value not among the choices): no such first trial.
+    assert default_point(parse_run_config({"train": {"lr": 0.9, "batch_size": 64}}), tune()) is None
+    assert default_point(parse_run_config({"train": {"lr": 0.05, "batch_size": 256}}), tune()) is None
+
+
+def test_a_default_queued_by_a_worker_that_died_before_asking_is_asked_next(tmp_path):
+    from optuna.trial import TrialState as State
+
+    study = study_in(tmp_path)
+    first = {"train.lr": 0.05, "train.batch_size": 32}
+    study.load().enqueue_trial(first)  # queued, never asked: the worker died
+    trial = study.ask(first=first)
+    assert trial.params == first and trial.state == State.RUNNING
+    assert [t.number for t in study.trials()] == [0]  # not queued twice

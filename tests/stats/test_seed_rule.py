@@ -1,4 +1,5 @@
-"""The adaptive seed rule on hand-made numbers: the interval against scipy's own, and when the rule stops."""
+"""The adaptive seed rule on hand-made numbers: the interval against scipy's own, the level each look spends, when
+the rule stops, and its error rate under repeated looks by simulation."""
 
 import math
 
@@ -6,9 +7,10 @@ import pytest
 from scipy import stats as scipy_stats
 
 from ablation.experiment.tune import SeedRule
-from ablation.stats.seed_rule import Verdict, ci95, next_round, verdicts
+from ablation.stats.seed_rule import Verdict, ci95, interval, look_level, next_round, nominal_levels, verdicts
 
-RULE = SeedRule(min=3, max=10)
+RULE = SeedRule(min=3, max=10)  # sequential, alpha 0.05
+OLD = SeedRule(min=3, max=10, until="ci95 excludes 0")
 BASE = [25.0, 25.4, 24.8]  # baseline arm 0, seeds 0-2
 
 
@@ -117,3 +119,61 @@ def test_describe():
     assert Verdict(1, 4, None, "resolved").describe() == "resolved at n=4"
     assert Verdict(1, 10, None, "max seeds").describe() == "unresolved at max n=10"
     assert Verdict(1, 3, None, "unresolved").describe() == "unresolved at n=3"
+
+
+def test_the_sequential_boundary_spends_alpha_linearly_over_the_planned_looks():
+    """Checked against an independent formulation: a Monte Carlo of the looks' z statistics (sums of standardised
+    differences over nested samples), each look crossing its nominal level only where no earlier one did."""
+    import numpy as np
+    from scipy import stats as scipy_stats
+
+    levels = nominal_levels(RULE.min, RULE.max, RULE.alpha)
+    assert levels[0] == pytest.approx(0.05 * 3 / 10)  # the first look: its increment itself
+    assert all(0.05 / 10 < level < 0.05 for level in levels[1:])  # above the union bound's split, below alpha
+    paths = np.cumsum(np.random.default_rng(0).normal(size=(200_000, RULE.max)), axis=1)
+    alive, crossed = np.ones(len(paths), bool), []
+    for n, level in zip(range(RULE.min, RULE.max + 1), levels, strict=True):
+        z = np.abs(paths[:, n - 1]) / np.sqrt(n)
+        now = alive & (z > scipy_stats.norm.isf(level / 2))
+        crossed.append(now.mean())
+        alive &= ~now
+    expected = [0.015] + [0.005] * 7  # linear spending: alpha * n / max by look n
+    assert crossed == pytest.approx(expected, abs=0.0012)  # 4 standard errors of 200,000 paths
+    assert sum(crossed) == pytest.approx(RULE.alpha, abs=0.002)
+    assert look_level(2, RULE) == 1.0 and look_level(11, RULE) == 1.0  # no look outside min..max
+    assert look_level(3, RULE) == pytest.approx(1 - levels[0])
+    assert all(look_level(n, OLD) == 0.95 for n in range(2, 12))  # the old rule: 95% at every look
+
+
+def test_a_difference_the_old_rule_calls_is_not_yet_resolved_at_the_sequential_level():
+    arm, base = [24.0, 24.5, 24.2], [25.0, 25.4, 24.8]
+    assert interval(arm, base, 0.95).excludes_zero  # what the old rule sees at its first look
+    results, enqueued = {0: base, 1: arm}, {0: [0, 1, 2], 1: [0, 1, 2]}
+    assert verdicts(results, enqueued, 0, OLD)[1].state == "resolved"
+    sequential = verdicts(results, enqueued, 0, RULE)[1]
+    assert sequential.state == "unresolved" and not sequential.interval.excludes_zero
+    assert sequential.interval.high - sequential.interval.low > 0  # its interval: at level 1 - 0.015, wider
+
+
+@pytest.mark.slow
+def test_with_no_true_difference_the_sequential_rule_resolves_at_most_alpha_of_sweeps():
+    """Repeated looks, simulated with the rule's own code (benchmarks/seed_rule_error.py runs more of them)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    sweeps, found = 1200, {"old": 0, "new": 0}
+    for _ in range(sweeps):
+        draws = {0: rng.normal(0, 1, 10), 1: rng.normal(0, 1, 10)}
+        for name, rule in (("old", OLD), ("new", RULE)):
+            queued = {0: [0, 1, 2], 1: [0, 1, 2]}
+            while True:
+                results = {arm: [float(draws[arm][s]) for s in seeds] for arm, seeds in queued.items()}
+                plan = next_round(results, queued, 0, rule)
+                if not plan:
+                    found[name] += verdicts(results, queued, 0, rule)[1].state == "resolved"
+                    break
+                for arm, seed in plan.items():
+                    queued[arm].append(seed)
+    margin = 3 * math.sqrt(0.05 * 0.95 / sweeps)
+    assert found["new"] / sweeps <= 0.05 + margin
+    assert found["old"] / sweeps > 0.05 + margin  # the repeated looks of the old rule, as the README warns
