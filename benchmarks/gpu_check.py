@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import shutil
@@ -50,10 +51,14 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout, installed or n
 PARTS = ("variants", "overhead", "sweep", "ddp", "loader")
 # Seconds of the budget each part may take at most (scaled down when --budget-s is smaller than their sum).
 SHARE = {"variants": 60, "overhead": 210, "sweep": 120, "ddp": 60, "loader": 45}
-# (float32, bf16 autocast): the largest |cuda - cpu float64| allowed, relative to the largest |reference| of the
-# tensor. float32 rounds at ~6e-8 and the gates' reductions add a few thousand terms; bf16 keeps 8 bits of mantissa
-# (~4e-3 per rounding), and a CBAM forward rounds a map through an MLP, a conv and two sigmoids.
-TOLERANCE = {"float32": 1e-4, "bf16": 5e-2}
+# The largest |device - cpu float64| allowed, relative to the largest |float64 value| of the tensor. float32: every
+# tensor (output, input gradient, parameter gradients) within 5e-4 (float32 rounds at ~6e-8, the gates' reductions
+# add a few thousand terms and a parameter's gradient can cancel to a small fraction of its terms; with TF32 off, as
+# the check sets it: TF32's 10-bit mantissa would be bf16-like). bf16 autocast keeps 8 bits of mantissa (~4e-3 per
+# rounding) in the MLP and the conv: the output within 5e-2; gradients, which sum thousands of such products and cancel, are held to the straightforward
+# formulation's own bf16 error instead: the fast path's error at most twice the reference path's, plus 1e-2.
+TOLERANCE = {"float32": 5e-4, "bf16": 5e-2}
+BF16_GRADIENTS = (2.0, 1e-2)  # (factor over the reference path's bf16 error, absolute slack)
 
 
 @dataclass
@@ -93,7 +98,10 @@ def _randomise(module) -> None:
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.5)
+            # Weights at the scale of a trained layer (1 / sqrt(fan-in)): larger ones saturate the sigmoids, and
+            # their gradients then cancel to nothing that any precision could resolve.
+            scale = 1.0 / math.sqrt(p[0].numel()) if p.dim() > 1 else 0.5
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * scale)
         for name, b in module.named_buffers():
             if name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=generator, dtype=b.dtype) + 0.5)
@@ -115,7 +123,7 @@ def _relative(got, expected) -> float:
     return (got.double().cpu() - expected).abs().max().item() / scale if got.numel() else 0.0
 
 
-def check_variants(device: str) -> Part:
+def check_variants(device: str, quick: bool = False) -> Part:
     import torch
 
     from ablation.attention import build_attention
@@ -123,13 +131,21 @@ def check_variants(device: str) -> Part:
 
     part, worst, failures = Part("variants"), {"float32": 0.0, "bf16": 0.0}, []
     rows = []
-    for label, options in variants():
+    # float32 means float32: CUDA would otherwise run the convs (and matmuls) in TF32 by default.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    chosen = variants()
+    if quick:  # one of each kind: the default CBAM, a single pooling, a conv descriptor, SE, ECA
+        kept = ("cbam pools avg+max", "cbam pools lse", "cbam conv descriptor", "se", "eca")
+        chosen = [(label, options) for label, options in chosen if label in kept]
+    for label, options in chosen:
         torch.manual_seed(0)
         reference = build_attention(options, 32).double().train()
         _randomise(reference)
         x = torch.randn(4, 32, 14, 18, dtype=torch.float64)  # H != W catches a transposed pool or conv
         grad = torch.randn(4, 32, 14, 18, dtype=torch.float64)
         expected = _forward_backward(copy.deepcopy(reference), x, grad)
+        errors_of: dict[tuple[str, str], list[float]] = {}
         for impl in ("reference", "fast"):
             for precision in ("float32", "bf16"):
                 module = copy.deepcopy(reference).float().to(device)
@@ -139,19 +155,28 @@ def check_variants(device: str) -> Part:
                     got = _forward_backward(module, x.float().to(device), grad.float().to(device))
                 errors = [_relative(got[0], expected[0]), _relative(got[1], expected[1])]
                 errors += [_relative(g, e) for g, e in zip(got[2], expected[2], strict=True)]
-                error = max(errors)
-                worst[precision] = max(worst[precision], error)
-                ok = error <= TOLERANCE[precision]
-                row = {"variant": label, "impl": impl, "precision": precision, "max_rel_error": error, "ok": ok}
-                rows.append(row)
-                if not ok:
-                    failures.append(f"{label} {impl} {precision}: {error:.2e}")
+                errors_of[(impl, precision)] = errors
+        for (impl, precision), errors in errors_of.items():
+            if precision == "float32":
+                ok, error = max(errors) <= TOLERANCE["float32"], max(errors)
+            else:  # the output against float64; each gradient against the reference path's own bf16 error
+                factor, slack = BF16_GRADIENTS
+                bound = [factor * e + slack for e in errors_of[("reference", "bf16")][1:]]
+                ok = errors[0] <= TOLERANCE["bf16"] and all(e <= b for e, b in zip(errors[1:], bound, strict=True))
+                error = errors[0]
+            worst[precision] = max(worst[precision], error)
+            row = {"variant": label, "impl": impl, "precision": precision, "max_rel_error": error, "ok": ok}
+            row["gradient_errors"] = errors[1:]
+            rows.append(row)
+            if not ok:
+                failures.append(f"{label} {impl} {precision}: output {errors[0]:.2e}, gradients {max(errors[1:]):.2e}")
     part.details = {"tolerance": TOLERANCE, "rows": rows}
     part.status = "failed" if failures else "ok"
     part.summary = (
-        f"{len(rows)} checks ({len(variants())} variants x fast/reference x float32/bf16), worst relative error "
-        f"float32 {worst['float32']:.1e} (tolerance {TOLERANCE['float32']:g}), bf16 {worst['bf16']:.1e} "
-        f"(tolerance {TOLERANCE['bf16']:g})" + (f"; FAILED: {'; '.join(failures[:5])}" if failures else "")
+        f"{len(rows)} checks ({len(chosen)} variants x fast/reference x float32/bf16), worst relative error "
+        f"float32 {worst['float32']:.1e} (tolerance {TOLERANCE['float32']:g}), bf16 output {worst['bf16']:.1e} "
+        f"(tolerance {TOLERANCE['bf16']:g}; gradients within {BF16_GRADIENTS[0]:g}x the reference path's bf16 error "
+        f"+ {BF16_GRADIENTS[1]:g})" + (f"; FAILED: {'; '.join(failures[:5])}" if failures else "")
     )
     return part
 
@@ -353,10 +378,10 @@ def loader_rate(root: Path, workers: int, device: str, batches: int = 6, batch_s
     return seen / (time.perf_counter() - began)
 
 
-def check_loader(out: Path, timeout_s: float, device: str, gpu_rate: float | None) -> Part:
+def check_loader(out: Path, timeout_s: float, device: str, gpu_rate: float | None, images: int = 400) -> Part:
     part = Part("loader")
     began = time.monotonic()
-    root = make_image_folder(Path(tempfile.mkdtemp(prefix="gpu-check-images-", dir=out)))
+    root = make_image_folder(Path(tempfile.mkdtemp(prefix="gpu-check-images-", dir=out)), images)
     cores = os.cpu_count() or 1
     counts = [0, *[k for k in (2, 4, 8, 16, 32) if k <= cores]]
     rates: dict[int, float] = {}
@@ -368,7 +393,7 @@ def check_loader(out: Path, timeout_s: float, device: str, gpu_rate: float | Non
     finally:
         shutil.rmtree(root, ignore_errors=True)  # ~20 MB of generated JPEGs: not part of the report
     best = max(rates.values())
-    part.details = {"images": 400, "cores": cores, "rates": rates, "gpu_rate": gpu_rate}
+    part.details = {"images": images, "cores": cores, "rates": rates, "gpu_rate": gpu_rate}
     part.status = "ok"
     text = ", ".join(f"{k} workers {v:.0f} img/s" for k, v in rates.items())
     if gpu_rate:
@@ -440,6 +465,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=480.0, help="seconds for all parts together (480)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--dry-run", action="store_true", help="no CUDA: the CPU-side pieces only (CI)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a sample of the variants and a small ImageFolder (CI's dry run)"
+    )
     args = parser.parse_args(argv)
     wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in wanted if p not in PARTS]
@@ -469,11 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(device)
     scale = min(1.0, args.budget_s / sum(SHARE[p] for p in args.parts))
     checks: dict[str, Callable[[float], Part]] = {
-        "variants": lambda t: check_variants(device),
+        "variants": lambda t: check_variants(device, quick=args.quick),
         "overhead": lambda t: check_overhead(out, t),
         "sweep": lambda t: check_sweep(out, t),
         "ddp": lambda t: check_ddp(out, t, env["gpus"]),
-        "loader": lambda t: check_loader(out, t, device, training_rate(done.get("overhead", Part("overhead")))),
+        "loader": lambda t: check_loader(
+            out, t, device, training_rate(done.get("overhead", Part("overhead"))), images=128 if args.quick else 400
+        ),
     }
     done: dict[str, Part] = {}
     for name in args.parts:

@@ -320,7 +320,16 @@ class SweepStore:
             source = resolve_dataset_source(dataset["source"])
             entity = MetaDataset(source=source, name=dataset["name"], digest=dataset["digest"])._to_mlflow_entity()
         context = InputTag(key=DATASET_CONTEXT, value=dataset.get("context", "train+validation"))
-        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[context])])
+                return
+            except MlflowException as exc:
+                # MLflow's SQL store looks the dataset up, then inserts it when missing: two workers starting cells of
+                # one experiment at once can both insert it, and the second insert breaks the unique key (seen on
+                # PostgreSQL). Its transaction was rolled back; sent again, the lookup finds the row and links it.
+                if attempt == 2 or not _duplicate_key(exc):
+                    raise
 
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
@@ -384,6 +393,14 @@ def dashboard_hint(tracking_uri: str, experiment_id: str | None) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"review the runs: {tracking_uri.rstrip('/')}/{page}"
     return f"review the runs: mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
+
+
+def _duplicate_key(exc: BaseException) -> bool:
+    """Whether a store error is a unique key that another writer took first (PostgreSQL's, SQLite's, MySQL's words)."""
+    text = str(exc)
+    return any(
+        words in text for words in ("UniqueViolation", "duplicate key", "UNIQUE constraint failed", "Duplicate entry")
+    )
 
 
 def _fingerprint(experiment) -> str:

@@ -54,3 +54,42 @@ def test_the_tracking_uri_and_the_dashboard_link(monkeypatch):
     assert dashboard_hint("http://mlflow:5000/", "7").startswith("review the runs: http://mlflow:5000/#/experiments/7/")
     local = dashboard_hint("sqlite:///mlflow.db", "7")
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in local and "/#/experiments/7/" in local
+
+
+def test_workers_starting_cells_at_once_each_record_the_shared_dataset(
+    tmp_path, tiny_npz, write_experiment, postgres_url
+):
+    """MLflow's SQL store looks a dataset up and inserts it when missing; cells of one experiment started at the same
+    moment by several workers race for that insert (seen: a worker crashed on PostgreSQL's duplicate key). Every run
+    must end up with the dataset as its input, and the dataset stored once."""
+    import threading
+
+    experiment = load_experiment(write_experiment(tiny_experiment(tiny_npz, "  model.attention.order: [parallel]")))
+    cells = expand_cells(experiment, expand_arms(experiment))
+    uri = postgres_url()
+    with in_folder(tmp_path):
+        store = SweepStore(uri, experiment, create=True)
+        parent = store.parent_run(sweep_key(cells), len(cells))
+        workers = 6
+        runs = [store.client.create_run(store.experiment_id).info.run_id for _ in range(workers)]
+        barrier, errors = threading.Barrier(workers), []
+
+        def start(run_id: str) -> None:
+            try:
+                own = SweepStore(uri, experiment)  # each worker its own client, as each process has
+                barrier.wait()
+                own._log_dataset(run_id, {"name": "npz", "source": str(tiny_npz), "digest": "same-digest"})
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(run_id,)) for run_id in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    client = MlflowClient(uri)
+    for run_id in runs:
+        (found,) = client.get_run(run_id).inputs.dataset_inputs
+        assert found.dataset.digest == "same-digest"
+    assert parent

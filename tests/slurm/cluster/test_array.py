@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import re
 import signal
 import sys
@@ -128,8 +129,10 @@ def _hold_until_signalled(pid: int | None, send=None, until: float | None = None
     """Hold worker ``pid`` still (SIGSTOP) while ``send()`` (if given) signals its task, and let it go (SIGCONT)
     once a stop signal is pending in it: the stop is then handled where the worker was held, mid-cell. Slurm's
     requeue and scancel send SIGCONT themselves just before their SIGTERM, which lets it go as well. With ``until``
-    (a time.time() value), the hold ends then at the latest: a signal that came before the hold was handled already.
-    """
+    (a time.time() value: waiting for slurmctld's own time-limit signal), the hold ends then at the latest, and a
+    worker continued before any stop signal is pending is held again: something else can continue it early (seen
+    in CI-like runs: a SIGCONT to the task's processes 10 s in, long before the limit's SIGUSR2), and the cell
+    would then finish before the signal it is there to receive."""
     if pid is None:  # the worker has ended already: whatever stopped it came first
         assert send is None, "the worker to signal has ended"
         return
@@ -138,7 +141,13 @@ def _hold_until_signalled(pid: int | None, send=None, until: float | None = None
             if send is not None:
                 send()
             deadline = until if until is not None else time.time() + 60
-            while processes.is_stopped(pid) and not processes.pending_signals(pid) & STOP_SIGNALS:
+            while not processes.pending_signals(pid) & STOP_SIGNALS:
+                if processes.process_state(pid) in (None, "Z"):
+                    return  # it ended: whatever stopped it came first
+                if not processes.is_stopped(pid):
+                    if until is None:
+                        return  # continued by Slurm's own SIGCONT, its stop signal right behind it
+                    os.kill(pid, signal.SIGSTOP)  # continued early, no stop pending: hold it again
                 if time.time() > deadline:
                     assert until is not None, f"no stop signal reached the held worker {pid} in 60 s"
                     return
