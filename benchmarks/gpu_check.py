@@ -55,8 +55,9 @@ SHARE = {"variants": 60, "overhead": 210, "sweep": 120, "ddp": 60, "loader": 45}
 # tensor (output, input gradient, parameter gradients) within 5e-4 (float32 rounds at ~6e-8, the gates' reductions
 # add a few thousand terms and a parameter's gradient can cancel to a small fraction of its terms; with TF32 off, as
 # the check sets it: TF32's 10-bit mantissa would be bf16-like). bf16 autocast keeps 8 bits of mantissa (~4e-3 per
-# rounding) in the MLP and the conv: the output within 5e-2; gradients, which sum thousands of such products and cancel, are held to the straightforward
-# formulation's own bf16 error instead: the fast path's error at most twice the reference path's, plus 1e-2.
+# rounding) in the MLP and the conv: the output within 5e-2; gradients, which sum thousands of such products and
+# cancel, are held to the straightforward formulation's own bf16 error instead: the fast path's error at most twice
+# the reference path's, plus 1e-2.
 TOLERANCE = {"float32": 5e-4, "bf16": 5e-2}
 BF16_GRADIENTS = (2.0, 1e-2)  # (factor over the reference path's bf16 error, absolute slack)
 
