@@ -28,3 +28,22 @@ class StrictModel(BaseModel):
 def wrong_key(key: str, value: Any, message: str) -> PydanticCustomError:
     """The error a section's check across keys raises for ``key`` (None: a key that is missing)."""
     return PydanticCustomError(CROSS_KEY, message.replace("{", "(").replace("}", ")"), {"key": key, "value": value})
+
+
+def check_level(value: float) -> float:
+    """A significance level: in (0, 0.5) (``stats.alpha``, a seed rule's ``alpha``)."""
+    if not 0 < value < 0.5:
+        raise ValueError("must be a level in (0, 0.5), e.g. 0.05")
+    return value
+
+
+def check_custom_choice(chosen: str, key: str, target: Any, options: dict[str, Any], maker: str) -> None:
+    """A section's ``target`` and ``options`` (a user's own network or data): required with ``key: custom``, and
+    meaningless with anything else. ``maker`` names what the target is ("the data's maker, 'package.module:make'")."""
+    if chosen == "custom":
+        if target is None:
+            raise wrong_key("target", None, f"required with {key} custom: {maker}")
+    elif target is not None:
+        raise wrong_key("target", target, f"is for {key} custom only ({key} is {chosen})")
+    elif options:
+        raise wrong_key("options", options, f"is for {key} custom only ({key} is {chosen})")

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from ablation.core.strict import StrictModel, wrong_key
+from ablation.core.strict import StrictModel, check_custom_choice, wrong_key
 from ablation.core.targets import TARGET_FORMAT, TARGET_PATTERN
 from ablation.data.registry import CUSTOM, dataset_names
 
@@ -54,16 +54,12 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _custom(self) -> DataConfig:
-        # A check across keys, reported on the key that is wrong (the "cross_key" error: ablation.experiment.schema).
-        if self.dataset == CUSTOM:
-            if self.target is None:
-                raise wrong_key("target", None, "required with dataset custom: the data's maker, 'package.module:make'")
-            if self.root is not None:
-                raise wrong_key("root", self.root, "is not read for dataset custom; its maker's options say where")
-        elif self.target is not None:
-            raise wrong_key("target", self.target, f"is for dataset custom only (dataset is {self.dataset})")
-        elif self.options:
-            raise wrong_key("options", self.options, f"is for dataset custom only (dataset is {self.dataset})")
+        # Checks across keys, each reported on the key that is wrong (wrong_key: ablation.core.strict).
+        check_custom_choice(
+            self.dataset, "dataset", self.target, self.options, "the data's maker, 'package.module:make'"
+        )
+        if self.dataset == CUSTOM and self.root is not None:
+            raise wrong_key("root", self.root, "is not read for dataset custom; its maker's options say where")
         return self
 
     @field_validator("dataset")

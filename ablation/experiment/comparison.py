@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from ablation.core.strict import StrictModel
+from ablation.core.strict import StrictModel, check_level
 
 
 class StatsConfig(StrictModel):
@@ -26,6 +26,4 @@ class StatsConfig(StrictModel):
     @field_validator("alpha")
     @classmethod
     def _alpha(cls, value: float) -> float:
-        if not 0 < value < 0.5:
-            raise ValueError("must be a level in (0, 0.5), e.g. 0.05")
-        return value
+        return check_level(value)

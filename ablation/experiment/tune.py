@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ablation.core.strict import StrictModel
+from ablation.core.strict import StrictModel, check_level
 
 ParamType = Literal["float", "int", "categorical"]
 SAMPLERS = ("tpe", "random")
@@ -183,9 +183,7 @@ class SeedRule(StrictModel):
     @field_validator("alpha")
     @classmethod
     def _alpha(cls, value: float) -> float:
-        if not 0 < value < 0.5:
-            raise ValueError("must be a level in (0, 0.5), e.g. 0.05")
-        return value
+        return check_level(value)
 
     @model_validator(mode="after")
     def _bounds(self) -> SeedRule:

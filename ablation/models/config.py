@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ablation.attention.options import NoAttentionOptions
 from ablation.attention.registry import AttentionOptions
-from ablation.core.strict import StrictModel, wrong_key
+from ablation.core.strict import StrictModel, check_custom_choice, wrong_key
 from ablation.core.targets import TARGET_FORMAT, TARGET_PATTERN
 from ablation.models.registry import CUSTOM, Layout, Stem, arch_names
 
@@ -64,21 +64,15 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _custom(self) -> ModelConfig:
-        # A check across keys, reported on the key that is wrong (CROSS_KEY: ablation.experiment.schema).
-        if self.arch == CUSTOM:
-            if self.target is None:
-                raise wrong_key(
-                    "target", None, "required with arch custom: the network's builder, 'package.module:build'"
-                )
-            fixed = sorted({"width", "stem", "layout"} & self.model_fields_set)
-            if fixed:
-                raise wrong_key(
-                    fixed[0],
-                    getattr(self, fixed[0]),
-                    "is a built-in backbone's; arch custom takes its network's own arguments in model.options",
-                )
-        elif self.target is not None:
-            raise wrong_key("target", self.target, f"is for arch custom only (arch is {self.arch})")
-        elif self.options:
-            raise wrong_key("options", self.options, f"is for arch custom only (arch is {self.arch})")
+        # Checks across keys, each reported on the key that is wrong (wrong_key: ablation.core.strict).
+        check_custom_choice(
+            self.arch, "arch", self.target, self.options, "the network's builder, 'package.module:build'"
+        )
+        fixed = sorted({"width", "stem", "layout"} & self.model_fields_set) if self.arch == CUSTOM else []
+        if fixed:
+            raise wrong_key(
+                fixed[0],
+                getattr(self, fixed[0]),
+                "is a built-in backbone's; arch custom takes its network's own arguments in model.options",
+            )
         return self
