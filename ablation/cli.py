@@ -174,8 +174,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
     prepared = _prepare(args)
     name = args.name or f"worker-{os.getpid()}"
     report = run_worker(prepared, WorkerOptions.from_args(args, progress=False, name=name))
+    lost = f", {report.lost} taken over by other workers while it was cut off" if report.lost else ""
     print(
-        f"[{name}] finished {report.finished} cells, {len(report.failed)} failed, {report.already_done} already done",
+        f"[{name}] finished {report.finished} cells, {len(report.failed)} failed, {report.already_done} already "
+        f"done{lost}",
         flush=True,
     )
 

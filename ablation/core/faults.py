@@ -5,6 +5,9 @@ sweep's set-up, inside a checkpoint write, between logging an epoch and saving i
 finalisation. Nothing happens unless ``ABLATION_KILL_AT`` is set to ``name`` or ``name@n``; then the process
 SIGKILLs itself the n-th time (default: the first) it reaches that point, as the OOM killer, a preempting
 scheduler or ``kill -9`` would: no handler, no cleanup, no flushed buffers but the two below.
+
+``ABLATION_STOP_AT`` (same form) SIGSTOPs the process there instead: it is held at a known point of its work,
+however fast the machine, until the test continues it (SIGCONT), as a paused VM or a frozen node would hold it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import sys
 from collections import Counter
 
 ENV = "ABLATION_KILL_AT"
-_reached: Counter[str] = Counter()
+STOP_ENV = "ABLATION_STOP_AT"
+_reached: Counter[tuple[str, str]] = Counter()
 
 
 def armed(name: str) -> bool:
@@ -24,12 +28,13 @@ def armed(name: str) -> bool:
 
 
 def kill_point(name: str) -> None:
-    if not armed(name):
-        return
-    _reached[name] += 1
-    nth = os.environ[ENV].partition("@")[2]
-    if _reached[name] == (int(nth) if nth else 1):
-        # What the process printed so far is what a test reads; the kill itself stays abrupt.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+    for variable, signum in ((ENV, signal.SIGKILL), (STOP_ENV, signal.SIGSTOP)):
+        point, _, nth = os.environ.get(variable, "").partition("@")
+        if point != name:
+            continue
+        _reached[variable, name] += 1
+        if _reached[variable, name] == (int(nth) if nth else 1):
+            # What the process printed so far is what a test reads; the kill itself stays abrupt.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.kill(os.getpid(), signum)

@@ -208,6 +208,7 @@ def train_job(
     run_id: str | None = None,
     key: str | None = None,
     on_epoch: Callable[[list[dict[str, float]], bool], bool] | None = None,
+    fence: Callable[[], None] | None = None,
     say: Callable[[str], None] = say,
 ) -> TrainResult:
     """Train ``model`` (freshly built under ``seed_everything(config.seed)``) as ``config`` says.
@@ -233,6 +234,10 @@ def train_job(
     ``_Job.wrap_for_training`` (DDP, compilation), then per epoch ``_run_epoch`` (``_train_loop``,
     ``_evaluate``) and, on rank 0, ``_checkpoint`` and logging.
 
+    ``fence()`` is called on rank 0 before each checkpoint and before the final metrics are logged; it raises to
+    stop the job without writing (a sweep worker whose claim on the cell was taken back meanwhile:
+    ``ablation.scheduler.queue.SweepQueue.ensure_claimed``).
+
     ``on_epoch(history, last)`` (a tuning trial's pruning, ``ablation.scheduler.tuning``) is called on rank 0 after each
     epoch is checkpointed and logged, and once after a resume; True stops the job there (``TrainResult.pruned``),
     every rank together.
@@ -253,6 +258,8 @@ def train_job(
         train_time += metrics[EPOCH_TIME]
         history.append(metrics)
         if dist.is_main:
+            if fence is not None:
+                fence()
             # Checkpoint first: a kill between the two leaves an epoch that the resumed job logs from the history.
             _checkpoint(job, epoch + 1, history, train_time)
             kill_point("epoch.checkpointed")
@@ -264,6 +271,8 @@ def train_job(
     barrier(dist)  # no rank returns before rank 0's last checkpoint is on disk
     final = final_metrics(history)
     if dist.is_main:
+        if fence is not None:
+            fence()
         tracker.log_metrics(final)
     return TrainResult(history, True, train_time, start_epoch, final)
 

@@ -35,6 +35,7 @@ from ablation.engine.train import NonFiniteLossError, resolve_device, seed_every
 from ablation.experiment.grid import Cell, build_network
 from ablation.experiment.prepared import PreparedSweep
 from ablation.scheduler.launch import CellLaunch, CellOptions
+from ablation.scheduler.queue import ClaimLost
 from ablation.tracking.mlflow_store import MlflowTracker, SweepStore
 from ablation.tracking.names import (
     CHECKPOINT_DIR,
@@ -96,6 +97,7 @@ def run_cell(
     dist=None,
     on_epoch: Callable[[list[dict], bool], bool] | None = None,
     tune_study: str = "",
+    fence: Callable[[], None] | None = None,
     say: Callable[[str], None] = say,
 ) -> CellOutcome:
     """Train ``cell`` into its MLflow run: a new one, or ``run_id`` (an interrupted attempt's) reopened.
@@ -105,7 +107,13 @@ def run_cell(
     (``CellOutcome.finalizing``) while the caller moves on. A tuning trial passes its pruning as ``on_epoch``
     (``ablation.scheduler.tuning.pruning_callback``) and its arm's study as ``tune_study``; a trial its pruner
     stopped ends FINISHED, tagged PRUNED, with the metrics of the epochs it ran.
+
+    ``fence()`` (a sweep worker's ``SweepQueue.ensure_claimed``) is passed before every write to the cell's
+    checkpoint and run: each epoch, the final results, the run's end, whatever that end is. It raises
+    ``ClaimLost`` where the cell was taken back and given to another worker, which owns the run and checkpoint
+    from then on: the exception goes up with nothing written and the run left as it is.
     """
+    fence = fence or (lambda: None)
     reopened = run_id is not None
     if run_id is None:
         run_id = store.start_cell(cell, parent_id, dataset_input(cell), tune_study)
@@ -138,14 +146,20 @@ def run_cell(
                 run_id=run_id,
                 key=cell.hash,
                 on_epoch=on_epoch,
+                fence=fence,
                 say=say,
                 **({"dist": dist} if dist is not None else {}),
             )
+        except ClaimLost:
+            monitor.stop(publish=False)  # its last samples would land in the run another worker owns now
+            raise
         finally:
             monitor.stop()
     except KeyboardInterrupt:
         _mark_killed(store, run_id, "interrupted by the user (Ctrl-C); a rerun resumes it", say)
         raise
+    except ClaimLost:
+        raise  # the run is another worker's now
     except Exception as exc:
         outage = outage_of(exc)
         if outage is not None:  # the machine's or a store's fault, not a result: the cell is left to resume
@@ -153,11 +167,13 @@ def run_cell(
             raise outage from exc
         # A failure of the cell's own: the sweep goes on; the reason is kept on the run and in the sweep's state.
         reason = f"{type(exc).__name__}: {exc}"
+        fence()
         if cell.spec is not None and cell.spec.phase == PHASE_TUNE and isinstance(exc, NonFiniteLossError):
             store.log_tags(run_id, {TUNE_STATE: "FAIL"})  # a diverged trial ended: its values do not train
         store.finish(run_id, "FAILED", reason + "\n" + traceback.format_exc(limit=8))
         return CellOutcome("failed", run_id, reason=reason)
     if not result.completed and not result.pruned:
+        fence()
         store.finish(run_id, "KILLED", f"stopped after epoch {len(result.history)}; a rerun resumes it")
         return CellOutcome("interrupted", run_id, result.train_time_s)
     params, macs = cost
@@ -171,6 +187,7 @@ def run_cell(
     kept = checkpoint if options.log_checkpoints else None
 
     def finalize() -> None:
+        fence()
         tracker.log_metrics(final)
         kill_point("final.metrics")
         log_artifacts(cell, store.experiment.name, tracker, result.history, str(device), kept)

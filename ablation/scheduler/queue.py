@@ -1,14 +1,15 @@
 """The sweep's state in an Optuna storage: which cells wait, run, are done or failed, shared by all workers.
 
 Each cell is an Optuna trial enqueued in WAITING state with the cell's config hash as a user attribute. A worker
-claims a cell by moving its trial from WAITING to RUNNING, which Optuna's storage does atomically (a database
-row update in a transaction): of several workers racing for one trial exactly one wins, on one machine or many.
-(Optuna's GridSampler alone can hand the same grid point to two workers; a queue of enqueued trials cannot.)
+claims a cell by moving the first waiting trial to RUNNING in one transaction that locks its row (``FOR UPDATE
+SKIP LOCKED`` where the database has it, the sweep's own lock on SQLite): of several workers racing for one trial
+exactly one wins, on one machine or many, and the others take the next one instead of queueing behind it. A claim
+reads only that row and the running ones, never the whole queue (``ablation.scheduler.trial_rows``). (Optuna's
+GridSampler alone can hand the same grid point to two workers; a queue of enqueued trials cannot.)
 
 A running worker records a heartbeat for its trial and which process it is (host, boot, pid). When a worker dies
 (SIGKILL, preemption, a rebooted node) its heartbeat stops; after the grace period any worker marks the trial
-failed and enqueues a copy (``take_back_orphans``; Optuna's own staleness check and its
-``RetryHeartbeatStaleTrialCallback`` where heartbeats cannot be read), which the next free worker claims and
+failed and enqueues a copy (``take_back_orphans``), which the next free worker claims and
 resumes from the cell's last epoch checkpoint, in the same MLflow run. A worker on the same machine need not wait
 for the grace period: it sees that the process is gone and takes the cell up at once. A cell that fails by itself
 (an exception, a NaN loss) is told FAIL with its reason and is not retried unless ``--retry-failed`` asks.
@@ -34,12 +35,12 @@ import types
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
 from ablation.core.errors import StoreError
@@ -47,12 +48,27 @@ from ablation.core.faults import kill_point
 from ablation.core.patience import StoreWaiter
 from ablation.core.stopping import protect
 from ablation.experiment.grid import Cell
+from ablation.scheduler.trial_rows import (
+    count_unfinished,
+    index_the_queue,
+    running_trials,
+    take_first_waiting,
+    trial_state,
+)
 from ablation.tracking.stores import exclusive, is_set_up, sqlite_path, with_busy_timeout
 
 DEFAULT_STORAGE = "sqlite:///sweeps.db"
 HEARTBEAT_INTERVAL_S = 15
 GRACE_PERIOD_S = 60
 STOP_JOIN_S = 5.0
+# A connection whose packets go unacknowledged for TCP_USER_TIMEOUT_MS is dropped (libpq's tcp_user_timeout) instead of
+# hanging in the kernel's retransmissions for up to ~15 minutes: a worker cut off from the database finds out, says
+# so and waits (--store-wait), and reconnects as soon as the link is back rather than after the retransmissions'
+# back-off. It also bounds how late a write can land: one sent just before a cut arrives within this time or never.
+# With the default heartbeat (15 s) and grace period (60 s) a cell is taken back 45 s after its worker's last write
+# at the earliest, so what passed the fence (SweepQueue.ensure_claimed) has landed by then.
+TCP_USER_TIMEOUT_MS = 20_000
+POSTGRESQL_CONNECT_ARGS = {"connect_timeout": 10, "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
 CELL, NAME, RUN_ID, FAILURE, OWNER = "cell_hash", "cell_name", "mlflow_run_id", "failure", "owner"
 JOBS = "slurm_jobs"  # the sweep's attribute: the Slurm arrays submitted for it (ablation.slurm.submit)
 WORKER = "worker"  # the name of the worker that claimed the cell (a Slurm task's is slurm-<array>_<index>)
@@ -71,7 +87,7 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
         path.parent.mkdir(parents=True, exist_ok=True)
     if not url.startswith("sqlite"):
         engine_kwargs["pool_pre_ping"] = True
-        engine_kwargs["connect_args"] = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+        engine_kwargs["connect_args"] = POSTGRESQL_CONNECT_ARGS if url.startswith("postgresql") else {}
     # A worker its sweep started opens tables that the sweep has just created or checked, with this same Optuna:
     # no lock, no table creation, no version check.
     known = is_set_up(url)
@@ -90,6 +106,8 @@ def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=None),
                 skip_table_creation=known,
             )
+            if not known:
+                index_the_queue(storage.engine)
         storage._waiter = StoreWaiter("the sweep storage", url)
         return storage
     except StoreError:
@@ -128,6 +146,12 @@ def _patient(method):
 for _name, _method in vars(RDBStorage).items():
     if isinstance(_method, types.FunctionType) and not _name.startswith("_"):
         setattr(_ProtectedStorage, _name, _patient(_method))
+
+
+class ClaimLost(RuntimeError):
+    """This worker's claim on a cell was taken back while it was silent (cut off from the sweep storage, paused)
+    for longer than the grace period, and the cell was given to another worker: it must write nothing more for the
+    cell, neither checkpoint nor results (``SweepQueue.ensure_claimed``)."""
 
 
 @dataclass(frozen=True)
@@ -210,21 +234,17 @@ class SweepQueue:
         return exclusive(self.url, f"state:{self.study_name}")
 
     def claim(self) -> Claim | None:
-        """Atomically take a waiting cell (after re-enqueueing those whose worker died), or None."""
+        """Atomically take the first waiting cell (after re-enqueueing those whose worker died), or None."""
         self.take_back_orphans()
-        for trial in self.trials((TrialState.WAITING,)):
-            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-            try:
-                with self._changing_state():
-                    won = self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                won = False
-            if won:
-                kill_point("claim.won")
-                self.storage.record_heartbeat(trial_id)
-                self.storage.set_trial_user_attr(trial_id, OWNER, this_process())
-                return Claim(trial_id, trial.number, trial.user_attrs[CELL], trial.user_attrs.get(SPEC))
-        return None
+        with self._changing_state():
+            taken = self._in_storage(take_first_waiting, self.study_id)
+        if taken is None:
+            return None
+        trial_id, number, attrs = taken
+        kill_point("claim.won")
+        self.storage.record_heartbeat(trial_id)
+        self.storage.set_trial_user_attr(trial_id, OWNER, this_process())
+        return Claim(trial_id, number, attrs[CELL], attrs.get(SPEC))
 
     def take_back_orphans(self) -> int:
         """Running cells that nobody runs any more, taken back (failed and enqueued again, once, whichever worker
@@ -234,35 +254,45 @@ class SweepQueue:
 
         A worker on this machine whose process lives keeps its cell however late its heartbeat: a loaded machine,
         a stalled disk or a stopped process (Ctrl-Z) delays a beat, and taking a live worker's cell would train it
-        twice. The heartbeat is the evidence only where the process cannot be seen."""
+        twice. The heartbeat is the evidence only where the process cannot be seen.
+
+        Read in one query (the running trials, their owner and heartbeat, by the database's clock as Optuna's own
+        staleness check): every claim makes it, so it must not grow with more than the cells running."""
         me, grace = this_process(), self._grace()
-        taken, unreadable = 0, False
-        for trial in self.trials((TrialState.RUNNING,)):
-            owner = trial.user_attrs.get(OWNER)
-            known, age = self.heartbeat_age(trial)
-            unreadable |= not known
+        taken = 0
+        for running in self._in_storage(running_trials, self.study_id, OWNER):
+            owner, age = running.owner, running.heartbeat_age
             here = owner is not None and same_machine(owner, me)
             if here and not process_alive(owner):
                 why = f"process {owner.split('|')[3]} on this machine, which is gone"
             elif here:
                 continue
-            elif known and age is not None and age > grace:
+            elif age is not None and age > grace:
                 host = owner.split("|")[0] if owner else "an unknown host"
                 why = f"a worker on {host} that has been silent for {age:.0f}s (grace period {grace}s)"
-            elif owner is None and known and age is None:
-                started = trial.datetime_start or datetime.now()
-                if datetime.now() - started <= timedelta(seconds=grace):
+            elif owner is None and age is None:
+                if running.started_age is not None and running.started_age <= grace:
                     continue
                 why = "a worker that died while claiming it"
             else:
                 continue
-            if self._fail_and_requeue(trial):
+            if (trial := self._fail_and_requeue(running.trial_id)) is not None:
                 taken += 1
                 name = trial.user_attrs.get(NAME) or trial.user_attrs.get(CELL)
                 self.say(f"[sweep] {name} was left running by {why}; taken up again")
-        if unreadable:  # heartbeats this Optuna keeps where we cannot read them: its own check, without the line
-            fail_stale_trials(self.study)
         return taken
+
+    def _in_storage(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(session, *args)`` in one transaction of the storage, as its own calls run: protected from a
+        stop signal, and waited for while the database is down (``_ProtectedStorage``)."""
+
+        def transaction():
+            with _create_scoped_session(self.storage.scoped_session) as session:
+                return function(session, *args)
+
+        transaction = protect(transaction)
+        waiter = getattr(self.storage, "_waiter", None)
+        return transaction() if waiter is None else waiter.call(transaction)
 
     def heartbeat_age(self, trial: optuna.trial.FrozenTrial) -> tuple[bool, float | None]:
         """(whether it could be told, seconds since the trial's last heartbeat or None if it never had one), by
@@ -283,30 +313,56 @@ class SweepQueue:
     def _grace(self) -> int:
         return self.storage.grace_period or GRACE_PERIOD_S
 
-    def _fail_and_requeue(self, trial: optuna.trial.FrozenTrial) -> bool:
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+    def _fail_and_requeue(self, trial_id: int) -> optuna.trial.FrozenTrial | None:
+        """Fail a running trial and enqueue its cell again; None when another worker took it back first."""
         try:
             with self._changing_state():
-                if self.storage.get_trial(trial_id).state != TrialState.RUNNING:
-                    return False  # another worker took it back first
+                trial = self.storage.get_trial(trial_id)
+                if trial.state != TrialState.RUNNING:
+                    return None  # another worker took it back first
                 self.storage.set_trial_user_attr(trial_id, FAILURE, "released: its worker is gone")
                 won = self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
-            return False  # another worker took it back first
-        if won:
-            self.retry([trial.user_attrs[CELL]])
-        return won
+            return None  # another worker took it back first
+        if not won:
+            return None
+        self.study.enqueue_trial(
+            {}, user_attrs={k: trial.user_attrs[k] for k in (CELL, NAME, SPEC) if k in trial.user_attrs}
+        )
+        return trial
 
     def unfinished(self) -> int:
         """Cells waiting or running anywhere: a worker with nothing to claim waits while this is > 0, because
         a running cell whose worker dies comes back as a waiting one."""
-        return len(self.trials((TrialState.WAITING, TrialState.RUNNING)))
+        return self._in_storage(count_unfinished, self.study_id)
 
     def set_run_id(self, claim: Claim, run_id: str) -> None:
         self.storage.set_trial_user_attr(claim.trial_id, RUN_ID, run_id)
 
+    def ensure_claimed(self, claim: Claim, name: str = "") -> None:
+        """The fence a worker passes before each write for its cell (a checkpoint, an epoch's or the final
+        results, the run's end): raises ``ClaimLost`` unless the claim's trial is still RUNNING.
+
+        Why this fences: a cell is taken back only by failing its trial (``take_back_orphans``) before a copy is
+        queued, and the copy is a new trial, so a worker whose trial is no longer RUNNING has been replaced. A
+        worker cut off from the storage cannot pass the fence until it reaches the storage again (the read waits,
+        as every call does, ``--store-wait``), and then it reads that it lost the cell; a write to the sweep storage
+        sent just before a cut lands within ``TCP_USER_TIMEOUT_MS`` or never. What it cannot cover: a process frozen
+        between this read and its write (milliseconds) for longer than the grace period, and writes to other stores
+        (MLflow over HTTP retries a request on its own) delivered late after such a freeze."""
+        if self._in_storage(trial_state, claim.trial_id) != TrialState.RUNNING:
+            raise ClaimLost(
+                f"{name or claim.cell_hash}: this worker's claim (trial {claim.number}) was taken back while it was "
+                "silent for longer than the grace period and the cell given to another worker; it stops the cell "
+                "without writing its checkpoint or results"
+            )
+
     def complete(self, claim: Claim, top1_err: float) -> None:
-        self.storage.set_trial_state_values(claim.trial_id, TrialState.COMPLETE, values=[top1_err])
+        try:
+            self.storage.set_trial_state_values(claim.trial_id, TrialState.COMPLETE, values=[top1_err])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.ensure_claimed(claim)  # taken back after the last fence: say so as a lost claim
+            raise
 
     def mark_done(self, trial: optuna.trial.FrozenTrial, top1_err: float, run_id: str) -> bool:
         """Record a waiting cell as done without running it (the tracking store holds its finished run)."""

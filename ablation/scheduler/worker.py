@@ -25,7 +25,7 @@ from ablation.experiment.prepared import PreparedSweep
 from ablation.experiment.spec import CellSpec
 from ablation.scheduler.cell import CellOutcome, run_cell
 from ablation.scheduler.launch import CellLaunch, WorkerOptions, child_environment, run_cell_command, wait_for_sweep
-from ablation.scheduler.queue import NAME, WORKER, Claim, Heartbeat, SweepQueue
+from ablation.scheduler.queue import NAME, WORKER, Claim, ClaimLost, Heartbeat, SweepQueue
 from ablation.scheduler.state import join_sweep
 from ablation.scheduler.tuning import pruning_callback
 from ablation.tracking.mlflow_store import SweepStore
@@ -40,6 +40,7 @@ __all__ = ["EpochLines", "WorkerOptions", "WorkerReport", "run_worker"]
 class WorkerReport:
     finished: int = 0
     already_done: int = 0  # claimed cells that MLflow already had finished (e.g. from an earlier sweep)
+    lost: int = 0  # claims taken back while this worker was cut off, and given to another worker (fencing)
     interrupted: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     train_s: float = 0.0
@@ -123,6 +124,11 @@ def run_worker(
             beat = Heartbeat(queue.storage, claim.trial_id, options.heartbeat_interval).start()
             try:
                 outcome = _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finalizer, plan)
+            except ClaimLost as exc:  # the cell is another worker's now: nothing to give back, nothing written
+                beat.stop()
+                report.lost += 1
+                say(f"[{options.name}] {exc}")
+                continue
             except BaseException as exc:
                 beat.stop()
                 stopped = f"the worker stopped: {exc}" if isinstance(exc, Outage) else "the worker was stopped"
@@ -202,6 +208,8 @@ def _complete_when_logged(
         try:
             error = future.exception() if future is not None else None
             outage = outage_of(error) if error is not None else None
+            if isinstance(error, ClaimLost):
+                raise error
             if error is None:
                 queue.complete(claim, outcome.top1_err)
             elif outage is not None:  # not the cell's fault: a rerun resumes it at its last epoch and logs again
@@ -213,6 +221,10 @@ def _complete_when_logged(
                 report.finished -= 1
                 report.failed[name] = f"logging its results failed: {error}"
                 queue.fail(claim, report.failed[name])
+        except ClaimLost as exc:  # taken back while its results were being logged: they are the new owner's to log
+            report.finished -= 1
+            report.lost += 1
+            say(f"[worker] {exc}")
         except Outage as exc:  # the sweep storage is down: the heartbeat going stale gives the cell back
             report.outage = report.outage or exc
         finally:
@@ -253,6 +265,7 @@ def _run_claimed(cell, claim, prepared, queue, store, parent_id, options, finali
         tracker_wrapper=wrapper,
         on_epoch=on_epoch,
         tune_study=tune_study,
+        fence=lambda: queue.ensure_claimed(claim, cell.name),
     )
 
 

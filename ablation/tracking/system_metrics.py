@@ -58,7 +58,9 @@ class SystemMetrics:
             self.tell(f"[cell] no system metrics for run {self.run_id}: {' '.join(str(exc).split())[:200]}")
         return self
 
-    def stop(self) -> None:
+    def stop(self, publish: bool = True) -> None:
+        """Stop sampling and log the samples not yet logged (``publish=False``: drop them, the run being another
+        worker's now)."""
         monitor, self._monitor = self._monitor, None
         if monitor is None:
             return
@@ -66,7 +68,7 @@ class SystemMetrics:
         thread = monitor._process
         if thread is not None:
             thread.join(timeout=0 if stop_requested() else STOP_JOIN_S)
-        if stop_requested() or (thread is not None and thread.is_alive()):
+        if not publish or stop_requested() or (thread is not None and thread.is_alive()):
             return  # a store that does not answer: the samples not yet logged are dropped, the cell is not held
         try:
             # The samples taken since the last logged step (MLflow's monitor logs only after a full interval): a

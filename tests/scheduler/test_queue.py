@@ -1,7 +1,6 @@
 """The sweep's queue of cells (ablation/scheduler/queue.py) on real processes: a cell left running by a SIGKILLed worker
 on another machine is taken up after the grace period and resumed (cold starts: tests/tracking/test_stores.py)."""
 
-import contextlib
 import threading
 import time
 
@@ -83,45 +82,6 @@ def test_a_cell_of_a_worker_on_another_machine_is_taken_up_after_the_grace_perio
     assert "0 to run" in capsys.readouterr().err
 
 
-def test_two_workers_that_read_a_waiting_cell_together_never_both_claim_it(tmp_path, monkeypatch):
-    """Optuna reads a trial FOR UPDATE before changing its state, which SQLite ignores: without a lock of the sweep's
-    own, two workers that both read the cell as WAITING would both claim it (seen on a loaded machine: one cell
-    trained twice). Here both workers' reads are made to happen together whenever they can (a barrier inside
-    Optuna's read); exactly one must win."""
-    import optuna
-    from optuna.storages._rdb import models
-
-    from ablation.scheduler.queue import CELL, NAME, SweepQueue
-
-    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
-    optuna.create_study(study_name="s", storage=open_storage(url))
-    first = SweepQueue(open_storage(url), "s", say=lambda line: None, url=url)
-    first.study.enqueue_trial({}, user_attrs={CELL: "abc", NAME: "cell"})
-    second = SweepQueue(open_storage(url), "s", say=lambda line: None, url=url)
-
-    together = threading.Barrier(2)
-    read = models.TrialModel.find_or_raise_by_id
-
-    def read_together(*args, **kwargs):
-        trial = read(*args, **kwargs)
-        # With the lock the other worker cannot read until this one has written: the barrier breaks (after a
-        # moment) and the claims go one after the other. Without it, both read WAITING here and both would win.
-        with contextlib.suppress(threading.BrokenBarrierError):
-            together.wait(timeout=2)
-        return trial
-
-    monkeypatch.setattr(models.TrialModel, "find_or_raise_by_id", staticmethod(read_together))
-    claims: list = []
-    workers = [threading.Thread(target=lambda q=q: claims.append(q.claim())) for q in (first, second)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert sorted(claim is not None for claim in claims) == [False, True], claims
-    (trial,) = first.trials()
-    assert trial.state == optuna.trial.TrialState.RUNNING
-
-
 def test_every_call_to_the_sweep_storage_is_protected_from_a_stop(tmp_path):
     """A claim or a heartbeat is never cut in two by Ctrl-C (ablation/core/stopping.py): every public method of the
     storage the sweep opens runs protected, the write finished before the KeyboardInterrupt comes (the mechanism
@@ -131,3 +91,28 @@ def test_every_call_to_the_sweep_storage_is_protected_from_a_stop(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'sweeps.db'}")
     public = [name for name in vars(RDBStorage) if not name.startswith("_") and callable(getattr(RDBStorage, name))]
     assert public and all(hasattr(getattr(type(storage), name), "__wrapped__") for name in public)
+
+
+def test_a_claim_taken_back_fails_its_fence_and_cannot_complete(tmp_path):
+    """Taking a cell back fails its trial before queueing a copy: the old claim's fence (read before each write)
+    raises from then on, and so does completing it, while the copy's claim passes."""
+    import optuna
+
+    from ablation.scheduler.queue import CELL, NAME, ClaimLost, SweepQueue
+
+    url = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    optuna.create_study(study_name="s", storage=open_storage(url))
+    queue = SweepQueue(open_storage(url), "s", say=lambda line: None, url=url)
+    queue.study.enqueue_trial({}, user_attrs={CELL: "abc", NAME: "cell"})
+    stale = queue.claim()
+    queue.ensure_claimed(stale)  # still ours: passes
+    assert queue._fail_and_requeue(stale.trial_id) is not None  # what take_back_orphans does to a silent worker's
+    with pytest.raises(ClaimLost, match=r"cell: this worker's claim \(trial 0\) was taken back"):
+        queue.ensure_claimed(stale, "cell")
+    with pytest.raises(ClaimLost):
+        queue.complete(stale, 1.0)
+    fresh = queue.claim()
+    assert fresh.cell_hash == "abc" and fresh.trial_id != stale.trial_id
+    queue.ensure_claimed(fresh)
+    queue.complete(fresh, 1.0)
+    assert [t.state.name for t in queue.trials()] == ["FAIL", "COMPLETE"]

@@ -133,8 +133,10 @@ def _wait_until_ready(port: int, deadline: float) -> None:
 
 
 class _Server:
-    def __init__(self, binaries: dict[str, str]) -> None:
-        self.binaries = binaries
+    def __init__(self, binaries: dict[str, str], max_connections: int = 50, also_listen: tuple[str, ...] = ()) -> None:
+        """``also_listen``: addresses besides 127.0.0.1 to serve on (a test network namespace's host side), each
+        trusted for its /24."""
+        self.binaries, self.max_connections, self.also_listen = binaries, max_connections, also_listen
         self.user = _server_user()
         self.root = _make_tempdir(self.user)
         self.data = self.root / "data"
@@ -163,23 +165,27 @@ class _Server:
         )
         if result.returncode != 0:
             self._fail("initdb failed", result)
-        # Trust only this user, only over the unix socket and TCP from 127.0.0.1 (the file keeps its owner).
+        # Trust only this user, only over the unix socket, TCP from 127.0.0.1 and the test namespaces asked for (the
+        # file keeps its owner).
+        networks = "".join(
+            f"host all {PG_USER} {address.rsplit('.', 1)[0]}.0/24 trust\n" for address in self.also_listen
+        )
         (self.data / "pg_hba.conf").write_text(
-            f"local all {PG_USER} trust\nhost all {PG_USER} {HOST}/32 trust\n",
+            f"local all {PG_USER} trust\nhost all {PG_USER} {HOST}/32 trust\n{networks}",
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         for _attempt in range(3):  # the free port can be taken between choosing it and binding it: retry
             self.port = _free_port()
             options = " ".join(
                 [
-                    f"-c listen_addresses={HOST}",
+                    f"-c listen_addresses={','.join((HOST, *self.also_listen))}",
                     f"-c port={self.port}",
                     f"-c unix_socket_directories={self.sockets}",
                     # A throwaway server: durability is not needed, speed is.
                     "-c fsync=off",
                     "-c synchronous_commit=off",
                     "-c full_page_writes=off",
-                    "-c max_connections=50",
+                    f"-c max_connections={self.max_connections}",
                 ]
             )
             timeout = max(1, int(deadline - time.monotonic()))
@@ -188,7 +194,7 @@ class _Server:
                 [pg_ctl, "start", "-w", "-t", str(timeout), "-D", str(self.data), "-l", str(self.log), "-o", options]
             )
             if result.returncode == 0:
-                self.started = True
+                self.started, self.options = True, options
                 break
             self.stop()  # in case it is half up
         else:
@@ -197,6 +203,16 @@ class _Server:
             _wait_until_ready(self.port, deadline)
         except TimeoutError as exc:
             self._fail(str(exc))
+
+    def start_again(self) -> None:
+        """Start a server that ``stop`` stopped, on the same port, with its data: a database restarted under its
+        clients, who reconnect to the address they know."""
+        pg_ctl = self.binaries["pg_ctl"]
+        argv = [pg_ctl, "start", "-w", "-t", str(int(START_TIMEOUT_S)), "-D", str(self.data), "-l", str(self.log)]
+        result = self._cmd([*argv, "-o", self.options])
+        if result.returncode != 0:
+            self._fail(f"pg_ctl start (again, port {self.port}) failed", result)
+        _wait_until_ready(self.port, time.monotonic() + START_TIMEOUT_S)
 
     def stop(self) -> None:
         if not (self.data / "postmaster.pid").exists():
