@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import yaml
@@ -140,16 +139,22 @@ def test_an_interrupt_stops_the_sweep_as_ctrl_c_does_and_the_next_call_resumes(t
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     stores = {"tracking_uri": uri, "storage": f"sqlite:///{tmp_path / 's.db'}"}
 
+    # Waited for, then caused: the first epoch logged (the training loop's own point), then SIGINT from another
+    # thread while the second trains. (Polling MLflow for the epoch instead missed a 20-epoch cell on a busy machine.)
+    from ablation.engine import train
+
+    first_epoch, reached = threading.Event(), train.kill_point
+
+    def at_point(name: str) -> None:
+        if name == "epoch.logged":
+            first_epoch.set()
+        reached(name)
+
+    monkeypatch.setattr(train, "kill_point", at_point)
+
     def interrupt_after_the_first_epoch() -> None:
-        client = MlflowClient(uri)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            found = client.get_experiment_by_name("stop")
-            runs = client.search_runs([found.experiment_id]) if found else []
-            if any("val/top1_err" in run.data.metrics for run in runs):
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.1)
+        if first_epoch.wait(timeout=300):
+            os.kill(os.getpid(), signal.SIGINT)
 
     watcher = threading.Thread(target=interrupt_after_the_first_epoch, daemon=True)
     handler = signal.getsignal(signal.SIGINT)

@@ -64,6 +64,12 @@ def _has_queue_index(engine: sqlalchemy.engine.Engine) -> bool:
     return any(index["name"] == QUEUE_INDEX for index in sqlalchemy.inspect(engine).get_indexes("trials"))
 
 
+# A trial's start as stored: naive UTC in the Optuna this was written against (``_datetime_start_utc`` behind a
+# local-time property), naive local time in older ones.
+_START_IN_UTC = hasattr(models.TrialModel, "_datetime_start_utc")
+_START = models.TrialModel._datetime_start_utc if _START_IN_UTC else models.TrialModel.datetime_start
+
+
 @dataclass(frozen=True)
 class RunningTrial:
     trial_id: int
@@ -111,7 +117,7 @@ def running_trials(session: orm.Session, study_id: int, owner_key: str) -> list[
         session.query(
             models.TrialModel.trial_id,
             models.TrialModel.number,
-            models.TrialModel._datetime_start_utc,
+            _START,
             models.TrialHeartbeatModel.heartbeat,
             owner.value_json,
         )
@@ -124,14 +130,14 @@ def running_trials(session: orm.Session, study_id: int, owner_key: str) -> list[
         return []
     # The database's clock for heartbeats, which the database stamps (as Optuna's own staleness check reads them).
     now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one().replace(tzinfo=None)
-    utc_now = datetime.now(timezone.utc).replace(tzinfo=None)
+    here_now = datetime.now(timezone.utc).replace(tzinfo=None) if _START_IN_UTC else datetime.now()
     return [
         RunningTrial(
             trial_id,
             number,
             json.loads(owner_json) if owner_json is not None else None,
             (now - beat).total_seconds() if beat is not None else None,
-            (utc_now - started).total_seconds() if started is not None else None,
+            (here_now - started).total_seconds() if started is not None else None,
         )
         for trial_id, number, started, beat, owner_json in rows
     ]
