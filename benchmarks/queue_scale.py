@@ -42,6 +42,9 @@ sys.path.insert(0, str(ROOT))
 def _worker_process(url: str, study: str, threads: int, first: int, start, max_seconds: float, results) -> None:
     """``threads`` workers in this process, each with a storage of its own; puts (cell hash, latency s) pairs."""
     from ablation.scheduler.queue import HEARTBEAT_INTERVAL_S, WORKER, Heartbeat, SweepQueue, open_storage
+    from ablation.tracking.stores import mark_set_up
+
+    mark_set_up(url)  # as the workers a sweep starts: the tables are there (measure() made them)
 
     claimed: list[tuple[str, float]] = []
     lock = threading.Lock()

@@ -31,6 +31,7 @@ import functools
 import os
 import socket
 import threading
+import time
 import types
 import warnings
 from collections.abc import Callable, Iterable
@@ -175,6 +176,7 @@ class SweepQueue:
         self.storage, self.study_name, self.say, self.url = storage, study_name, say, url
         self.study = optuna.load_study(study_name=study_name, storage=storage)
         self.study_id = storage.get_study_id_from_name(study_name)
+        self._next_orphan_scan = 0.0  # time.monotonic() after which a claim looks for cells to take back
 
     @classmethod
     def create_or_join(
@@ -234,10 +236,18 @@ class SweepQueue:
         return exclusive(self.url, f"state:{self.study_name}")
 
     def claim(self) -> Claim | None:
-        """Atomically take the first waiting cell (after re-enqueueing those whose worker died), or None."""
-        self.take_back_orphans()
-        with self._changing_state():
-            taken = self._in_storage(take_first_waiting, self.study_id)
+        """Atomically take the first waiting cell, or None.
+
+        Cells whose worker died are taken back first (``take_back_orphans``), at most once per heartbeat interval,
+        and always before this says there is nothing to claim: a heartbeat changes only that often, and a scan on
+        every claim reads every running cell, which with hundreds of workers was most of what a claim read
+        (``benchmarks/queue_scale.py``)."""
+        scanned = time.monotonic() >= self._next_orphan_scan
+        if scanned:
+            self.take_back_orphans()
+        taken = self._take_first_waiting()
+        if taken is None and not scanned and self.take_back_orphans():
+            taken = self._take_first_waiting()
         if taken is None:
             return None
         trial_id, number, attrs = taken
@@ -245,6 +255,10 @@ class SweepQueue:
         self.storage.record_heartbeat(trial_id)
         self.storage.set_trial_user_attr(trial_id, OWNER, this_process())
         return Claim(trial_id, number, attrs[CELL], attrs.get(SPEC))
+
+    def _take_first_waiting(self) -> tuple[int, int, dict[str, Any]] | None:
+        with self._changing_state():
+            return self._in_storage(take_first_waiting, self.study_id)
 
     def take_back_orphans(self) -> int:
         """Running cells that nobody runs any more, taken back (failed and enqueued again, once, whichever worker
@@ -256,9 +270,10 @@ class SweepQueue:
         a stalled disk or a stopped process (Ctrl-Z) delays a beat, and taking a live worker's cell would train it
         twice. The heartbeat is the evidence only where the process cannot be seen.
 
-        Read in one query (the running trials, their owner and heartbeat, by the database's clock as Optuna's own
+        Read by index (the running trials, their owner and heartbeat, by the database's clock as Optuna's own
         staleness check): every claim makes it, so it must not grow with more than the cells running."""
         me, grace = this_process(), self._grace()
+        self._next_orphan_scan = time.monotonic() + (self.storage.heartbeat_interval or HEARTBEAT_INTERVAL_S)
         taken = 0
         for running in self._in_storage(running_trials, self.study_id, OWNER):
             owner, age = running.owner, running.heartbeat_age

@@ -9,7 +9,7 @@ claim needs, in one transaction each:
   ``FOR UPDATE SKIP LOCKED`` lets concurrent claims pass over a row another claim holds instead of queueing
   behind it and then finding it taken; the row is re-checked under its lock, so two claims never take one trial.
   SQLite ignores the clause; there the caller holds the sweep's own lock (``SweepQueue._changing_state``).
-- the running trials with their owner and heartbeat (what ``take_back_orphans`` decides from), in one query;
+- the running trials with their owner and heartbeat (what ``take_back_orphans`` decides from);
 - how many trials wait or run, counted by the database;
 - one trial's state: the fence a worker reads before it writes anything for its cell (``SweepQueue.ensure_claimed``).
 
@@ -110,24 +110,30 @@ def first_waiting(session: orm.Session, study_id: int) -> models.TrialModel | No
 
 
 def running_trials(session: orm.Session, study_id: int, owner_key: str) -> list[RunningTrial]:
-    """The study's running trials with their owner (the user attribute ``owner_key``) and heartbeat, in one
-    query."""
-    owner = orm.aliased(models.TrialUserAttributeModel)
-    rows = (
-        session.query(
-            models.TrialModel.trial_id,
-            models.TrialModel.number,
-            _START,
-            models.TrialHeartbeatModel.heartbeat,
-            owner.value_json,
-        )
-        .outerjoin(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
-        .outerjoin(owner, sqlalchemy.and_(owner.trial_id == models.TrialModel.trial_id, owner.key == owner_key))
+    """The study's running trials with their owner (the user attribute ``owner_key``) and heartbeat.
+
+    Three queries, each through an index (the queue's; heartbeats' and attributes' unique ones on the trial):
+    joined in one, PostgreSQL's planner hashed the whole heartbeat table, which holds a row for every cell that
+    ever ran, on every claim."""
+    trials = (
+        session.query(models.TrialModel.trial_id, models.TrialModel.number, _START)
         .filter(models.TrialModel.study_id == study_id, models.TrialModel.state == TrialState.RUNNING)
         .all()
     )
-    if not rows:
+    if not trials:
         return []
+    ids = [trial_id for trial_id, _, _ in trials]
+    beats = dict(
+        session.query(models.TrialHeartbeatModel.trial_id, models.TrialHeartbeatModel.heartbeat).filter(
+            models.TrialHeartbeatModel.trial_id.in_(ids)
+        )
+    )
+    attribute = models.TrialUserAttributeModel
+    owners = dict(
+        session.query(attribute.trial_id, attribute.value_json).filter(
+            attribute.trial_id.in_(ids), attribute.key == owner_key
+        )
+    )
     # The database's clock for heartbeats, which the database stamps (as Optuna's own staleness check reads them).
     now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one().replace(tzinfo=None)
     here_now = datetime.now(timezone.utc).replace(tzinfo=None) if _START_IN_UTC else datetime.now()
@@ -135,11 +141,11 @@ def running_trials(session: orm.Session, study_id: int, owner_key: str) -> list[
         RunningTrial(
             trial_id,
             number,
-            json.loads(owner_json) if owner_json is not None else None,
-            (now - beat).total_seconds() if beat is not None else None,
+            json.loads(owners[trial_id]) if owners.get(trial_id) is not None else None,
+            (now - beats[trial_id]).total_seconds() if trial_id in beats else None,
             (here_now - started).total_seconds() if started is not None else None,
         )
-        for trial_id, number, started, beat, owner_json in rows
+        for trial_id, number, started in trials
     ]
 
 
