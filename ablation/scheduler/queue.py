@@ -271,7 +271,8 @@ class SweepQueue:
         twice. The heartbeat is the evidence only where the process cannot be seen.
 
         Read by index (the running trials, their owner and heartbeat, by the database's clock as Optuna's own
-        staleness check): every claim makes it, so it must not grow with more than the cells running."""
+        staleness check): claims make it once per heartbeat interval each, so it reads no more than the cells
+        running."""
         me, grace = this_process(), self._grace()
         self._next_orphan_scan = time.monotonic() + (self.storage.heartbeat_interval or HEARTBEAT_INTERVAL_S)
         taken = 0
