@@ -30,22 +30,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def one_run(folder: Path, node, server, experiment: Path, slow: bool, delay_ms: float, loss: int, tag: str) -> tuple:
-    import psycopg2
     from mlflow import MlflowClient
 
     from ablation.scheduler.queue import open_storage
     from ablation.tracking.names import FINAL_TRAIN_TIME, ROLE_CELL, role_filter
     from tests.support.netns import DelayProxy
-    from tests.support.postgres import PG_USER
 
-    urls = {}
-    conn = psycopg2.connect(host="127.0.0.1", port=server.port, user=PG_USER, dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for name in ("sweeps", "mlflow"):
-            cur.execute(f'CREATE DATABASE "{name}_{tag}"')
-            urls[name] = f"postgresql+psycopg2://{PG_USER}@{node.head_address}:{server.port}/{name}_{tag}"
-    conn.close()
+    urls = {name: server.create_database(f"{name}_{tag}", node.head_address) for name in ("sweeps", "mlflow")}
     MlflowClient(urls["mlflow"]).search_experiments()
     open_storage(urls["sweeps"]).engine.dispose()
 

@@ -32,7 +32,7 @@ from ablation.tracking.names import (
 )
 from tests.support import processes
 from tests.support.netns import DelayProxy, Node, node  # noqa: F401 (fixture)
-from tests.support.postgres import PG_USER, _find_binaries, _Server
+from tests.support.postgres import _find_binaries, _Server
 from tests.support.processes import ONE_THREAD
 from tests.support.tiny import tiny_experiment
 
@@ -115,8 +115,8 @@ def cluster(tmp_path, undisturbed, node):  # noqa: F811
     server.start()
     try:
         # One address for every worker, the head's included: the sweep's state is bound to the store it names.
-        storage = _database(server, node1.head_address, "sweeps")
-        tracking = _database(server, node1.head_address, "mlflow")
+        storage = server.create_database("sweeps", node1.head_address)
+        tracking = server.create_database("mlflow", node1.head_address)
         # The stores' tables made from the head first, as a lab's running servers have them: not the faults'
         # business, and hundreds of round trips across a slow link.
         MlflowClient(tracking).search_experiments()
@@ -131,19 +131,6 @@ def cluster(tmp_path, undisturbed, node):  # noqa: F811
         yield Cluster(node1, server, storage, tracking, checkpoints, tmp_path, argv, env)
     finally:
         server.cleanup()
-
-
-def _database(server: _Server, address: str, name: str) -> str:
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", port=server.port, user=PG_USER, dbname="postgres")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
-    return f"postgresql+psycopg2://{PG_USER}@{address}:{server.port}/{name}"
 
 
 def _wait(predicate, what: str, alive=None, timeout: float = 600.0) -> None:

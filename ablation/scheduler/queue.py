@@ -342,9 +342,7 @@ class SweepQueue:
             return None  # another worker took it back first
         if not won:
             return None
-        self.study.enqueue_trial(
-            {}, user_attrs={k: trial.user_attrs[k] for k in (CELL, NAME, SPEC) if k in trial.user_attrs}
-        )
+        self.study.enqueue_trial({}, user_attrs=_copied_attrs(trial))
         return trial
 
     def unfinished(self) -> int:
@@ -411,9 +409,7 @@ class SweepQueue:
         """Enqueue failed cells again (``--retry-failed``); returns how many."""
         attrs = {}
         for trial in self.trials():  # the newest trial of each cell: its name and spec
-            attrs[trial.user_attrs[CELL]] = {
-                k: trial.user_attrs[k] for k in (CELL, NAME, SPEC) if k in trial.user_attrs
-            }
+            attrs[trial.user_attrs[CELL]] = _copied_attrs(trial)
         count = 0
         for cell_hash in cell_hashes:
             self.study.enqueue_trial({}, user_attrs=attrs.get(cell_hash, {CELL: cell_hash, NAME: ""}))
@@ -431,6 +427,11 @@ class SweepQueue:
 
     def failed_cells(self) -> list[str]:
         return [key for key, trial in self.latest().items() if trial.state == TrialState.FAIL]
+
+
+def _copied_attrs(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """What a cell's queued copy carries over from ``trial``: the cell's hash, name and spec."""
+    return {k: trial.user_attrs[k] for k in (CELL, NAME, SPEC) if k in trial.user_attrs}
 
 
 # ---- which process runs a cell

@@ -14,6 +14,7 @@ fixture are skipped, except under CI (``CI`` set), where they fail instead, so C
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import re
@@ -204,6 +205,21 @@ class _Server:
         except TimeoutError as exc:
             self._fail(str(exc))
 
+    def create_database(self, name: str, address: str = HOST) -> str:
+        """A fresh, empty database ``name``; its SQLAlchemy URL, reached at ``address`` (one it listens on)."""
+        import psycopg2
+
+        if not _DB_NAME.match(name):
+            raise ValueError(f"database name {name!r} must match {_DB_NAME.pattern}")
+        conn = psycopg2.connect(host=HOST, port=self.port, user=PG_USER, dbname="postgres")
+        try:
+            conn.autocommit = True  # CREATE DATABASE can't run inside a transaction
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return f"postgresql+psycopg2://{PG_USER}@{address}:{self.port}/{name}"
+
     def start_again(self) -> None:
         """Start a server that ``stop`` stopped, on the same port, with its data: a database restarted under its
         clients, who reconnect to the address they know."""
@@ -232,9 +248,7 @@ class _Server:
 def postgres_url() -> Iterator[Callable[..., str]]:
     """A factory ``make_db(name=None) -> str``: a fresh database on the session's server, as a SQLAlchemy URL."""
     binaries = _find_binaries()
-    try:
-        import psycopg2
-    except ImportError:
+    if importlib.util.find_spec("psycopg2") is None:
         _missing("the psycopg2 package (pip install -e '.[dev]')")
 
     server = _Server(binaries)
@@ -247,19 +261,11 @@ def postgres_url() -> Iterator[Callable[..., str]]:
                 name = f"db_{len(created)}"
                 while name in created:
                     name += "_"
-            if not _DB_NAME.match(name):
-                raise ValueError(f"database name {name!r} must match {_DB_NAME.pattern}")
             if name in created:
                 raise ValueError(f"database {name!r} was already created in this session: pick another name")
-            conn = psycopg2.connect(host=HOST, port=server.port, user=PG_USER, dbname="postgres")
-            try:
-                conn.autocommit = True  # CREATE DATABASE can't run inside a transaction
-                with conn.cursor() as cur:
-                    cur.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                conn.close()
+            url = server.create_database(name)
             created.add(name)
-            return f"postgresql+psycopg2://{PG_USER}@{HOST}:{server.port}/{name}"
+            return url
 
         yield make_db
     finally:
