@@ -175,7 +175,8 @@ set -euo pipefail
 # Every task's worker pulls cells from the same storage. On SIGTERM (preemption, scontrol requeue, scancel) or
 # SIGUSR2 (the time limit is near) it gives its cell back; the last epoch checkpoint is on the shared filesystem,
 # and whoever claims the cell next resumes it in the same MLflow run. Near the time limit the task requeues itself.
-srun --unbuffered {task} -m ablation.slurm.task --max-requeues {max_requeues} -- {command}
+# A time-limit signal that came before the task could handle it ended the step; nothing was claimed: requeue.
+srun --unbuffered {task} -m ablation.slurm.task --max-requeues {max_requeues} -- {command} || {after_step}
 """
 
 
@@ -200,7 +201,13 @@ def slurm_script(*, experiment: str, cells: int, worker_command: list[str], opti
         task=shlex.quote(options.python),
         max_requeues=options.max_requeues,
         command=" ".join(shlex.quote(part) for part in command),
+        after_step=after_step_line(options),
     )
+
+
+def after_step_line(options: SlurmOptions) -> str:
+    """The batch script's line right after srun (ablation.slurm.task.after_step): ``$?`` is srun's exit code."""
+    return f"{shlex.quote(options.python)} -m ablation.slurm.task --max-requeues {options.max_requeues} --after-step $?"
 
 
 def write_script(experiment: str, cells: int, worker_command: list[str], options: SlurmOptions, out: Path) -> None:
@@ -286,6 +293,8 @@ def submit(*, experiment: str, worker_command: list[str], options: SlurmOptions)
         signal_delay_s=options.signal_grace_s,
         stderr_to_stdout=True,
         setup=setup,
+        # submitit's teardown lines follow its srun line: the first one reads srun's exit code.
+        teardown=[after_step_line(options)],
         additional_parameters=extra,
     )
     task = WorkerTask(tuple(worker_task_command(worker_command, options)), options.max_requeues)

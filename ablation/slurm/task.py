@@ -13,6 +13,13 @@ Slurm ends a task three ways, and each must lose nothing:
 A SIGKILL anywhere (a node lost, ``KillWait`` too short) is the kill-anywhere case the queue already recovers
 from: the cell comes back once its heartbeat is older than the grace period.
 
+Slurm may send the time limit's SIGUSR2 up to a minute early, so a task that starts within about a minute of its
+limit's warning can get it before any Python handler exists, and the signal's default action ends the step.
+Nothing was claimed yet (this wrapper sets its handlers before it starts the worker), so the batch script's line
+after srun (``--after-step $?``: submitit's teardown, or the written script's ``||``) requeues the task as after a
+clean stop. In the instant between submitit's own handlers and ours, submitit's handler asks ``WorkerTask.checkpoint``
+and requeues the task itself.
+
 This module imports nothing heavy: it runs in submitit's process on the node (``WorkerTask``, pickled at
 submission) or as ``python -m ablation.slurm.task`` from a written sbatch script, and the worker is a child
 process that imports torch, MLflow and Optuna itself.
@@ -73,7 +80,7 @@ def run_task(command: list[str], max_requeues: int, say=print) -> int:
     child = subprocess.Popen([*command, "--name", worker_name()], env=env)
     if stop_asked:
         child.send_signal(signal.SIGTERM)
-    code = child.wait()
+    code = _wait_handling_signals(child)
     if code == OUTAGE:
         # Not requeued: a requeued task would meet the same full disk or unreachable store. The worker's last line
         # says which; its cell was given back (or comes back by heartbeat), and a new submission resumes it.
@@ -85,16 +92,53 @@ def run_task(command: list[str], max_requeues: int, say=print) -> int:
     # A worker still starting (importing torch) when the signal came had no handler yet: it ended by the signal
     # itself, before it could claim a cell, so nothing was lost and the task requeues as after a clean stop. Slurm
     # may send the time limit's signal up to a minute early, so this happens with limits near the grace period.
+    # Slurm signals the step's processes one by one: a worker the signal ended at once may be reaped before this
+    # wrapper's own signal is handled, so a worker ended by SIGUSR2 (which only the time limit sends) counts as it.
+    near_limit = near_limit or code == -signal.SIGUSR2
     if not (near_limit and code in (STOPPED, -signal.SIGTERM, -signal.SIGUSR2)):
         return code
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    return requeue_self(code, max_requeues, "time limit near, cell given back", say)
+
+
+def _wait_handling_signals(child: subprocess.Popen) -> int:
+    """``child.wait()`` in short waits: a signal that lands after Python's last check for signals and before a
+    blocking waitpid starts does not interrupt it, and the handler (the stop passed on) would run only once the
+    worker had ended of itself."""
+    while True:
+        try:
+            return child.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# srun's exit code when the time limit's SIGUSR2 itself ended the step's task (128 + the signal's number).
+ENDED_BY_TIME_LIMIT_SIGNAL = 128 + signal.SIGUSR2
+
+
+def after_step(code: int, max_requeues: int, say=print) -> int:
+    """The batch script's check of srun's exit ``code``: a step the time limit's signal ended before any handler
+    existed (Slurm may send it up to a minute early) had claimed nothing, so the task requeues itself as after a clean
+    stop. Any other code is passed on as it is: the task's end is the step's."""
+    if code != ENDED_BY_TIME_LIMIT_SIGNAL:
+        return code
+    return requeue_self(code, max_requeues, "time limit near before the task had started, no cell claimed", say)
+
+
+def _restarts() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+def requeue_self(code: int, max_requeues: int, why: str, say=print) -> int:
+    """Requeue this task (Slurm does not requeue one that runs out of time) unless it has been requeued
+    ``max_requeues`` times already (``SLURM_RESTART_COUNT``); returns 0 after a requeue, else ``code``."""
+    restarts = _restarts()
     if restarts >= max_requeues:
         say(
-            f"[{worker_name()}] time limit near, cell given back; not requeued: the task was requeued {restarts} "
+            f"[{worker_name()}] {why}; not requeued: the task was requeued {restarts} "
             f"times (--max-requeues {max_requeues}). Other tasks or a new submission take the sweep on."
         )
         return code
-    say(f"[{worker_name()}] time limit near, cell given back; requeueing this task ({restarts + 1}/{max_requeues})")
+    say(f"[{worker_name()}] {why}; requeueing this task ({restarts + 1}/{max_requeues})")
     # The requeue signals this task again (SIGTERM): nothing is left to stop. (A no-op handler, not SIG_IGN, which
     # prints a "race condition" traceback for a signal already pending.)
     signal.signal(signal.SIGTERM, _nothing)
@@ -124,13 +168,41 @@ class WorkerTask:
             raise RuntimeError(f"the worker exited with code {code}; its output is in this task's log")
         return code
 
+    def checkpoint(self):
+        """What submitit's SIGUSR2 handler asks for when the signal comes after its handlers and before run_task's:
+        nothing is claimed yet, so the same task again (submitit then requeues it), or None once the task has been
+        requeued ``max_requeues`` times (submitit then ends it and says so)."""
+        from submitit.helpers import DelayedSubmission  # only ever called inside submitit's process
+
+        restarts = _restarts()
+        if restarts >= self.max_requeues:
+            print(
+                f"[{worker_name()}] time limit near before the task had started; not requeued: the task was "
+                f"requeued {restarts} times (--max-requeues {self.max_requeues})",
+                flush=True,
+            )
+            return None
+        print(
+            f"[{worker_name()}] time limit near before the task had started, no cell claimed; submitit "
+            f"requeues this task ({restarts + 1}/{self.max_requeues})",
+            flush=True,
+        )
+        return DelayedSubmission(self)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ablation.slurm.task", description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-requeues", type=int, default=3)
+    parser.add_argument(
+        "--after-step", type=int, metavar="CODE", help="srun's exit code: requeue if the time limit's signal ended it"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- python runner.py worker ...")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.after_step is not None:
+        if command:
+            parser.error("--after-step takes no worker command")
+        return after_step(args.after_step, args.max_requeues, say=lambda line: print(line, flush=True))
     if not command:
         parser.error("no worker command after --")
     return run_task(command, args.max_requeues, say=lambda line: print(line, flush=True))

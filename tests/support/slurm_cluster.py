@@ -186,7 +186,7 @@ class SlurmCluster:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll ``predicate`` every 0.5 s until it holds; after ``timeout`` s an AssertionError names ``what``
-        and shows the queue and slurmctld's log."""
+        and shows the queue, slurmctld's log and the end of each recent job's own log (why a task ended)."""
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
@@ -196,9 +196,18 @@ class SlurmCluster:
                     queue = str(exc)
                 raise AssertionError(
                     f"timed out after {timeout:.0f} s waiting for {what}\n--- squeue ---\n{queue}\n"
-                    f"--- slurmctld.log ---\n{_tail(self._logs['slurmctld'], 40)}"
+                    f"--- slurmctld.log ---\n{_tail(self._logs['slurmctld'], 40)}{self._job_logs()}"
                 )
             time.sleep(POLL_S)
+
+    def _job_logs(self) -> str:
+        """The last lines of the output file of every job slurmctld still knows (MinJobAge)."""
+        try:
+            shown = self.run("scontrol", "show", "job", "-o", check=False)
+        except RuntimeError:
+            return ""
+        files = dict.fromkeys(re.findall(r"\bStdOut=(\S+)", shown))
+        return "".join(f"\n--- {path} ---\n{_tail(Path(path), 30)}" for path in files)
 
     def release(self, task_id: str) -> None:
         """Make a requeued task eligible (almost) now. Slurm holds a requeued job back before it may start again

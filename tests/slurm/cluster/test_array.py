@@ -309,9 +309,47 @@ def test_a_task_at_its_real_time_limit_gives_its_cell_back_and_requeues_itself(
     slurm_cluster.run("scontrol", "update", f"jobid={job}", "TimeLimit=10")
     slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 300, "the task to finish")
     logs = _logs(tmp_path)
-    assert "time limit near, cell given back; requeueing this task (1/3)" in logs, logs[-3000:]
+    # (Or, had the signal come before the task's Python had a handler: "... before the task had started, ...".)
+    assert "requeueing this task (1/3)" in logs, logs[-3000:]
     assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, logs[-3000:]
     _assert_each_cell_once(tmp_path, storage, cells=1, epochs=epochs)
+
+
+# The task's Python, as --python: the first process of each attempt's step sleeps before Python starts, so a signal
+# sent then meets no handler at all (as a time-limit signal that comes while the interpreter starts does). It makes
+# ``held.<restart>`` first, so the test knows when. The batch script's check after srun is not in a step: not held.
+SLOW_START = """#!/bin/sh
+if [ -n "${{SLURM_STEP_ID:-}}" ] && mkdir "{folder}/held.${{SLURM_RESTART_COUNT:-0}}" 2>/dev/null; then sleep 8; fi
+exec {python} "$@"
+"""
+
+
+def test_a_time_limit_signal_before_the_tasks_python_starts_requeues_the_task(
+    slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch, capsys
+):
+    """Slurm may send the time limit's SIGUSR2 up to a minute early: to a task that starts that close to its
+    limit, before its Python has any handler, so the signal's default action ends the step. Nothing was claimed:
+    the batch script's line after srun requeues the task, which then runs the cell to the end, once."""
+    monkeypatch.chdir(tmp_path)
+    python = tmp_path / "slow-python"
+    python.write_text(SLOW_START.format(folder=tmp_path, python=sys.executable))
+    python.chmod(0o755)
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(tiny_experiment(tiny_npz, "  - model.attention: [{type: none}]\n", "[0]", epochs=2))
+    storage = postgres_url()
+    _submit(tmp_path, experiment, storage, 1, "--time", "10", "--python", str(python))
+    job = _job_id(capsys.readouterr().out)
+
+    held = tmp_path / "held.0"
+    slurm_cluster.wait_for(held.exists, 120, "the task's first step to start")
+    slurm_cluster.run("scancel", "--signal=USR2", job)  # as slurmctld sends it: to every process of the steps
+    slurm_cluster.wait_for(lambda: _requeued_itself(slurm_cluster, job, tmp_path), 120, "the task to requeue itself")
+    slurm_cluster.wait_for(lambda: _release_while_requeued(slurm_cluster, job), 300, "the task to finish")
+    logs = _logs(tmp_path)
+    assert "time limit near before the task had started, no cell claimed; requeueing this task (1/3)" in logs, logs
+    assert set(slurm_cluster.task_states(job).values()) == {"COMPLETED"}, logs[-3000:]
+    _assert_each_cell_once(tmp_path, storage, cells=1, epochs=2)
+    assert len({t.number for t in _trials(storage)}) == 1  # nothing was claimed, so nothing was given back
 
 
 def test_the_written_script_runs_as_it_is_under_sbatch(slurm_cluster, postgres_url, tiny_npz, tmp_path, monkeypatch):
