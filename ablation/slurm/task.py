@@ -128,17 +128,25 @@ def _restarts() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
 
-def requeue_self(code: int, max_requeues: int, why: str, say=print) -> int:
-    """Requeue this task (Slurm does not requeue one that runs out of time) unless it has been requeued
-    ``max_requeues`` times already (``SLURM_RESTART_COUNT``); returns 0 after a requeue, else ``code``."""
+def may_requeue(max_requeues: int, why: str, say=print) -> bool:
+    """Whether this task may be requeued once more (it has been ``SLURM_RESTART_COUNT`` times, at most
+    ``max_requeues``), said in one line either way."""
     restarts = _restarts()
     if restarts >= max_requeues:
         say(
             f"[{worker_name()}] {why}; not requeued: the task was requeued {restarts} "
             f"times (--max-requeues {max_requeues}). Other tasks or a new submission take the sweep on."
         )
-        return code
+        return False
     say(f"[{worker_name()}] {why}; requeueing this task ({restarts + 1}/{max_requeues})")
+    return True
+
+
+def requeue_self(code: int, max_requeues: int, why: str, say=print) -> int:
+    """Requeue this task (Slurm does not requeue one that runs out of time) unless it has been requeued
+    ``max_requeues`` times already; returns 0 after a requeue, else ``code``."""
+    if not may_requeue(max_requeues, why, say):
+        return code
     # The requeue signals this task again (SIGTERM): nothing is left to stop. (A no-op handler, not SIG_IGN, which
     # prints a "race condition" traceback for a signal already pending.)
     signal.signal(signal.SIGTERM, _nothing)
@@ -174,19 +182,9 @@ class WorkerTask:
         requeued ``max_requeues`` times (submitit then ends it and says so)."""
         from submitit.helpers import DelayedSubmission  # only ever called inside submitit's process
 
-        restarts = _restarts()
-        if restarts >= self.max_requeues:
-            print(
-                f"[{worker_name()}] time limit near before the task had started; not requeued: the task was "
-                f"requeued {restarts} times (--max-requeues {self.max_requeues})",
-                flush=True,
-            )
+        why = "time limit near before the task had started, no cell claimed"
+        if not may_requeue(self.max_requeues, why, say=lambda line: print(line, flush=True)):
             return None
-        print(
-            f"[{worker_name()}] time limit near before the task had started, no cell claimed; submitit "
-            f"requeues this task ({restarts + 1}/{self.max_requeues})",
-            flush=True,
-        )
         return DelayedSubmission(self)
 
 

@@ -198,10 +198,14 @@ def test_submitits_handler_between_its_handlers_and_the_wrappers_requeues_the_sa
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     again = task.checkpoint()
     assert isinstance(again, DelayedSubmission) and again.function == task
-    assert "no cell claimed; submitit requeues this task (2/2)" in capsys.readouterr().out
+    assert "time limit near before the task had started, no cell claimed; requeueing this task (2/2)" in (
+        capsys.readouterr().out
+    )
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert task.checkpoint() is None
-    assert "not requeued: the task was requeued 2 times (--max-requeues 2)" in capsys.readouterr().out
+    assert "no cell claimed; not requeued: the task was requeued 2 times (--max-requeues 2)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_stop_that_is_not_the_time_limit_is_passed_on_and_nothing_requeued(tmp_path):
