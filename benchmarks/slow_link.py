@@ -2,12 +2,13 @@
 """What a slow, lossy link between a compute node and the head's stores costs a sweep.
 
 A worker on a node of its own (a network namespace, tests/support/netns.py) runs the tiny cell (an eighth-width
-CBAM ResNet-18 on 100 bundled CIFAR-10 images, ``--epochs`` epochs) against the head's PostgreSQL, which holds the
-sweep storage and the MLflow store, first over a plain link, then over one with ``--delay-ms`` more per round trip
-(half each way, through a delaying proxy) and ``--loss`` % of the node's packets dropped in each direction
-(nftables), and again plain, alternating for ``--rounds``. Each run gets fresh databases whose tables the head made
-first (as a lab's running servers have them). Printed: the worker's wall time per run, the medians and their ratio
-slow / plain; and the same for the cell's training time alone, which the link must not change.
+CBAM ResNet-18 on 100 bundled CIFAR-10 images, ``--epochs`` epochs) against the head's PostgreSQL (in the head's own
+namespace), which holds the sweep storage and the MLflow store, first over a plain link, then over one with
+``--delay-ms`` more per round trip (half each way, through a delaying proxy on the head's bridge) and ``--loss`` %
+of the node's packets dropped in each direction (nftables), and again plain, alternating for ``--rounds``. Each run
+gets fresh databases whose tables the head made first (as a lab's running servers have them). Printed: the
+worker's wall time per run, the medians and their ratio slow / plain; and the same for the cell's training time
+alone, which the link must not change.
 
     python benchmarks/slow_link.py [--epochs 5] [--delay-ms 100] [--loss 1] [--rounds 2]
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def one_run(folder: Path, node, server, experiment: Path, slow: bool, delay_ms: float, loss: int, tag: str) -> tuple:
+    """One worker run of the cell on fresh databases; (the worker's wall time, the cell's training time)."""
     from mlflow import MlflowClient
 
     from ablation.scheduler.queue import open_storage
@@ -41,15 +43,16 @@ def one_run(folder: Path, node, server, experiment: Path, slow: bool, delay_ms: 
     open_storage(urls["sweeps"]).engine.dispose()
 
     proxy = None
-    port = server.port
+    direct = via = f"@{node.head_address}:{server.port}/"
     if slow:
-        proxy = DelayProxy(node.head_address, ("127.0.0.1", server.port), delay_ms / 2000).start()
-        port = proxy.port
+        # In this namespace, on the head's bridge: node -> proxy -> the head's PostgreSQL.
+        proxy = DelayProxy(node.network.address, (node.head_address, server.port), delay_ms / 2000).start()
+        via = f"@{proxy.listen}:{proxy.port}/"
         node.lose(loss)
     argv = [
         sys.executable, "-m", "ablation", "worker", str(experiment), "--name", "node1",
-        "--storage", urls["sweeps"].replace(f":{server.port}/", f":{port}/"),
-        "--tracking-uri", urls["mlflow"].replace(f":{server.port}/", f":{port}/"),
+        "--storage", urls["sweeps"].replace(direct, via),
+        "--tracking-uri", urls["mlflow"].replace(direct, via),
         "--checkpoint-dir", str(folder / f"checkpoints-{tag}"),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -61,7 +64,7 @@ def one_run(folder: Path, node, server, experiment: Path, slow: bool, delay_ms: 
         subprocess.run(["ip", "netns", "exec", node.namespace, "nft", "delete", "table", "inet", "impair"], check=True)
     if result.returncode != 0:
         raise SystemExit(f"the worker failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    client = MlflowClient(urls["mlflow"].replace(node.head_address, "127.0.0.1"))
+    client = MlflowClient(urls["mlflow"])
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], role_filter(ROLE_CELL))
     return wall, run.data.metrics[FINAL_TRAIN_TIME]
 
@@ -76,7 +79,7 @@ def main() -> None:
     if args.epochs < 1 or args.rounds < 1 or args.delay_ms < 0 or not 0 <= args.loss < 100:
         parser.error("--epochs and --rounds >= 1, --delay-ms >= 0, 0 <= --loss < 100")
 
-    from tests.support.netns import Node, require_namespaces
+    from tests.support.netns import Network, require_namespaces
     from tests.support.postgres import _find_binaries, _Server
     from tests.support.tiny import tiny_experiment, write_tiny_npz
 
@@ -86,8 +89,9 @@ def main() -> None:
         experiment = folder / "exp.yaml"
         npz = write_tiny_npz(folder / "tiny.npz")
         experiment.write_text(tiny_experiment(npz, "  model.attention.order: [channel-first]", "[0]", args.epochs))
-        node = Node(1).open()
-        server = _Server(_find_binaries(), also_listen=(node.head_address,))
+        network = Network().open()
+        node = network.node(1)
+        server = _Server(_find_binaries(), also_listen=(network.head_address,), machine=network.command)
         try:
             server.start()
             times: dict[str, list[tuple[float, float]]] = {"plain": [], "slow": []}
@@ -100,7 +104,7 @@ def main() -> None:
                 print(f"{kind:>5} run {i}: worker wall {wall:6.1f} s, training {train:5.1f} s", flush=True)
         finally:
             server.cleanup()
-            node.close()
+            network.close()
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     train = {k: statistics.median(t for _, t in v) for k, v in times.items()}
     ratio = wall["slow"] / wall["plain"]

@@ -11,7 +11,7 @@ mkdir -p "$logs"
 tests=(
     tests/slurm tests/test_fault_injection.py tests/test_tuned_faults.py tests/scheduler/test_worker.py
     tests/scheduler/test_worker_startup.py tests/scheduler/test_queue.py tests/tracking/test_stores.py tests/scheduler/test_state.py
-    tests/support/test_processes.py tests/data/test_identity.py tests/test_mlflow_ui.py tests/test_multinode.py
+    tests/support/test_processes.py tests/data/test_identity.py tests/test_mlflow_ui.py tests/test_multinode.py tests/test_multinode_slurm.py
     tests/scheduler/test_trial_rows.py
     "tests/scheduler/test_plan.py::test_the_last_worker_still_queues_what_the_plan_needs_next"
     "tests/test_bad_inputs.py::test_a_config_error_appears_before_the_heavy_imports"

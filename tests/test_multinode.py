@@ -1,7 +1,8 @@
 """Several machines on this one (tests/support/netns.py): a worker on a node of its own, with its own address and host
-name, reaching the head's PostgreSQL (the sweep storage and the MLflow store) over a link the test can cut, and
-sharing the checkpoint folder as NFS would. Each fault ends with the cell finished exactly once, its run FINISHED,
-each epoch logged once, and the final metrics of an undisturbed run of the same cell.
+name, reaching the stores on the head (PostgreSQL in the head's namespace: the sweep storage and the MLflow store)
+over a link the test can cut, and sharing the checkpoint folder as NFS would. Each fault ends with the cell finished
+exactly once, as tests/support/multinode.py checks it. (The Slurm cluster on these machines, with its faults:
+tests/test_multinode_slurm.py.)
 
 A worker is held at a known point of its work by ``ABLATION_STOP_AT`` (it stops itself, e.g. right after logging
 its second epoch), so that the fault lands there on any machine; the test continues it (SIGCONT) once the fault is
@@ -16,57 +17,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import pytest
 from mlflow import MlflowClient
 
 from ablation.engine.checkpoint import load_checkpoint
 from ablation.scheduler.queue import open_storage
-from ablation.tracking.names import (
-    FINAL_TOP1_ERR_LAST,
-    FINAL_TOP5_ERR_LAST,
-    FINAL_VAL_LOSS_LAST,
-    ROLE_CELL,
-    VAL_TOP1_ERR,
-    role_filter,
-)
 from tests.support import processes
-from tests.support.netns import DelayProxy, Node, node  # noqa: F401 (fixture)
+from tests.support.multinode import EPOCHS, assert_finished_once_as, reference, undisturbed  # noqa: F401 (fixture)
+from tests.support.netns import DelayProxy, Network, Node, network  # noqa: F401 (fixture)
 from tests.support.postgres import _find_binaries, _Server
 from tests.support.processes import ONE_THREAD
-from tests.support.tiny import tiny_experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 5
-FINAL = (FINAL_TOP1_ERR_LAST, FINAL_TOP5_ERR_LAST, FINAL_VAL_LOSS_LAST)
-ONE_CELL = "  model.attention.order: [channel-first]"
-
-
-@pytest.fixture(scope="module")
-def undisturbed(tiny_npz, tmp_path_factory):
-    """(the experiment file, a process running it undisturbed on SQLite stores; join with ``_reference``)."""
-    folder = tmp_path_factory.mktemp("undisturbed")
-    experiment = folder / "exp.yaml"
-    experiment.write_text(tiny_experiment(tiny_npz, ONE_CELL, "[0]", EPOCHS))
-    (folder / "run").mkdir()
-    sweep = processes.start(["sweep", str(experiment), "--no-progress"], folder / "run", folder / "log.txt", ONE_THREAD)
-    return experiment, sweep, folder
-
-
-def _reference(undisturbed) -> dict[str, float]:
-    _, sweep, folder = undisturbed
-    sweep.join(600)
-    done = processes.finished(sweep, folder / "log.txt")
-    assert done.exitcode == 0, done.log[-3000:]
-    client = MlflowClient(f"sqlite:///{folder / 'run' / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], role_filter(ROLE_CELL))
-    return run.data.metrics
 
 
 @dataclass
 class Cluster:
+    network: Network
     node: Node
     server: _Server
     storage: str
@@ -86,39 +55,26 @@ class Cluster:
                 stderr=subprocess.STDOUT,
                 env={**self.env, "ABLATION_STOP_AT": stop_at},
             )
-        # The command is exec'd all the way down (ip netns exec, unshare, sh): the pid is the worker's.
+        # The command is exec'd all the way down (nsenter, unshare, sh): the pid is the worker's.
         _wait(lambda: processes.is_stopped(worker.pid), f"{name} holds at {stop_at}", lambda: worker.poll() is None)
         return worker, log
 
     def assert_finished_once_as(self, expected: dict[str, float]) -> str:
-        """The one cell's run: FINISHED, each epoch logged once, the undisturbed run's final metrics; the sweep's
-        state holds one COMPLETE trial of it. Returns the run id."""
-        client = MlflowClient(self.tracking)
-        (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], role_filter(ROLE_CELL))
-        assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, VAL_TOP1_ERR)]
-        assert sorted(steps) == list(range(1, EPOCHS + 1)), steps
-        for key in FINAL:
-            assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
-            assert run.data.metrics[key] == pytest.approx(expected[key], abs=1e-6), key
-        (summary,) = optuna.get_all_study_summaries(self.storage)
-        trials = optuna.load_study(study_name=summary.study_name, storage=self.storage).trials
-        assert [t.state.name for t in trials].count("COMPLETE") == 1, trials
-        return run.info.run_id
+        return assert_finished_once_as(self.tracking, self.storage, expected)
 
 
 @pytest.fixture
-def cluster(tmp_path, undisturbed, node):  # noqa: F811
-    """node1, and the head's PostgreSQL serving the sweep storage and the MLflow store on node1's link."""
-    node1 = node(1)
-    server = _Server(_find_binaries(), also_listen=(node1.head_address,))
+def cluster(tmp_path, undisturbed, network):  # noqa: F811
+    """node1, and the head (a namespace of its own) with PostgreSQL serving the sweep storage and the MLflow store."""
+    node1 = network.node(1)
+    server = _Server(_find_binaries(), also_listen=(network.head_address,), machine=network.command)
     server.start()
     try:
         # One address for every worker, the head's included: the sweep's state is bound to the store it names.
-        storage = server.create_database("sweeps", node1.head_address)
-        tracking = server.create_database("mlflow", node1.head_address)
-        # The stores' tables made from the head first, as a lab's running servers have them: not the faults'
-        # business, and hundreds of round trips across a slow link.
+        storage = server.create_database("sweeps", network.head_address)
+        tracking = server.create_database("mlflow", network.head_address)
+        # The stores' tables made first, as a lab's running servers have them: not the faults' business, and
+        # hundreds of round trips across a slow link.
         MlflowClient(tracking).search_experiments()
         open_storage(storage).engine.dispose()
         checkpoints = tmp_path / "checkpoints"  # the shared folder
@@ -128,7 +84,7 @@ def cluster(tmp_path, undisturbed, node):  # noqa: F811
             "--store-wait", "600",
         ]  # fmt: skip
         env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(ROOT)}
-        yield Cluster(node1, server, storage, tracking, checkpoints, tmp_path, argv, env)
+        yield Cluster(network, node1, server, storage, tracking, checkpoints, tmp_path, argv, env)
     finally:
         server.cleanup()
 
@@ -153,21 +109,26 @@ def _ended(worker: subprocess.Popen, log: Path) -> str:
     return text
 
 
-def test_a_node_cut_off_past_the_grace_period_cannot_overwrite_the_cell_taken_up_elsewhere(cluster, undisturbed):
-    """Fault 5 (and a node lost mid-cell, as far as the sweep can tell): node1 is cut off after its second epoch and
-    trains on; the head's worker takes the cell up after the grace period and finishes it from node1's last
-    checkpoint. When node1 comes back, its worker's next write is fenced off (SweepQueue.ensure_claimed: its claim
-    was failed when the cell was taken back): the head's checkpoint and results stay as they are."""
+def test_a_node_cut_off_past_the_grace_period_cannot_overwrite_the_cell_taken_up_elsewhere(cluster, undisturbed):  # noqa: F811
+    """Fault 5: node1 is cut off after its second epoch and trains on; node2's worker takes the cell up after the grace
+    period and finishes it from node1's last checkpoint. When node1 comes back, its worker's next write is fenced off
+    (SweepQueue.ensure_claimed: its claim was failed when the cell was taken back): node2's checkpoint and results
+    stay as they are."""
     stale, stale_log = cluster.start_on_node("node1", "epoch.logged@2")
     cluster.node.cut()
     os.kill(stale.pid, signal.SIGCONT)  # it trains on, cut off from the stores
-    head = subprocess.run(
-        [*cluster.argv, "--name", "head"], cwd=cluster.folder, capture_output=True, text=True, env=cluster.env
+    node2 = cluster.network.node(2)
+    other = subprocess.run(
+        node2.command([*cluster.argv, "--name", "node2"]),
+        cwd=cluster.folder,
+        capture_output=True,
+        text=True,
+        env=cluster.env,
     )
-    head_log = head.stdout + head.stderr
-    assert head.returncode == 0, head_log[-3000:]
-    assert "was left running by a worker on node1 that has been silent for" in head_log, head_log[-3000:]
-    assert "resuming after epoch 2" in head_log, head_log[-3000:]
+    other_log = other.stdout + other.stderr
+    assert other.returncode == 0, other_log[-3000:]
+    assert "was left running by a worker on node1 that has been silent for" in other_log, other_log[-3000:]
+    assert "resuming after epoch 2" in other_log, other_log[-3000:]
     (last,) = cluster.checkpoints.glob("tiny/*/last.pt")
     finished = last.read_bytes()
     assert load_checkpoint(last)["epoch"] == EPOCHS
@@ -177,10 +138,10 @@ def test_a_node_cut_off_past_the_grace_period_cannot_overwrite_the_cell_taken_up
     assert "was taken back while it was silent for longer than the grace period" in text, text[-3000:]
     assert "1 taken over by other workers while it was cut off" in text, text[-3000:]
     assert last.read_bytes() == finished  # nothing of node1's after the cut
-    cluster.assert_finished_once_as(_reference(undisturbed))
+    cluster.assert_finished_once_as(reference(undisturbed))
 
 
-def test_a_database_restarted_mid_sweep_is_waited_for_and_the_sweep_goes_on(cluster, undisturbed):
+def test_a_database_restarted_mid_sweep_is_waited_for_and_the_sweep_goes_on(cluster, undisturbed):  # noqa: F811
     """Fault 2: PostgreSQL (the sweep storage and the MLflow store) is stopped while node1's worker trains its second
     epoch; the worker says in one line what it waits for, and goes on once the server is back on its address."""
     worker, log = cluster.start_on_node("node1", "epoch.logged@1")
@@ -196,18 +157,20 @@ def test_a_database_restarted_mid_sweep_is_waited_for_and_the_sweep_goes_on(clus
     assert all(line.startswith("[store] the ") and "--store-wait 600 s" in line for line in waits), waits
     assert "answers again after" in text, text[-3000:]
     assert "finished 1 cells, 0 failed" in text, text[-3000:]
-    cluster.assert_finished_once_as(_reference(undisturbed))
+    cluster.assert_finished_once_as(reference(undisturbed))
 
 
-def test_a_slow_lossy_link_between_node_and_head_slows_the_sweep_and_changes_nothing_else(cluster, undisturbed):
+def test_a_slow_lossy_link_between_node_and_head_slows_the_sweep_and_changes_nothing_else(cluster, undisturbed):  # noqa: F811
     """Fault 4: 100 ms more per round trip (50 ms each way, through DelayProxy) and 1% of node1's packets lost in each
     direction (nftables) between node1 and the head's stores: the cell finishes with the undisturbed run's results.
     What it costs: benchmarks/slow_link.py."""
-    proxy = DelayProxy(cluster.node.head_address, ("127.0.0.1", cluster.server.port), delay_s=0.05).start()
+    # The proxy in this (the test's) namespace, on the head's bridge: node1 -> proxy -> the head's PostgreSQL.
+    proxy = DelayProxy(cluster.network.address, (cluster.network.head_address, cluster.server.port), 0.05).start()
     try:
         cluster.node.lose(percent=1)
-        slow = f":{proxy.port}/"
-        argv = [arg.replace(f":{cluster.server.port}/", slow) for arg in cluster.argv]
+        direct, slow = f"@{cluster.network.head_address}:{cluster.server.port}/", f"@{proxy.listen}:{proxy.port}/"
+        argv = [arg.replace(direct, slow) for arg in cluster.argv]
+        assert argv != cluster.argv
         log = cluster.folder / "node1.txt"
         with log.open("w") as out:
             worker = subprocess.Popen(
@@ -221,4 +184,4 @@ def test_a_slow_lossy_link_between_node_and_head_slows_the_sweep_and_changes_not
     finally:
         proxy.close()
     assert "finished 1 cells, 0 failed" in text, text[-3000:]
-    cluster.assert_finished_once_as(_reference(undisturbed))
+    cluster.assert_finished_once_as(reference(undisturbed))

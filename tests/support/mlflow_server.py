@@ -1,5 +1,6 @@
-"""A real MLflow tracking server (``mlflow server``, SQLite backend, artifacts in a folder) that a test can stop and
-start again on the same port, as a lab's server goes away and comes back."""
+"""A real MLflow tracking server (``mlflow server``, a SQLite backend unless given one, artifacts in a folder) that a
+test can stop and start again on the same port, as a lab's server goes away and comes back; on this machine, or on a
+test network's head (``machine=network.command``, serving on the head's address)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -20,14 +22,22 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
+    def __init__(
+        self,
+        folder: Path,
+        host: str = "127.0.0.1",
+        backend: str | None = None,
+        machine: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        self.folder, self.host, self.port = folder, host, free_port()
+        self.backend = backend or f"sqlite:///{folder / 'server.db'}"
+        self.machine = machine
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen | None = None
 
     @property
     def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 180) -> MlflowServer:
         command = [
@@ -36,10 +46,12 @@ class MlflowServer:
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{self.folder / 'server.db'}",
+            self.backend,
         ]
-        command += ["--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1"]
+        command += ["--artifacts-destination", str(self.folder / "artifacts"), "--host", self.host]
         command += ["--port", str(self.port), "--workers", "1"]
+        if self.machine is not None:  # exec'd all the way down: the process is still the server's
+            command = self.machine(command)
         with open(self.folder / "server.log", "ab") as log:
             # Its own session: stopping it stops the worker processes it starts too.
             self.process = subprocess.Popen(
@@ -73,7 +85,7 @@ class MlflowServer:
         self.process = None
         while True:  # a worker of the server may outlive its parent for a moment
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                if s.connect_ex((self.host, self.port)) != 0:
                     return
             time.sleep(0.1)
 

@@ -1,28 +1,36 @@
 """Machines of a test cluster on this one: network namespaces with addresses and host names of their own.
 
-``Node(index)`` makes a network namespace joined to this (the head's) namespace by a veth pair: the head side gets
-``10.<a>.<b>.1/24`` and the node side ``.2``, so a process run through ``Node.command`` reaches the head's servers
-only over that link, under a host name of its own (a UTS namespace: the sweep queue tells machines apart by host
-name). Processes see the same file system as the head, as an NFS checkout and checkpoint folder would give them.
-``cut()`` takes the node's side of the link down (a pulled cable: packets are lost, connections stall), ``mend()``
-puts it back; ``lose(percent)`` drops packets at random. ``DelayProxy`` adds latency to a server's connections.
-(``tc netem`` would do both; this machine's kernel is built without it, so loss is nftables' and delay a
-proxy's.) Addresses come from a subnet derived from this process's pid, so two test processes never share one;
-traffic goes only to addresses inside namespaces made here. ``close()`` removes the namespace and its link.
+``Network()`` makes a head: a namespace of its own (host name ``head``) holding a bridge with the address
+``<prefix>.1/24``, the head's servers' address. This (the test's) namespace joins the bridge at ``<prefix>.254``, so
+the test reaches the head's servers and the nodes; ``network.node(index)`` adds a node, a namespace joined to the
+bridge by a veth pair at ``<prefix>.<10 + index>``, under host name ``node<index>`` (a UTS namespace: the sweep queue
+and Slurm tell machines apart by host name). ``head.command`` / ``node.command`` run a program there. Processes
+see the same file system everywhere, as an NFS checkout and checkpoint folder would give them (this kernel has no
+NFS client or server to give the real thing).
 
-Making namespaces needs root, iproute2 and nftables; without them the tests that use ``node`` are skipped, except with
-``ABLATION_REQUIRE_NETNS=1`` (CI), where they fail: a green run must not have tested nothing of the multi-machine path.
+A node's faults: ``cut()`` takes its side of the link down (a pulled cable: packets are lost, connections stall),
+``mend()`` puts it back; ``lose(percent)`` drops packets at random; ``kill()`` SIGKILLs every process in its
+namespace (a machine that loses power). ``DelayProxy`` adds latency to a server's connections. (``tc netem``
+would do both; this machine's kernel is built without it, so loss is nftables' and delay a proxy's.) The subnet is
+derived from this process's pid, so two test processes never share one; traffic goes only to addresses inside
+namespaces made here. ``close()`` removes every namespace and link made.
+
+Making namespaces needs root, iproute2 and nftables; without them the tests that use ``network`` are skipped, except
+with ``ABLATION_REQUIRE_NETNS=1`` (CI), where they fail: a green run must not have tested nothing of the
+multi-machine path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,7 +38,7 @@ import pytest
 def _unavailable() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "unshare", "nft"):
+    for tool in ("ip", "nsenter", "unshare", "nft"):
         if shutil.which(tool) is None:
             return f"the '{tool}' command is missing (apt-get install iproute2 util-linux nftables)"
     return None
@@ -52,23 +60,90 @@ def _ip(*args: str) -> None:
         raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
 
-class Node:
-    def __init__(self, index: int, tag: str | None = None) -> None:
-        tag = tag or f"{os.getpid() % 100000}"
+def _in_namespace(namespace: str, hostname: str, argv: list[str]) -> list[str]:
+    # nsenter, not ``ip netns exec``: that one mounts a sysfs of the namespace's own over /sys, which hides
+    # /sys/fs/cgroup, and slurmd will not start without it.
+    return [
+        "nsenter", f"--net=/run/netns/{namespace}", "--",
+        "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *argv,
+    ]  # fmt: skip
+
+
+def _pids(namespace: str) -> list[int]:
+    result = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in result.stdout.split()]
+
+
+class Network:
+    """The head's namespace and bridge, this namespace's link to it, and the nodes added (see the module's text)."""
+
+    def __init__(self, tag: str | None = None) -> None:
         pid = os.getpid()
-        self.index, self.hostname = index, f"node{index}"
-        self.namespace = f"abl{tag}n{index}"
-        self.head_link, self.node_link = f"ah{tag}n{index}"[:15], f"an{tag}n{index}"[:15]
-        prefix = f"10.{200 + pid % 50}.{(pid // 50 % 50) * 5 + index}"
-        self.head_address, self.address = f"{prefix}.1", f"{prefix}.2"
+        self.tag = tag or f"{pid % 100000}"
+        self.prefix = f"10.{150 + pid % 50}.{pid // 50 % 250}"
+        self.namespace, self.hostname = f"abl{self.tag}h", "head"
+        self.head_address, self.address = f"{self.prefix}.1", f"{self.prefix}.254"
+        self.bridge = "br0"
+        self.link, self.head_link = f"ar{self.tag}"[:15], f"hr{self.tag}"[:15]
+        self.nodes: list[Node] = []
+
+    def open(self) -> Network:
+        try:
+            _ip("netns", "add", self.namespace)
+            _ip("-n", self.namespace, "link", "set", "lo", "up")
+            _ip("-n", self.namespace, "link", "add", self.bridge, "type", "bridge")
+            _ip("-n", self.namespace, "addr", "add", f"{self.head_address}/24", "dev", self.bridge)
+            _ip("-n", self.namespace, "link", "set", self.bridge, "up")
+            _ip("link", "add", self.link, "type", "veth", "peer", "name", self.head_link)
+            self._attach(self.head_link)
+            _ip("addr", "add", f"{self.address}/24", "dev", self.link)
+            _ip("link", "set", self.link, "up")
+        except Exception:
+            self.close()
+            raise
+        return self
+
+    def _attach(self, link: str) -> None:
+        """Move ``link`` into the head's namespace and plug it into the bridge."""
+        _ip("link", "set", link, "netns", self.namespace)
+        _ip("-n", self.namespace, "link", "set", link, "master", self.bridge)
+        _ip("-n", self.namespace, "link", "set", link, "up")
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run on the head: in its namespace, under its host name."""
+        return _in_namespace(self.namespace, self.hostname, argv)
+
+    def node(self, index: int) -> Node:
+        """A new node (index 1..200) on the head's bridge."""
+        node = Node(self, index)
+        self.nodes.append(node)
+        node.open()
+        return node
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        for pid in _pids(self.namespace):  # servers a test left behind, which would keep the namespace alive
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # Deleting a namespace deletes the veth ends in it, and with them their peers.
+        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.link], capture_output=True, check=False)
+
+
+class Node:
+    def __init__(self, network: Network, index: int) -> None:
+        self.network, self.index, self.hostname = network, index, f"node{index}"
+        self.namespace = f"abl{network.tag}n{index}"
+        self.head_link, self.node_link = f"ah{network.tag}n{index}"[:15], f"an{network.tag}n{index}"[:15]
+        self.head_address, self.address = network.head_address, f"{network.prefix}.{10 + index}"
 
     def open(self) -> Node:
         _ip("netns", "add", self.namespace)
         try:
             _ip("link", "add", self.head_link, "type", "veth", "peer", "name", self.node_link)
+            self.network._attach(self.head_link)
             _ip("link", "set", self.node_link, "netns", self.namespace)
-            _ip("addr", "add", f"{self.head_address}/24", "dev", self.head_link)
-            _ip("link", "set", self.head_link, "up")
             _ip("-n", self.namespace, "addr", "add", f"{self.address}/24", "dev", self.node_link)
             _ip("-n", self.namespace, "link", "set", self.node_link, "up")
             _ip("-n", self.namespace, "link", "set", "lo", "up")
@@ -79,10 +154,7 @@ class Node:
 
     def command(self, argv: list[str]) -> list[str]:
         """``argv`` run on this node: in its namespace, under its host name."""
-        return [
-            "ip", "netns", "exec", self.namespace,
-            "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname, *argv,
-        ]  # fmt: skip
+        return _in_namespace(self.namespace, self.hostname, argv)
 
     def lose(self, percent: int) -> None:
         """Drop ``percent`` % of the node's packets, at random, in each direction (nftables in the node's namespace:
@@ -105,8 +177,16 @@ class Node:
     def mend(self) -> None:
         _ip("-n", self.namespace, "link", "set", self.node_link, "up")
 
+    def kill(self) -> list[int]:
+        """SIGKILL every process in the node's namespace, as a power cut ends them (no handler runs); the pids."""
+        killed = _pids(self.namespace)
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return killed
+
     def close(self) -> None:
-        # Deleting the namespace deletes its end of the pair, and with it the head's end.
+        self.kill()
         subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, check=False)
         subprocess.run(["ip", "link", "del", self.head_link], capture_output=True, check=False)
 
@@ -175,17 +255,12 @@ class DelayProxy:
 
 
 @pytest.fixture
-def node() -> Iterator[Callable[[int], Node]]:
-    """A factory ``make(index) -> Node`` (1..5), each node removed at the test's end."""
+def network() -> Iterator[Network]:
+    """A head namespace joined to this one (add nodes with ``network.node(index)``), removed at the test's end with
+    every node and whatever still runs in them."""
     require_namespaces()
-    made: list[Node] = []
-
-    def make(index: int) -> Node:
-        made.append(Node(index).open())
-        return made[-1]
-
+    made = Network().open()
     try:
-        yield make
+        yield made
     finally:
-        for each in made:
-            each.close()
+        made.close()

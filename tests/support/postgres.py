@@ -111,14 +111,14 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
 
-def _wait_until_ready(port: int, deadline: float) -> None:
-    """Connect over TCP to 127.0.0.1:port until the server answers a query or the deadline passes."""
+def _wait_until_ready(host: str, port: int, deadline: float) -> None:
+    """Connect over TCP to host:port until the server answers a query or the deadline passes."""
     import psycopg2
 
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            conn = psycopg2.connect(host=HOST, port=port, user=PG_USER, dbname="postgres", connect_timeout=5)
+            conn = psycopg2.connect(host=host, port=port, user=PG_USER, dbname="postgres", connect_timeout=5)
         except psycopg2.OperationalError as exc:
             last = exc
             time.sleep(0.1)
@@ -130,14 +130,23 @@ def _wait_until_ready(port: int, deadline: float) -> None:
             return
         finally:
             conn.close()
-    raise TimeoutError(f"PostgreSQL on {HOST}:{port} did not accept connections in time: {last}")
+    raise TimeoutError(f"PostgreSQL on {host}:{port} did not accept connections in time: {last}")
 
 
 class _Server:
-    def __init__(self, binaries: dict[str, str], max_connections: int = 50, also_listen: tuple[str, ...] = ()) -> None:
-        """``also_listen``: addresses besides 127.0.0.1 to serve on (a test network namespace's host side), each
-        trusted for its /24."""
+    def __init__(
+        self,
+        binaries: dict[str, str],
+        max_connections: int = 50,
+        also_listen: tuple[str, ...] = (),
+        machine: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        """``also_listen``: addresses besides 127.0.0.1 to serve on (a test network's head address), each trusted for
+        its /24. ``machine``: runs the server elsewhere (``Network.command``, the head's namespace): this process
+        then reaches it at ``also_listen[0]``, the server's own 127.0.0.1 being that machine's."""
         self.binaries, self.max_connections, self.also_listen = binaries, max_connections, also_listen
+        self.machine = machine
+        self.host = also_listen[0] if machine is not None else HOST  # where this process reaches it
         self.user = _server_user()
         self.root = _make_tempdir(self.user)
         self.data = self.root / "data"
@@ -150,7 +159,8 @@ class _Server:
         self.env.update(LC_ALL="C", LANG="C")
 
     def _cmd(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        return _run(_as_server_user(self.user, argv), cwd=self.root, env=self.env)
+        argv = _as_server_user(self.user, argv)
+        return _run(self.machine(argv) if self.machine else argv, cwd=self.root, env=self.env)
 
     def _fail(self, what: str, result: subprocess.CompletedProcess[str] | None = None) -> None:
         log = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
@@ -201,7 +211,7 @@ class _Server:
         else:
             self._fail(f"pg_ctl start failed (last port {self.port})", result)
         try:
-            _wait_until_ready(self.port, deadline)
+            _wait_until_ready(self.host, self.port, deadline)
         except TimeoutError as exc:
             self._fail(str(exc))
 
@@ -211,7 +221,7 @@ class _Server:
 
         if not _DB_NAME.match(name):
             raise ValueError(f"database name {name!r} must match {_DB_NAME.pattern}")
-        conn = psycopg2.connect(host=HOST, port=self.port, user=PG_USER, dbname="postgres")
+        conn = psycopg2.connect(host=self.host, port=self.port, user=PG_USER, dbname="postgres")
         try:
             conn.autocommit = True  # CREATE DATABASE can't run inside a transaction
             with conn.cursor() as cur:
@@ -228,7 +238,7 @@ class _Server:
         result = self._cmd([*argv, "-o", self.options])
         if result.returncode != 0:
             self._fail(f"pg_ctl start (again, port {self.port}) failed", result)
-        _wait_until_ready(self.port, time.monotonic() + START_TIMEOUT_S)
+        _wait_until_ready(self.host, self.port, time.monotonic() + START_TIMEOUT_S)
 
     def stop(self) -> None:
         if not (self.data / "postmaster.pid").exists():

@@ -1,9 +1,13 @@
-"""A real single-node Slurm cluster for the tests, from Debian's packages (slurmctld, slurmd, munge, slurm-client).
+"""A real Slurm cluster for the tests, from Debian's packages (slurmctld, slurmd, munge, slurm-client).
 
 ``start_cluster(folder)`` starts a private munged, a slurmctld and a slurmd on 127.0.0.1, each in the foreground
 (``-D``) as a child of this process, with every file they write (config, state, spool, logs, munge key) under
 ``folder``, and yields a ``SlurmCluster``; on exit it cancels every job, stops the daemons and kills whatever of
 the cluster is left (job steps survive their slurmd by design, so they are looked for, not assumed gone).
+``start_cluster(folder, controller=..., nodes=[...])`` starts slurmctld and one slurmd per node on the machines
+given (``Machine``: a name, an address, and how to run a program there, e.g. a test network's namespaces,
+tests/support/netns.py): a cluster of several nodes on this one machine. munged's socket is a file, which every
+namespace on this machine reaches.
 
 Private rather than shared, so two test sessions on one machine never meet: free ports chosen at start, a munged
 of our own with its own key and socket (``AuthInfo=socket=...``), so the system's /etc/munge and /run/munge are
@@ -23,7 +27,8 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -125,12 +130,34 @@ def _expand_tasks(spec: str) -> list[str]:
     return tasks
 
 
+def _here(argv: list[str]) -> list[str]:
+    return argv
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where a daemon runs: Slurm's name for the machine, its address, and how to run a program on it."""
+
+    name: str
+    address: str = HOST
+    command: Callable[[list[str]], list[str]] = _here
+
+
 class SlurmCluster:
-    """A running cluster: one node (this machine, all its CPUs) in one partition. Use ``start_cluster``."""
+    """A running cluster: its nodes (by default one: this machine, all its CPUs) in one partition. Use
+    ``start_cluster``."""
 
     partition = "debug"
 
-    def __init__(self, folder: Path, binaries: dict[str, str], kill_wait_s: int = 30) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        binaries: dict[str, str],
+        kill_wait_s: int = 30,
+        controller: Machine | None = None,
+        nodes: Sequence[Machine] = (),
+        settings: Mapping[str, object] | None = None,
+    ) -> None:
         self.folder = folder
         # Seconds from SIGTERM to SIGKILL when a job is cancelled or requeued (KillWait). Slurm's default, 30, leaves
         # a worker on a loaded machine room to give its cell back.
@@ -138,9 +165,13 @@ class SlurmCluster:
         self.conf = folder / "slurm.conf"
         self.env = {"SLURM_CONF": str(self.conf)}
         self.cpus = os.cpu_count() or 1
-        self.node = socket.gethostname().split(".")[0]  # slurmd knows itself by its short host name
+        this = Machine(socket.gethostname().split(".")[0])  # slurmd knows itself by its short host name
+        self.controller = controller or this
+        self.nodes = list(nodes) or [this]
+        self.settings = dict(settings or {})  # slurm.conf lines besides (or instead of) ours
         self._binaries = binaries
-        self._logs = {name: folder / f"{name}.log" for name in ("slurmctld", "slurmd")}
+        self._logs = {"slurmctld": folder / "slurmctld.log"}
+        self._logs.update({f"slurmd.{n.name}": folder / f"slurmd.{n.name}.log" for n in self.nodes})
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._released: set[tuple[str, str | None]] = set()  # requeued task instances release() made eligible
         self._socket_dir: Path | None = None
@@ -226,7 +257,7 @@ class SlurmCluster:
         self.run("scontrol", "update", f"jobid={task_id}", "StartTime=now+2")
 
     def log_tail(self, n: int = 40) -> str:
-        """The last ``n`` lines of slurmctld's and slurmd's logs."""
+        """The last ``n`` lines of slurmctld's and each slurmd's logs."""
         return "\n".join(f"--- {path.name} ---\n{_tail(path, n)}" for path in self._logs.values())
 
     def processes(self) -> list[int]:
@@ -252,7 +283,7 @@ class SlurmCluster:
         folder = self.folder
         settings = {
             "ClusterName": "local",
-            "SlurmctldHost": f"{self.node}({HOST})",
+            "SlurmctldHost": f"{self.controller.name}({self.controller.address})",
             "SlurmUser": "root",
             "SlurmdUser": "root",
             "AuthType": "auth/munge",
@@ -262,11 +293,11 @@ class SlurmCluster:
             "SelectType": "select/cons_tres",
             "SelectTypeParameters": "CR_Core",
             "StateSaveLocation": folder / "state",
-            "SlurmdSpoolDir": folder / "spool",
+            "SlurmdSpoolDir": folder / "spool" / "%n",  # %n: the node's name, each slurmd its own
             "SlurmctldPidFile": folder / "slurmctld.pid",
-            "SlurmdPidFile": folder / "slurmd.pid",
+            "SlurmdPidFile": folder / "slurmd.%n.pid",
             "SlurmctldLogFile": self._logs["slurmctld"],
-            "SlurmdLogFile": self._logs["slurmd"],
+            "SlurmdLogFile": folder / "slurmd.%n.log",
             "SlurmctldPort": ctld_port,
             "SlurmdPort": slurmd_port,
             "ReturnToService": 2,
@@ -276,15 +307,18 @@ class SlurmCluster:
             "AccountingStorageType": "accounting_storage/none",
             "KillWait": self.kill_wait_s,
             "MinJobAge": 300,  # finished jobs stay visible to scontrol this long
+            **self.settings,
         }
         lines = [f"{key}={value}" for key, value in settings.items()]
-        lines.append(f"NodeName={self.node} NodeAddr={HOST} CPUs={self.cpus} State=UNKNOWN")
+        lines += [f"NodeName={n.name} NodeAddr={n.address} CPUs={self.cpus} State=UNKNOWN" for n in self.nodes]
         lines.append(f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
         self.conf.write_text("\n".join(lines) + "\n")
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], machine: Machine | None = None) -> None:
         # A session of its own: Ctrl-C in the terminal reaches pytest, which then stops the cluster in order.
         env = {**slurm_free_env(os.environ), **self.env}
+        if machine is not None:
+            argv = machine.command(argv)
         with open(self.folder / f"{name}.stderr", "ab") as out:
             self._processes[name] = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True
@@ -324,27 +358,35 @@ class SlurmCluster:
                 )
 
     def _node_state(self) -> str:
+        """Each node's state, in the nodes' order, comma-separated ("idle", "idle,idle,down*", ...)."""
         try:
-            return self.run("sinfo", "-h", "-o", "%T", check=False, timeout=10).strip()
+            shown = self.run("sinfo", "-h", "-N", "-o", "%N %T", check=False, timeout=10)
         except RuntimeError:  # slurmctld not answering yet
             return ""
+        states = dict(line.split(maxsplit=1) for line in shown.splitlines() if len(line.split()) == 2)
+        return ",".join(states.get(n.name, "") for n in self.nodes)
 
     def _start(self) -> None:
-        for sub in ("state", "spool"):
-            (self.folder / sub).mkdir(exist_ok=True)
+        (self.folder / "state").mkdir(exist_ok=True)
+        for node in self.nodes:
+            (self.folder / "spool" / node.name).mkdir(parents=True, exist_ok=True)
         self._start_munge()
+        idle = ",".join(["idle"] * len(self.nodes))
         for attempt in range(3):
             # A free port can be taken between choosing it and binding it: then choose again.
             ctld_port, slurmd_port = _free_ports(2)
             self._write_conf(ctld_port, slurmd_port)
-            self._spawn("slurmctld", [self._binaries["slurmctld"], "-D", "-f", str(self.conf)])
+            self._spawn("slurmctld", [self._binaries["slurmctld"], "-D", "-f", str(self.conf)], self.controller)
             try:
                 # slurmd only once slurmctld listens: a slurmd beside a failed slurmctld tries to register with
                 # whatever holds its port and waits out MessageTimeout (10 s). A plain connect, not sinfo: Slurm's
                 # commands retry a refused connection for MessageTimeout too.
                 self._wait_for_listener(ctld_port)
-                self._spawn("slurmd", [self._binaries["slurmd"], "-D", "-N", self.node, "-f", str(self.conf)])
-                self._wait_for_node(lambda state: state == "idle", ("munged", "slurmctld", "slurmd"), "idle node")
+                for node in self.nodes:
+                    argv = [self._binaries["slurmd"], "-D", "-N", node.name, "-f", str(self.conf)]
+                    self._spawn(f"slurmd.{node.name}", argv, node)
+                daemons = ("munged", "slurmctld", *(f"slurmd.{n.name}" for n in self.nodes))
+                self._wait_for_node(lambda state: state == idle, daemons, f"{idle} node state")
                 return
             except SlurmUnavailable as exc:
                 if "Address already in use" not in exc.reason or attempt == 2:
@@ -357,11 +399,11 @@ class SlurmCluster:
             self._check_alive("munged", "slurmctld")
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 probe.settimeout(1.0)
-                if probe.connect_ex((HOST, port)) == 0:
+                if probe.connect_ex((self.controller.address, port)) == 0:
                     return
             if time.monotonic() > deadline:
                 raise SlurmUnavailable(
-                    f"slurmctld did not listen on {HOST}:{port} in {START_TIMEOUT_S:.0f} s: "
+                    f"slurmctld did not listen on {self.controller.address}:{port} in {START_TIMEOUT_S:.0f} s: "
                     f"{_last_error(self._logs['slurmctld'])} (logs in {self.folder})",
                     self.log_tail(20),
                 )
@@ -384,8 +426,8 @@ class SlurmCluster:
             time.sleep(0.2)
 
     def _stop_daemons(self) -> None:
-        """SIGTERM slurmd and slurmctld, wait, SIGKILL the ones still there."""
-        for name in ("slurmd", "slurmctld"):
+        """SIGTERM each slurmd and slurmctld, wait, SIGKILL the ones still there."""
+        for name in [*(f"slurmd.{n.name}" for n in self.nodes), "slurmctld"]:
             process = self._processes.pop(name, None)
             if process is None:
                 continue
@@ -430,14 +472,22 @@ class SlurmCluster:
 
 
 @contextlib.contextmanager
-def start_cluster(folder: Path, kill_wait_s: int = 30) -> Iterator[SlurmCluster]:
-    """A running one-node cluster with its files under ``folder``; stopped, jobs and all, on exit. Raises
-    SlurmUnavailable when it cannot start (a missing binary, not root, a daemon that would not come up)."""
+def start_cluster(
+    folder: Path,
+    kill_wait_s: int = 30,
+    controller: Machine | None = None,
+    nodes: Sequence[Machine] = (),
+    settings: Mapping[str, object] | None = None,
+) -> Iterator[SlurmCluster]:
+    """A running cluster with its files under ``folder``: slurmctld on ``controller`` and a slurmd on each of
+    ``nodes`` (by default both on this machine, one node); ``settings``: slurm.conf lines of the caller's. Stopped,
+    jobs and all, on exit. Raises SlurmUnavailable when it cannot start (a missing binary, not root, a daemon that
+    would not come up)."""
     binaries = _find_binaries()
     if os.geteuid() != 0:
         raise SlurmUnavailable("the Slurm test cluster runs its daemons as root (slurmd starts jobs as their users)")
     folder.mkdir(parents=True, exist_ok=True)
-    cluster = SlurmCluster(folder, binaries, kill_wait_s)
+    cluster = SlurmCluster(folder, binaries, kill_wait_s, controller, nodes, settings)
     try:
         cluster._start()
         yield cluster

@@ -11,9 +11,11 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation.core.stopping import request_stop, reset_stop
+from ablation.tracking.mlflow_store import HTTP_DEFAULTS
 from ablation.tracking.names import SYSTEM_METRICS_PREFIX
 from ablation.tracking.system_metrics import ENABLE, INTERVAL, SystemMetrics, enabled
 from tests.support.folders import in_folder
+from tests.support.mlflow_server import MlflowServer
 
 
 @pytest.mark.parametrize(("value", "on"), [(None, True), ("true", True), ("false", False), ("0", False)])
@@ -63,3 +65,41 @@ def test_a_monitor_that_cannot_start_is_one_line_not_a_failed_run(monkeypatch):
     said = []
     SystemMetrics("some-run", "sqlite:///nowhere.db", resume=False, tell=said.append).start().stop()
     assert len(said) == 1 and said[0].startswith("[cell] no system metrics for run some-run: ")
+
+
+@pytest.mark.slow
+def test_a_tracking_server_away_for_several_samples_neither_ends_the_monitor_nor_loses_or_repeats_a_step(
+    tmp_path, monkeypatch
+):
+    """MLflow's own loop ends at the first call the server does not answer: after an outage a run had no system
+    metrics to its end. Here sampling goes on through the outage, and every step is logged once when it is back."""
+    monkeypatch.delenv(ENABLE, raising=False)
+    monkeypatch.setenv(INTERVAL, "0.5")
+    for name, value in HTTP_DEFAULTS.items():  # as a worker sets them: no minutes of silent retries inside MLflow
+        monkeypatch.setenv(name, value)
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        client = MlflowClient(server.uri)
+        run_id = client.create_run(client.create_experiment("sysmetrics")).info.run_id
+        cpu = f"{SYSTEM_METRICS_PREFIX}cpu_utilization_percentage"
+        steps = lambda: [m.step for m in client.get_metric_history(run_id, cpu)]  # noqa: E731
+        monitor = SystemMetrics(run_id, server.uri, resume=False, tell=pytest.fail).start()
+        _wait_until(lambda: len(steps()) >= 2, "two steps before the outage")
+        server.stop()
+        time.sleep(3)  # six intervals with no server
+        assert monitor._monitor._process.is_alive()
+        server.start()
+        logged_before = len(steps())
+        _wait_until(lambda: len(steps()) >= logged_before + 8, "the outage's samples and more after it")
+        monitor.stop()
+        logged = steps()
+    finally:
+        server.stop()
+    assert sorted(logged) == list(range(len(logged))), logged  # no step lost, none twice
+
+
+def _wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
