@@ -20,6 +20,31 @@ os.environ["ABLATION_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
 
 
+# ---- the files that take minutes go first
+
+# Most of these wait (on a Slurm cluster, a server, a time limit) more than they compute. pytest-xdist's loadfile
+# would hand out the files with the most tests first, leaving these few-test files to one worker at the end while
+# the other sat idle (a 30-minute suite); with --no-loadscope-reorder (pyproject.toml) it hands them out in this
+# order, and the many short files fill in beside them. Longest first, from --durations (tests/README.md).
+LONGEST_FIRST = (
+    "tests/slurm/cluster/test_array.py",
+    "tests/test_multinode_slurm.py",
+    "tests/test_multinode.py",
+    "tests/scheduler/test_outages.py",
+    "tests/test_tuned_faults.py",
+    "tests/test_fault_injection.py",
+    "tests/tracking/test_stores.py",
+    "tests/engine/test_train.py",
+    "tests/test_from_python_notebook.py",
+    "tests/scheduler/test_plan.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {ROOT / path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: the rest keep pytest's order
+
+
 # ---- tests write only into temporary folders: the checkout is the same after the session as before it
 
 _CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")

@@ -14,6 +14,7 @@ with the cell finished exactly once, as tests/support/multinode.py checks it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -66,40 +67,32 @@ class Head:
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """The cluster: the head's namespace (slurmctld, PostgreSQL, mlflow server) and three nodes with a slurmd each;
-    everything stopped and removed at the module's end."""
+    everything stopped and removed at the module's end, in the reverse order."""
     require_namespaces()
     folder = tmp_path_factory.mktemp("cluster")
-    network = Network().open()
-    try:
+    with contextlib.ExitStack() as stack:
+        network = Network().open()
+        stack.callback(network.close)
         nodes = [network.node(i) for i in (1, 2, 3)]
         database = _Server(_find_binaries(), also_listen=(network.head_address,), machine=network.command)
+        stack.callback(database.cleanup)
+        database.start()
+        backend = database.create_database("mlflow", "127.0.0.1")  # the server's own, on the head
+        mlflow = MlflowServer(folder / "mlflow", network.head_address, backend, network.command)
+        stack.callback(mlflow.stop)
+        mlflow.start()
+        # A node that misses slurmctld's pings for SlurmdTimeout is DOWN and its jobs are requeued; the backfill
+        # scheduler looks for work every second, so a requeued task starts once released.
+        settings = {"SlurmdTimeout": 10, "SchedulerParameters": "bf_interval=1"}
+        controller = Machine(network.hostname, network.head_address, network.command)
+        machines = [Machine(n.hostname, n.address, n.command) for n in nodes]
         try:
-            database.start()
-            backend = database.create_database("mlflow", "127.0.0.1")  # the server's own, on the head
-            mlflow = MlflowServer(folder / "mlflow", network.head_address, backend, network.command).start()
-            try:
-                # A node that misses slurmctld's pings for SlurmdTimeout is DOWN and its jobs are requeued; the
-                # backfill scheduler looks for work every second, so a requeued task starts once released.
-                settings = {"SlurmdTimeout": 10, "SchedulerParameters": "bf_interval=1"}
-                controller = Machine(network.hostname, network.head_address, network.command)
-                machines = [Machine(n.hostname, n.address, n.command) for n in nodes]
-                try:
-                    cluster = start_cluster(folder / "slurm", 30, controller, machines, settings)
-                    slurm = cluster.__enter__()
-                except SlurmUnavailable as exc:
-                    if os.environ.get("ABLATION_REQUIRE_SLURM") == "1":
-                        pytest.fail(f"the Slurm test cluster could not start: {exc}", pytrace=False)
-                    pytest.skip(f"the Slurm test cluster could not start: {exc.reason}")
-                try:
-                    yield Head(network, nodes, slurm, database, mlflow)
-                finally:
-                    cluster.__exit__(None, None, None)
-            finally:
-                mlflow.stop()
-        finally:
-            database.cleanup()
-    finally:
-        network.close()
+            slurm = stack.enter_context(start_cluster(folder / "slurm", 30, controller, machines, settings))
+        except SlurmUnavailable as exc:
+            if os.environ.get("ABLATION_REQUIRE_SLURM") == "1":
+                pytest.fail(f"the Slurm test cluster could not start (ABLATION_REQUIRE_SLURM=1): {exc}", pytrace=False)
+            pytest.skip(f"the Slurm test cluster could not start: {exc.reason}")
+        yield Head(network, nodes, slurm, database, mlflow)
 
 
 @pytest.fixture
