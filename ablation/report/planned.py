@@ -79,6 +79,27 @@ def _cells(prepared: PreparedSweep, records: list[CellRecord], phase: str, recip
     return list(cells.values())
 
 
+def _tuned_cells_run_as_default(
+    prepared: PreparedSweep, records: list[CellRecord], trials: dict[int, list[_Trial]]
+) -> list[Cell]:
+    """The tuned final cells of the arms whose tuning chose the default recipe's own values (its first trial is that
+    recipe, so a common outcome): such a cell's config, and so its key, is the default cell's of the same seed, and
+    the queue ran it once, as that cell. Rebuilt from the default runs, so the tuned row counts them: without this it
+    showed no run at all. Every seed the default recipe ran counts, as runs of exactly the tuned config."""
+    tune = prepared.experiment.tune
+    cells = []
+    for cell in _cells(prepared, records, PHASE_FINAL, RECIPE_DEFAULT):
+        arm = cell.spec.arm
+        best = _best(trials.get(arm, []), tune) if _tuning_ended(trials.get(arm, []), tune) else None
+        if best is None:
+            continue
+        spec = dataclasses.replace(cell.spec, recipe=RECIPE_TUNED, values=best)
+        tuned = cell_of_spec(prepared.arms[arm], spec, tune)
+        if tuned.hash == cell.hash:
+            cells.append(tuned)
+    return cells
+
+
 def _trials(prepared: PreparedSweep, records: list[CellRecord], parent) -> dict[int, list[_Trial]]:
     """Each arm's tuning trials by number: how each ended (its run's tune state), running, or ended untrained."""
     keys = {cell.hash for cell in _cells(prepared, records, PHASE_TUNE)}
@@ -108,6 +129,12 @@ def planned_view(prepared: PreparedSweep, tracking_uri: str) -> PlannedView | No
         recipe: dataclasses.replace(prepared, cells=_cells(prepared, records, PHASE_FINAL, recipe))
         for recipe in (RECIPE_DEFAULT, RECIPE_TUNED)
     }
+    trials = _trials(prepared, records, parent) if prepared.experiment.tune is not None else {}
+    if trials:
+        tuned = groups[RECIPE_TUNED].cells
+        known = {cell.hash for cell in tuned}
+        shared = [c for c in _tuned_cells_run_as_default(prepared, records, trials) if c.hash not in known]
+        groups[RECIPE_TUNED] = dataclasses.replace(groups[RECIPE_TUNED], cells=[*tuned, *shared])
     main_recipe = RECIPE_TUNED if prepared.experiment.tune is not None else RECIPE_DEFAULT
     frames = {recipe: collect_runs(group, tracking_uri) for recipe, group in groups.items()}
     summaries = {recipe: summarize(groups[recipe], frames[recipe]) for recipe in groups}
@@ -115,7 +142,6 @@ def planned_view(prepared: PreparedSweep, tracking_uri: str) -> PlannedView | No
     summary = summaries[main_recipe].copy()
     studies: dict[str, optuna.Study] = {}
     if prepared.experiment.tune is not None:
-        trials = _trials(prepared, records, parent)
         tuning = _tuning_columns(prepared, trials, store)
         for column in (C.TUNED_VALUES, C.TUNING_TRIALS, C.TUNING_COST):
             summary[column] = [tuning[arm.index][column] for arm in prepared.arms]

@@ -236,10 +236,11 @@ def test_status_lists_every_queued_cell_with_its_phase(swept):
 
     prepared, _, options, _, _, runs = swept
     frame = sweep_status(prepared, options.storage_url, options.tracking_uri)
-    assert len(frame) == len(runs) and set(frame["state"]) == {"done"}
+    # A tuned cell whose values are the default recipe's is the default cell (one key): both list its one run.
+    assert set(frame["mlflow_run_id"]) == {run.info.run_id for run in runs} and set(frame["state"]) == {"done"}
     phases = set(frame["phase"])
     assert {"final (default)", "final (tuned)", "tune #0", f"tune #{TRIALS - 1}"} <= phases
-    assert f"{len(runs)} cells: 0 pending, 0 running, {len(runs)} done" in render_status(frame)
+    assert f"{len(frame)} cells: 0 pending, 0 running, {len(frame)} done" in render_status(frame)
 
 
 def test_a_deleted_sweep_storage_is_rebuilt_from_mlflow_without_training_again(swept, tmp_path, capsys):
@@ -356,3 +357,20 @@ def test_the_last_worker_still_queues_what_the_plan_needs_next(tiny_npz, tmp_pat
     assert report.trained_now == 2  # the trial, then the tuned final run
     assert len(planned_view(prepared, options.tracking_uri).runs) == 1
     assert bool(hidden) == (interleaving == "another worker queued it")
+
+
+def test_an_arm_whose_tuning_keeps_the_default_recipe_reports_the_default_runs_as_tuned(tiny_npz, tmp_path):
+    """Tuning may choose the default recipe itself (its first trial is that recipe): the tuned cells are then the
+    default cells (one config, one key), run once. The tuned row counts those runs, and the comparison shows the
+    two recipes equal; before, the tuned row had no run at all. A budget of one trial makes it so here."""
+    text = tuned_experiment(tiny_npz, trials=1, seeds="[0, 1]")
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    prepared = prepare_sweep(load_experiment(path))
+    report, options = sweep_in(tmp_path / "run", prepared)
+    assert report.failed == {} and report.pending == 0
+    view = planned_view(prepared, options.tracking_uri)
+    for row in view.summary.to_dict("records"):
+        assert row[C.TUNED_VALUES] == "lr=0.05, label_smoothing=0" and row[C.N] == 2, row
+    for row in view.comparison.to_dict("records"):
+        assert row[C.TUNED_N] == row[C.DEFAULT_N] == 2 and row[C.TUNED_MINUS_DEFAULT] == 0, row
