@@ -45,7 +45,6 @@ class SystemMetrics:
         if not enabled():
             return self
         try:
-            # MLflow's monitor imports psutil (and pynvml for GPUs): only where a cell runs
             # Its start-up and GPU probing log at INFO through MLflow's logger: not a line per cell at the terminal.
             logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
             interval = float(os.environ.get(INTERVAL) or DEFAULT_INTERVAL_S)
